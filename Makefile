@@ -1,0 +1,40 @@
+# Two commands on a fresh machine:  make demo   and   make test
+# Both create .venv and install what they need; the install is skipped when nothing changed.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint checkpoint benchmark clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# the CPU build of torch that this machine keeps on disk; a plain "torch" would pull a CUDA build
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/python -m vlm_notebook demo
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: lint
+	HF_HUB_OFFLINE=1 $(BIN)/pytest
+
+# Retrain the shipped tiny checkpoint (minutes on a 2-core CPU); not part of the tests.
+checkpoint: setup
+	$(BIN)/python -m vlm_notebook.training smolvlm
+
+# Same-shape random-weight SmolVLM-256M: time to first token on this machine.
+benchmark: setup
+	$(BIN)/python benchmarks/ttft_random_smolvlm.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,38 @@
+"""vlm-notebook: stream small vision-language models into Jupyter, token by token.
+
+>>> from vlm_notebook.models import SmolVLM
+>>> model = SmolVLM("shapes-smolvlm")
+>>> for chunk in model.caption(image, stream=True):
+...     print(chunk, end="", flush=True)
+"""
+
+from .errors import (
+    CheckpointError,
+    CheckpointNotAvailableError,
+    ImageError,
+    RequestError,
+    UnknownModelError,
+    VLMError,
+)
+from .images import load_image
+from .options import GenerationOptions
+from .registry import get_model, known_models
+from .stream import StreamStats, TextStream
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointNotAvailableError",
+    "GenerationOptions",
+    "ImageError",
+    "RequestError",
+    "StreamStats",
+    "TextStream",
+    "UnknownModelError",
+    "VLMError",
+    "__version__",
+    "get_model",
+    "known_models",
+    "load_image",
+]

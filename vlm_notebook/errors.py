@@ -1,0 +1,28 @@
+"""The errors vlm-notebook raises: each says what went wrong and what to do about it."""
+
+
+class VLMError(Exception):
+    """Base class of every error raised by vlm-notebook."""
+
+
+class UnknownModelError(VLMError, KeyError):
+    """A model name that is neither a known short name, a Hub id of a supported family, nor a directory."""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class CheckpointError(VLMError):
+    """A checkpoint that cannot be loaded: missing files, corrupt weights, or another model family."""
+
+
+class CheckpointNotAvailableError(CheckpointError):
+    """A Hub checkpoint that is not in the local cache while the Hub cannot be reached."""
+
+
+class ImageError(VLMError, ValueError):
+    """An image that cannot be read, is corrupt, or is too large."""
+
+
+class RequestError(VLMError, ValueError):
+    """A question or an option that cannot be used: empty question, bad max_new_tokens, unknown option."""

@@ -1,0 +1,118 @@
+"""Turn whatever a user hands us (PIL image, path, bytes, numpy array) into an RGB PIL image.
+
+Everything a user can get wrong is caught here, before any model work starts, with an error
+that says what to do.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+
+ImageInput = Image.Image | str | os.PathLike[str] | bytes | bytearray | memoryview | np.ndarray
+
+#: Largest picture accepted, in pixels (a 48 MP phone photo fits). Guards against decompression bombs.
+MAX_PIXELS = 64_000_000
+
+
+def load_image(image: Any, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Return ``image`` as an RGB PIL image, upright as a viewer shows it.
+
+    Accepts a PIL image, a path, raw encoded bytes (PNG, JPEG, ...), or a numpy array of shape
+    (H, W), (H, W, 3) or (H, W, 4) with dtype uint8 (0..255) or float (0..1).
+    """
+    if isinstance(image, Image.Image):
+        picture = image
+    elif isinstance(image, (str, os.PathLike)):
+        picture = _open_path(Path(image), max_pixels)
+    elif isinstance(image, (bytes, bytearray, memoryview)):
+        picture = _open_bytes(bytes(image), "the bytes given", max_pixels)
+    elif isinstance(image, np.ndarray):
+        picture = _from_array(image)
+    else:
+        raise ImageError(
+            f"Cannot use a {type(image).__name__} as an image: pass a PIL image, a file path, "
+            "the encoded bytes of an image file, or a numpy array."
+        )
+    _check_size(picture, max_pixels)
+    return _to_rgb(picture)
+
+
+def _open_path(path: Path, max_pixels: int) -> Image.Image:
+    if not path.is_file():
+        raise ImageError(f"No image file at {str(path)!r}: check the path.")
+    return _open_bytes(path.read_bytes(), repr(str(path)), max_pixels)
+
+
+def _open_bytes(data: bytes, what: str, max_pixels: int) -> Image.Image:
+    if not data:
+        raise ImageError(f"The image from {what} is empty (0 bytes).")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            picture = Image.open(io.BytesIO(data))
+            _check_size(picture, max_pixels)  # before decoding a possibly huge raster
+            picture.load()
+    except ImageError:
+        raise
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise ImageError(
+            f"The image from {what} declares more pixels than Pillow allows (a decompression bomb?): "
+            "resize it first."
+        ) from None
+    except UnidentifiedImageError:
+        raise ImageError(f"The data from {what} is not an image format Pillow can read.") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageError(f"The image from {what} is corrupt or truncated ({error}).") from None
+    return picture
+
+
+def _check_size(picture: Image.Image, max_pixels: int) -> None:
+    width, height = picture.size
+    if width < 1 or height < 1:
+        raise ImageError(f"The image has no pixels ({width}x{height}).")
+    if width * height > max_pixels:
+        raise ImageError(
+            f"The image is {width}x{height} = {width * height:,} pixels, over the limit of "
+            f"{max_pixels:,}: resize it first, or pass a larger max_pixels if you trust it."
+        )
+
+
+def _from_array(array: np.ndarray) -> Image.Image:
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+        raise ImageError(
+            f"A numpy image must have shape (H, W), (H, W, 3) or (H, W, 4); got {array.shape}."
+        )
+    if array.dtype == np.uint8:
+        return Image.fromarray(np.ascontiguousarray(array))
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all() or array.min() < 0.0 or array.max() > 1.0:
+            raise ImageError("A float numpy image must hold finite values between 0 and 1.")
+        return Image.fromarray(np.round(array * 255.0).astype(np.uint8))
+    raise ImageError(
+        f"A numpy image must be uint8 (0..255) or float (0..1); got dtype {array.dtype}."
+    )
+
+
+def _to_rgb(picture: Image.Image) -> Image.Image:
+    if getattr(picture, "n_frames", 1) > 1:
+        picture.seek(0)  # animated: the first frame
+    picture = ImageOps.exif_transpose(picture)
+    if picture.mode in ("RGBA", "LA", "PA") or (picture.mode == "P" and "transparency" in picture.info):
+        rgba = picture.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if picture.mode in ("I;16", "I;16B", "I;16L", "I"):
+        scaled = np.asarray(picture, dtype=np.float64) / 65535.0
+        return Image.fromarray(np.round(np.clip(scaled, 0, 1) * 255).astype(np.uint8)).convert("RGB")
+    return picture.convert("RGB")
