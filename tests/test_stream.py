@@ -1,0 +1,165 @@
+"""The stream contract, with plain Python producers (the real models are tested in test_smolvlm)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from vlm_notebook.stream import TextStream, TokenSink
+
+
+def producer_of(chunks: list[str | None], delay: float = 0.0):
+    def produce(sink: TokenSink) -> None:
+        sink.set_prompt(prompt_tokens=5, image_tokens=2)
+        for chunk in chunks:
+            if sink.cancelled:
+                return
+            time.sleep(delay)
+            sink.put_token(chunk)
+
+    return produce
+
+
+def endless(sink: TokenSink) -> None:
+    while not sink.cancelled:
+        time.sleep(0.005)
+        sink.put_token("x")
+
+
+def test_chunks_arrive_in_order_and_empty_tokens_yield_no_chunk() -> None:
+    stream = TextStream(producer_of(["a", None, "b", "", "c"]))
+    assert list(stream) == ["a", "b", "c"]
+    assert stream.text == "abc"
+    assert stream.stats.tokens == 5, "every token counts, even one that completes no character"
+
+
+def test_stats_are_consistent() -> None:
+    stream = TextStream(producer_of([None, "a", "b"], delay=0.01))
+    list(stream)
+    stats = stream.stats
+    assert stats.prompt_tokens == 5 and stats.image_tokens == 2
+    assert stats.time_to_first_token is not None and stats.time_to_first_text is not None
+    assert stats.end_time is not None
+    assert 0 < stats.time_to_first_token < stats.time_to_first_text <= stats.end_time
+    assert stats.token_times == sorted(stats.token_times)
+    assert len(stats.inter_token_latencies) == 2
+    assert stats.tokens_per_second == pytest.approx(3 / stats.end_time)
+    assert stats.finish_reason == "stop"
+    assert "3 tokens" in stats.summary()
+
+
+@pytest.mark.timeout(10)
+def test_a_producer_exception_reaches_the_consumer_as_itself() -> None:
+    failure = RuntimeError("the model broke")
+
+    def produce(sink: TokenSink) -> None:
+        sink.put_token("a")
+        raise failure
+
+    stream = TextStream(produce)
+    with pytest.raises(RuntimeError) as caught:
+        list(stream)
+    assert caught.value is failure
+    assert stream.stats.finish_reason == "error"
+    assert not stream.running
+    with pytest.raises(RuntimeError):
+        stream.wait(1)
+
+
+@pytest.mark.timeout(10)
+def test_cancel_stops_the_worker_and_no_thread_outlives_the_stream() -> None:
+    stream = TextStream(endless)
+    chunks = []
+    for chunk in stream:
+        chunks.append(chunk)
+        if len(chunks) == 3:
+            stream.cancel()
+    assert not stream.running
+    assert stream.stats.finish_reason == "cancelled"
+
+
+@pytest.mark.timeout(10)
+def test_leaving_a_with_block_cancels() -> None:
+    with TextStream(endless) as stream:
+        next(stream)
+    assert not stream.running
+    assert stream.stats.finish_reason == "cancelled"
+
+
+@pytest.mark.timeout(10)
+def test_keyboard_interrupt_in_the_consumer_cancels_the_worker() -> None:
+    stream = TextStream(endless)
+    next(stream)
+    interrupted = False
+    real_get = stream._chunks.get
+
+    def get_interrupted(*args: object, **kwargs: object) -> object:
+        nonlocal interrupted
+        if not interrupted:
+            interrupted = True
+            raise KeyboardInterrupt
+        return real_get(*args, **kwargs)
+
+    stream._chunks.get = get_interrupted  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        next(stream)
+    assert not stream.running
+    assert stream.stats.finish_reason == "cancelled"
+
+
+@pytest.mark.timeout(10)
+def test_generation_cancelled_raised_by_a_producer_ends_quietly() -> None:
+    def produce(sink: TokenSink) -> None:
+        sink.put_token("a")
+        while True:
+            sink.raise_if_cancelled()
+            time.sleep(0.005)
+
+    stream = TextStream(produce)
+    assert next(stream) == "a"
+    stream.cancel()
+    assert list(stream) == []
+    assert stream.stats.finish_reason == "cancelled"
+
+
+@pytest.mark.timeout(10)
+def test_streams_sharing_a_lock_run_one_at_a_time() -> None:
+    lock = threading.Lock()
+    running = []
+    overlaps = []
+
+    def produce(sink: TokenSink) -> None:
+        running.append(1)
+        overlaps.append(len(running))
+        for _ in range(5):
+            time.sleep(0.005)
+            sink.put_token("t")
+        running.pop()
+
+    streams = [TextStream(produce, lock) for _ in range(4)]
+    assert all(stream.wait(5) == "ttttt" for stream in streams)
+    assert max(overlaps) == 1
+
+
+@pytest.mark.timeout(10)
+def test_a_stream_cancelled_while_waiting_for_the_model_never_runs() -> None:
+    lock = threading.Lock()
+    lock.acquire()
+    ran = threading.Event()
+    stream = TextStream(lambda sink: ran.set(), lock)
+    stream.cancel()
+    assert list(stream) == []
+    assert not ran.is_set()
+    lock.release()
+
+
+@pytest.mark.timeout(10)
+def test_wait_times_out_on_a_running_stream() -> None:
+    stream = TextStream(endless)
+    with pytest.raises(TimeoutError):
+        stream.wait(0.05)
+    stream.close()
+    assert not stream.running
+
