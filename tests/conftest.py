@@ -1,0 +1,19 @@
+"""Shared fixtures. Tests never reach the Hugging Face Hub: it is out of reach on CI machines."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before huggingface_hub reads it
+
+import pytest  # noqa: E402
+
+from vlm_notebook.models import SmolVLM  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def shapes_smolvlm() -> SmolVLM:
+    """The shipped checkpoint, loaded once for the whole test session."""
+    model = SmolVLM("shapes-smolvlm")
+    model.load()
+    return model

@@ -1,0 +1,62 @@
+"""Names resolve through one registry: short names, Hub ids, directories; mistakes say what to do."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vlm_notebook import CheckpointError, UnknownModelError, get_model, known_models
+from vlm_notebook.models import SmolVLM
+from vlm_notebook.registry import resolve
+
+
+def test_short_names_and_hub_ids_resolve_to_the_same_entry() -> None:
+    assert resolve("smolvlm-256m").source == "HuggingFaceTB/SmolVLM-256M-Instruct"
+    assert resolve("HuggingFaceTB/SmolVLM-256M-Instruct").name == "smolvlm-256m"
+
+
+def test_every_supported_smolvlm_is_known() -> None:
+    sources = {entry.source for entry in known_models("smolvlm")}
+    for hub_id in [
+        "HuggingFaceTB/SmolVLM-256M-Instruct",
+        "HuggingFaceTB/SmolVLM-500M-Instruct",
+        "HuggingFaceTB/SmolVLM-Instruct",
+        "HuggingFaceTB/SmolVLM2-256M-Video-Instruct",
+        "HuggingFaceTB/SmolVLM2-500M-Video-Instruct",
+        "HuggingFaceTB/SmolVLM2-2.2B-Instruct",
+    ]:
+        assert hub_id in sources
+
+
+def test_the_shipped_checkpoint_is_a_directory_in_the_package() -> None:
+    entry = resolve("shapes-smolvlm")
+    assert entry.shipped and (Path(entry.source) / "config.json").is_file()
+
+
+def test_an_unknown_name_lists_the_known_ones() -> None:
+    with pytest.raises(UnknownModelError, match="smolvlm-256m") as caught:
+        get_model("smolvlm-265m")
+    assert "shapes-smolvlm" in str(caught.value)
+
+
+def test_a_family_class_takes_any_hub_id_of_its_family() -> None:
+    model = SmolVLM("someone/my-finetuned-smolvlm")
+    assert model.entry.source == "someone/my-finetuned-smolvlm" and not model.loaded
+
+
+def test_get_model_builds_the_right_family_without_loading() -> None:
+    model = get_model("shapes-smolvlm")
+    assert isinstance(model, SmolVLM) and not model.loaded
+
+
+def test_a_directory_of_another_family_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llava"}))
+    with pytest.raises(CheckpointError, match="llava"):
+        SmolVLM(str(tmp_path))
+
+
+def test_a_directory_without_config_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="config.json"):
+        SmolVLM(str(tmp_path))

@@ -1,0 +1,224 @@
+"""SmolVLM on the shipped `shapes-smolvlm` checkpoint: exact answers, exact streaming, clean faults."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from vlm_notebook import CheckpointError, CheckpointNotAvailableError, ImageError, RequestError, shapes
+from vlm_notebook.models import SmolVLM
+
+SCENES = shapes.all_scenes()
+RED_CIRCLE = shapes.Scene("circle", "red", "white")
+
+
+def picture(scene: shapes.Scene = RED_CIRCLE):  # type: ignore[no-untyped-def]
+    return shapes.draw(scene).image
+
+
+@pytest.mark.parametrize("prompt", shapes.CAPTION_PROMPTS)
+def test_every_scene_is_captioned_exactly(shapes_smolvlm: SmolVLM, prompt: str) -> None:
+    wrong = {}
+    for scene in SCENES:
+        text = shapes_smolvlm.caption(picture(scene), prompt)
+        if text != shapes.caption(scene):
+            wrong[scene] = text
+    assert not wrong, f"{len(wrong)} of {len(SCENES)} captions wrong: {wrong}"
+
+
+def test_the_default_prompt_is_the_first_caption_prompt(shapes_smolvlm: SmolVLM) -> None:
+    assert shapes_smolvlm.caption(picture()) == "A red circle on a white background."
+
+
+def test_every_question_is_answered_exactly(shapes_smolvlm: SmolVLM) -> None:
+    wrong = {}
+    for scene in SCENES:
+        for question, answer in shapes.questions(scene):
+            text = shapes_smolvlm.query(picture(scene), question)
+            if text != answer:
+                wrong[(scene, question)] = text
+    assert not wrong, f"{len(wrong)} answers wrong: {wrong}"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("scene", SCENES[::7], ids=lambda s: f"{s.colour}-{s.shape}-on-{s.background}")
+def test_streamed_chunks_join_to_the_non_streamed_text(shapes_smolvlm: SmolVLM, scene: shapes.Scene) -> None:
+    for question, _ in [(None, None), *shapes.questions(scene)]:
+        if question is None:
+            whole, stream = shapes_smolvlm.caption(picture(scene)), shapes_smolvlm.caption(picture(scene), stream=True)
+        else:
+            whole, stream = shapes_smolvlm.query(picture(scene), question), shapes_smolvlm.query(
+                picture(scene), question, stream=True
+            )
+        chunks = list(stream)
+        assert "".join(chunks).encode() == whole.encode()
+        assert all(chunks), "no chunk is ever empty"
+
+
+@pytest.mark.timeout(60)
+def test_one_chunk_per_token_for_ascii_text(shapes_smolvlm: SmolVLM) -> None:
+    stream = shapes_smolvlm.caption(picture(), stream=True)
+    chunks = list(stream)
+    assert chunks[0] == "A", "the answer's leading space is dropped"
+    assert len(chunks) == stream.stats.tokens - 1, "every token but the end-of-utterance gives one chunk"
+
+
+@pytest.mark.timeout(60)
+def test_japanese_and_emoji_stream_whole_characters(shapes_smolvlm: SmolVLM) -> None:
+    stream = shapes_smolvlm.query(picture(), "What colour is the shape? Answer in Japanese.", stream=True)
+    chunks = list(stream)
+    assert chunks == ["赤", " ", "🔴"], "each chunk completes a character; none is a partial one"
+    assert stream.stats.tokens == 3 + 1 + 4 + 1, "one token per UTF-8 byte, plus end-of-utterance"
+    assert not any("\ufffd" in chunk for chunk in chunks)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("scene", SCENES[::9], ids=lambda s: f"{s.colour}-{s.shape}")
+def test_multibyte_answers_never_show_a_replacement_character(shapes_smolvlm: SmolVLM, scene: shapes.Scene) -> None:
+    question, answer = shapes.questions(scene)[-1]
+    chunks = list(shapes_smolvlm.query(picture(scene), question, stream=True))
+    assert "".join(chunks) == answer
+    assert all(chunks) and not any("\ufffd" in chunk for chunk in chunks)
+
+
+@pytest.mark.timeout(60)
+def test_stats_are_present_and_consistent(shapes_smolvlm: SmolVLM) -> None:
+    stream = shapes_smolvlm.caption(picture(), stream=True)
+    text = stream.wait(30)
+    stats = stream.stats
+    assert text == "A red circle on a white background."
+    assert stats.image_tokens == 16
+    assert stats.prompt_tokens > stats.image_tokens
+    assert stats.finish_reason == "stop"
+    assert stats.time_to_first_token is not None and stats.end_time is not None
+    assert 0 < stats.time_to_first_token <= stats.time_to_first_text <= stats.end_time  # type: ignore[operator]
+    assert stats.tokens_per_second and stats.tokens_per_second > 0
+
+
+@pytest.mark.timeout(60)
+def test_max_new_tokens_cuts_the_answer(shapes_smolvlm: SmolVLM) -> None:
+    stream = shapes_smolvlm.caption(picture(), stream=True, max_new_tokens=3)
+    text = stream.wait(30)
+    assert stream.stats.tokens == 3 and stream.stats.finish_reason == "length"
+    assert "A red circle on a white background.".startswith(text) and text
+    assert shapes_smolvlm.caption(picture(), max_new_tokens=3) == text
+
+
+@pytest.mark.timeout(60)
+def test_cancel_after_three_chunks_ends_within_one_token(shapes_smolvlm: SmolVLM) -> None:
+    stream = shapes_smolvlm.caption(picture(), stream=True)
+    chunks = []
+    for chunk in stream:
+        chunks.append(chunk)
+        if len(chunks) == 3:
+            tokens_at_cancel = stream.stats.tokens
+            stream.cancel()
+    assert stream.stats.tokens <= tokens_at_cancel + 1
+    assert len(chunks) <= 4
+    assert stream.stats.finish_reason == "cancelled"
+    assert not stream.running, "the worker thread is gone"
+    assert not any(thread.name == "vlm-notebook-generate" for thread in threading.enumerate() if thread.is_alive())
+    assert shapes_smolvlm.caption(picture()) == "A red circle on a white background."
+
+
+@pytest.mark.timeout(60)
+def test_cancel_before_the_first_token_stops_in_the_prefill(shapes_smolvlm: SmolVLM) -> None:
+    with shapes_smolvlm._generation_lock:  # hold the model so the cancel lands before any work
+        stream = shapes_smolvlm.caption(picture(), stream=True)
+        stream.cancel()
+    assert list(stream) == [] and stream.stats.tokens == 0
+    assert stream.stats.finish_reason == "cancelled"
+
+
+@pytest.mark.timeout(60)
+def test_an_exception_in_the_forward_pass_reaches_the_consumer(shapes_smolvlm: SmolVLM) -> None:
+    calls = 0
+
+    def fail_on_third(module: torch.nn.Module, args: object, output: object) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise RuntimeError("forward failed")
+
+    handle = shapes_smolvlm.model.lm_head.register_forward_hook(fail_on_third)
+    try:
+        stream = shapes_smolvlm.caption(picture(), stream=True)
+        with pytest.raises(RuntimeError, match="forward failed"):
+            list(stream)
+        assert stream.stats.finish_reason == "error"
+        assert stream.text == "A red", "the two tokens before the failure were delivered"
+    finally:
+        handle.remove()
+    assert shapes_smolvlm.caption(picture()) == "A red circle on a white background.", "the model still works"
+
+
+@pytest.mark.timeout(120)
+def test_concurrent_callers_are_served_one_at_a_time(shapes_smolvlm: SmolVLM) -> None:
+    scenes = SCENES[:6]
+    streams = [shapes_smolvlm.caption(picture(scene), stream=True) for scene in scenes]
+    results: dict[int, str] = {}
+
+    def ask(index: int) -> None:
+        results[index] = shapes_smolvlm.caption(picture(scenes[index]))
+
+    threads = [threading.Thread(target=ask, args=(index,)) for index in range(len(scenes))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert [stream.wait(60) for stream in streams] == [shapes.caption(scene) for scene in scenes]
+    assert [results[index] for index in range(len(scenes))] == [shapes.caption(scene) for scene in scenes]
+
+
+def test_sampling_with_a_seed_is_repeatable_and_streams_the_same(shapes_smolvlm: SmolVLM) -> None:
+    options = {"temperature": 5.0, "top_p": 1.0, "seed": 7, "max_new_tokens": 12}
+    first = shapes_smolvlm.caption(picture(), **options)  # type: ignore[arg-type]
+    assert shapes_smolvlm.caption(picture(), **options) == first  # type: ignore[arg-type]
+    assert "".join(shapes_smolvlm.caption(picture(), stream=True, **options)) == first  # type: ignore[call-overload]
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda m: m.query(picture(), "   "), RequestError, "empty"),
+        (lambda m: m.caption(picture(), max_new_tokens=0), RequestError, "at least 1"),
+        (lambda m: m.caption(picture(), top_p=0.0), RequestError, "top_p"),
+        (lambda m: m.caption(b"not a picture"), ImageError, "not an image"),
+        (lambda m: m.caption_with(picture(), options={"length": "short"}), RequestError, "SmolVLM has no caption option"),
+    ],
+    ids=["empty-question", "zero-tokens", "bad-top-p", "not-an-image", "option-of-another-family"],
+)
+def test_bad_requests_are_refused_and_the_model_keeps_working(shapes_smolvlm, call, error, message) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(error, match=message):
+        call(shapes_smolvlm)
+    assert shapes_smolvlm.caption(picture()) == "A red circle on a white background."
+
+
+def test_a_hub_checkpoint_not_in_the_cache_says_how_to_fetch_it() -> None:
+    model = SmolVLM("smolvlm-256m")
+    with pytest.raises(CheckpointNotAvailableError, match="hf download HuggingFaceTB/SmolVLM-256M-Instruct"):
+        model.load()
+    assert not model.loaded
+
+
+def test_a_corrupt_weights_file_is_a_clear_error(tmp_path: Path) -> None:
+    copy = tmp_path / "broken"
+    shutil.copytree(Path(SmolVLM("shapes-smolvlm").entry.source), copy)
+    weights = copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    model = SmolVLM(str(copy))
+    with pytest.raises(CheckpointError, match="weights"):
+        model.load()
+    assert not model.loaded
+
+
+def test_a_checkpoint_without_weights_is_a_clear_error(tmp_path: Path) -> None:
+    copy = tmp_path / "partial"
+    shutil.copytree(Path(SmolVLM("shapes-smolvlm").entry.source), copy)
+    (copy / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="weights"):
+        SmolVLM(str(copy)).load()

@@ -1,0 +1,51 @@
+"""SmolVLM and SmolVLM2 (transformers' Idefics3 and SmolVLM architectures)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, overload
+
+from ..options import DEFAULT_MAX_NEW_TOKENS, GenerationOptions, clean_question
+from ..stream import TextStream
+from .hf import TransformersVLM
+
+
+class SmolVLM(TransformersVLM):
+    """SmolVLM / SmolVLM2 instruct checkpoints; default ``smolvlm-256m`` from the Hub.
+
+    >>> model = SmolVLM("shapes-smolvlm")
+    >>> model.caption("vlm_notebook/assets/red-circle-on-white.png")
+    'A red circle on a white background.'
+    """
+
+    family = "smolvlm"
+    default_model = "smolvlm-256m"
+    default_prompt = "Describe this image."
+    caption_options = ("prompt",)
+
+    @overload
+    def caption(
+        self, image: Any, prompt: str | None = None, *, stream: Literal[False] = False, max_new_tokens: int = ...,
+        temperature: float = ..., top_p: float = ..., seed: int | None = ...,
+    ) -> str: ...
+
+    @overload
+    def caption(
+        self, image: Any, prompt: str | None = None, *, stream: Literal[True], max_new_tokens: int = ...,
+        temperature: float = ..., top_p: float = ..., seed: int | None = ...,
+    ) -> TextStream: ...
+
+    @overload
+    def caption(
+        self, image: Any, prompt: str | None = None, *, stream: bool, max_new_tokens: int = ...,
+        temperature: float = ..., top_p: float = ..., seed: int | None = ...,
+    ) -> str | TextStream: ...
+
+    def caption(
+        self, image: Any, prompt: str | None = None, *, stream: bool = False,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, temperature: float = 0.0, top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> str | TextStream:
+        """Describe ``image`` (with ``prompt``, default "Describe this image.")."""
+        options = GenerationOptions(max_new_tokens, temperature, top_p, seed)
+        text = clean_question(prompt) if prompt is not None else self.default_prompt
+        return self._respond(image, text, options, stream)

@@ -1,0 +1,134 @@
+"""One registry of model names for every family: short names, Hub ids and local directories.
+
+The registry knows families by name only and imports a family's module (and so transformers)
+when a model is actually asked for, so ``import vlm_notebook`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import CheckpointError, UnknownModelError
+
+if TYPE_CHECKING:
+    from .models.base import VLM
+
+CHECKPOINTS_DIR = Path(__file__).parent / "checkpoints"
+
+#: family name -> "module:class"
+FAMILIES: dict[str, str] = {
+    "smolvlm": "vlm_notebook.models.smolvlm:SmolVLM",
+}
+
+#: ``model_type`` in a checkpoint's config.json -> family name
+MODEL_TYPES: dict[str, str] = {
+    "idefics3": "smolvlm",
+    "smolvlm": "smolvlm",
+}
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model users can ask for by ``name``: a Hub id, or a directory shipped in the package."""
+
+    name: str
+    family: str
+    source: str  # Hub id ("org/name") or an absolute directory
+    description: str = ""
+
+    @property
+    def shipped(self) -> bool:
+        return Path(self.source).is_absolute()
+
+
+_ENTRIES: dict[str, ModelEntry] = {}
+
+
+def register(entry: ModelEntry) -> None:
+    """Add a short name; later families register theirs the same way."""
+    if entry.family not in FAMILIES:
+        raise ValueError(f"unknown family {entry.family!r}")
+    _ENTRIES[entry.name] = entry
+
+
+def _register_defaults() -> None:
+    hub = [
+        ("smolvlm-256m", "HuggingFaceTB/SmolVLM-256M-Instruct", "SmolVLM 256M"),
+        ("smolvlm-500m", "HuggingFaceTB/SmolVLM-500M-Instruct", "SmolVLM 500M"),
+        ("smolvlm-2.2b", "HuggingFaceTB/SmolVLM-Instruct", "SmolVLM 2.2B"),
+        ("smolvlm2-256m", "HuggingFaceTB/SmolVLM2-256M-Video-Instruct", "SmolVLM2 256M"),
+        ("smolvlm2-500m", "HuggingFaceTB/SmolVLM2-500M-Video-Instruct", "SmolVLM2 500M"),
+        ("smolvlm2-2.2b", "HuggingFaceTB/SmolVLM2-2.2B-Instruct", "SmolVLM2 2.2B"),
+    ]
+    for name, hub_id, description in hub:
+        register(ModelEntry(name, "smolvlm", hub_id, description))
+    shipped = CHECKPOINTS_DIR / "shapes-smolvlm"
+    register(ModelEntry("shapes-smolvlm", "smolvlm", str(shipped), "tiny SmolVLM trained on shapes, offline"))
+
+
+_register_defaults()
+
+
+def known_models(family: str | None = None) -> list[ModelEntry]:
+    return [entry for entry in _ENTRIES.values() if family in (None, entry.family)]
+
+
+def resolve(name: str, family: str | None = None) -> ModelEntry:
+    """Find what ``name`` means: a short name, a known Hub id, a directory, or (given a family) any Hub id."""
+    entry = _ENTRIES.get(name) or next((e for e in _ENTRIES.values() if e.source == name), None)
+    if entry is None and Path(name).expanduser().is_dir():
+        directory = Path(name).expanduser().resolve()
+        entry = ModelEntry(name, family_of_directory(directory), str(directory))
+    if entry is None and family is not None and _looks_like_hub_id(name):
+        entry = ModelEntry(name, family, name)
+    if entry is None:
+        raise UnknownModelError(_unknown_message(name, family))
+    if family is not None and entry.family != family:
+        raise CheckpointError(
+            f"{name!r} is a {entry.family} model, not {family}: "
+            f"load it with {FAMILIES[entry.family].rsplit(':', 1)[1]}({name!r})."
+        )
+    return entry
+
+
+def get_model(name: str) -> VLM:
+    """Build (without loading) the model ``name`` refers to, whatever its family."""
+    entry = resolve(name)
+    module_name, class_name = FAMILIES[entry.family].split(":")
+    family_class = getattr(importlib.import_module(module_name), class_name)
+    model: VLM = family_class(name)
+    return model
+
+
+def family_of_directory(directory: Path) -> str:
+    config_file = directory / "config.json"
+    if not config_file.is_file():
+        raise CheckpointError(
+            f"{str(directory)!r} has no config.json: it is not a checkpoint directory "
+            "(it needs config.json, the weights and the processor files)."
+        )
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
+        raise CheckpointError(f"{str(config_file)!r} is not valid JSON ({error}).") from None
+    if model_type not in MODEL_TYPES:
+        raise CheckpointError(
+            f"{str(directory)!r} holds a {model_type!r} model, which vlm-notebook does not support; "
+            f"supported model types: {', '.join(sorted(MODEL_TYPES))}."
+        )
+    return MODEL_TYPES[model_type]
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "~"))
+
+
+def _unknown_message(name: str, family: str | None) -> str:
+    names = ", ".join(entry.name for entry in known_models(family))
+    hint = "" if family else " For another Hub checkpoint, pass its id to its family's class: SmolVLM('org/name')."
+    return f"Unknown model {name!r}. Known names: {names}; or give a checkpoint directory.{hint}"
