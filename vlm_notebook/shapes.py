@@ -1,0 +1,149 @@
+"""Synthetic "shapes" pictures with exact captions and question/answer pairs.
+
+Every picture shows one coloured shape on a plain background: 4 shapes x 6 colours x
+3 backgrounds = 72 scenes. The text for a scene is fully determined by the scene, so a
+model trained on it can be checked for exact answers. Only PIL and the standard library
+are used here.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from PIL import Image, ImageDraw
+
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond")
+COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "orange")
+BACKGROUNDS: tuple[str, ...] = ("white", "black", "gray")
+
+CAPTION_PROMPTS: tuple[str, ...] = ("Describe this image.", "Describe this")
+
+_RGB: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "green": (30, 160, 50),
+    "blue": (40, 80, 230),
+    "yellow": (245, 215, 20),
+    "purple": (140, 50, 190),
+    "orange": (250, 140, 20),
+    "white": (255, 255, 255),
+    "black": (0, 0, 0),
+    "gray": (128, 128, 128),
+}
+
+_JAPANESE: dict[str, str] = {
+    "red": "赤 🔴",
+    "green": "緑 🟢",
+    "blue": "青 🔵",
+    "yellow": "黄色 🟡",
+    "purple": "紫 🟣",
+    "orange": "オレンジ 🟠",
+}
+
+_CANONICAL_FRACTION = 0.5  # side of the canonical shape, as a fraction of the picture
+_RANDOM_FRACTION = (0.35, 0.70)  # range of the side of a randomly placed shape
+_SUPERSAMPLE = 4  # draw this much larger, then downscale, for smooth edges
+
+Box = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One combination of shape, shape colour and background colour."""
+
+    shape: str
+    colour: str
+    background: str
+
+
+@dataclass(frozen=True)
+class Drawing:
+    """A rendered scene and the shape's bounding box (x0, y0, x1, y1), normalised to 0..1."""
+
+    image: Image.Image
+    box: Box
+
+
+def all_scenes() -> list[Scene]:
+    """All 72 scenes, ordered by shape, then colour, then background."""
+    return [Scene(shape, colour, background) for shape in SHAPES for colour in COLOURS for background in BACKGROUNDS]
+
+
+def _article(word: str) -> str:
+    return "An" if word[0] in "aeiou" else "A"
+
+
+def caption(scene: Scene) -> str:
+    """The exact caption, e.g. ``"A red circle on a white background."``."""
+    noun = f"{scene.colour} {scene.shape}"
+    return f"{_article(noun)} {noun} on a {scene.background} background."
+
+
+def questions(scene: Scene) -> list[tuple[str, str]]:
+    """Question/answer pairs; the last answer is multi-byte UTF-8 (Japanese and an emoji)."""
+    return [
+        ("What shape is it?", f"{_article(scene.shape)} {scene.shape}."),
+        ("What colour is the shape?", f"{scene.colour.capitalize()}."),
+        ("What colour is the background?", f"{scene.background.capitalize()}."),
+        ("What colour is the shape? Answer in Japanese.", _JAPANESE[scene.colour]),
+    ]
+
+
+def examples(scene: Scene) -> list[tuple[str, str]]:
+    """Every (prompt, answer) pair for a scene: each caption prompt, then the questions."""
+    described = [(prompt, caption(scene)) for prompt in CAPTION_PROMPTS]
+    return described + questions(scene)
+
+
+def _placement(size: int, rng: random.Random | None) -> Box:
+    """Pixel box of the shape: centred and fixed without ``rng``, random with it."""
+    if rng is None:
+        side = size * _CANONICAL_FRACTION
+        x0 = y0 = (size - side) / 2
+    else:
+        side = size * rng.uniform(*_RANDOM_FRACTION)
+        x0 = rng.uniform(0, size - side)
+        y0 = rng.uniform(0, size - side)
+    return (x0, y0, x0 + side, y0 + side)
+
+
+def _outline(shape: str, box: Box) -> list[tuple[float, float]]:
+    """Polygon corners of the polygonal shapes inside ``box``."""
+    x0, y0, x1, y1 = box
+    xm, ym = (x0 + x1) / 2, (y0 + y1) / 2
+    if shape == "square":
+        return [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+    if shape == "triangle":
+        return [(xm, y0), (x1, y1), (x0, y1)]
+    if shape == "diamond":
+        return [(xm, y0), (x1, ym), (xm, y1), (x0, ym)]
+    raise ValueError(f"unknown shape: {shape!r}")
+
+
+def _scaled(box: Box, factor: float) -> Box:
+    x0, y0, x1, y1 = box
+    return (x0 * factor, y0 * factor, x1 * factor, y1 * factor)
+
+
+def _paint(image: Image.Image, shape: str, box: Box, colour: str) -> None:
+    pen = ImageDraw.Draw(image)
+    fill = _RGB[colour]
+    if shape == "circle":
+        pen.ellipse(box, fill=fill)
+    else:
+        pen.polygon(_outline(shape, box), fill=fill)
+
+
+def draw(scene: Scene, size: int = 64, rng: random.Random | None = None) -> Drawing:
+    """Render ``scene`` as a ``size`` x ``size`` RGB picture.
+
+    Without ``rng`` the drawing is canonical: the shape is centred and half the side.
+    With ``rng`` its position and size (35-70% of the side) are random.
+    """
+    if scene.colour not in _JAPANESE or scene.background not in BACKGROUNDS:
+        raise ValueError(f"unknown colour or background in {scene!r}")
+    box = _placement(size, rng)
+    big = Image.new("RGB", (size * _SUPERSAMPLE, size * _SUPERSAMPLE), _RGB[scene.background])
+    _paint(big, scene.shape, _scaled(box, _SUPERSAMPLE), scene.colour)
+    image = big.resize((size, size), Image.Resampling.BOX)
+    return Drawing(image=image, box=_scaled(box, 1 / size))

@@ -1,0 +1,103 @@
+"""The record of a training run: ``training.json`` and a short ``README.md`` model card."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+
+def versions() -> dict[str, str]:
+    """Versions of the software that produced a checkpoint."""
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
+def write_record(directory: Path, record: dict[str, Any]) -> None:
+    """Write ``record`` as ``training.json`` in ``directory``."""
+    text = json.dumps(record, indent=2, ensure_ascii=False)
+    (directory / "training.json").write_text(text + "\n", encoding="utf-8")
+
+
+def _accuracy_line(name: str, score: dict[str, Any]) -> str:
+    return f"- {name}: {score['exact']}/{score['total']} exact ({100 * score['accuracy']:.1f}%)"
+
+
+def _per_prompt_rows(score: dict[str, Any]) -> list[str]:
+    return [f"  - `{prompt}`: {count}" for prompt, count in score["per_prompt"].items()]
+
+
+def _about(record: dict[str, Any]) -> list[str]:
+    return [
+        f"# {record['name']}",
+        "",
+        "A tiny SmolVLM (transformers `idefics3` architecture: SigLIP-style vision encoder,",
+        "pixel-shuffle connector, Llama text model) trained from scratch on synthetic pictures",
+        "of one coloured shape on a plain background (`vlm_notebook.shapes`: 4 shapes x",
+        "6 colours x 3 backgrounds = 72 scenes). It captions them and answers four questions,",
+        "one of them in Japanese with an emoji (multi-byte UTF-8 output for streaming tests).",
+        "It knows nothing else: it is a test and demo model, not a general VLM.",
+        "",
+        "## Format",
+        "",
+        f"- {record['parameters']:,} parameters, fp32 safetensors; 64 px pictures, patch 8,",
+        "  scale factor 2 = 16 image tokens; any picture is resized to one 64 px tile.",
+        "- Byte-level BPE trained on the English text only; SmolVLM's special tokens and",
+        "  prompt format: `<|im_start|>User:<image>Describe this image.<end_of_utterance>\\nAssistant:`",
+        "- Load with `AutoProcessor` and `AutoModelForImageTextToText` (`dtype=torch.float32`);",
+        "  works offline and without torchvision (PIL image processor).",
+        "",
+    ]
+
+
+def _how(record: dict[str, Any]) -> list[str]:
+    return [
+        "## How it was made",
+        "",
+        "```",
+        record["command"],
+        "```",
+        "",
+        f"Seed {record['seed']}, batches of {record['recipe']['batch_size']} random scenes, on {record['machine']}",
+        f"with {record['threads']} torch threads; {record['train_seconds']:.0f} s of training in two stages:",
+        "",
+        f"1. {record['vision_steps']} steps ({record['vision_seconds']:.0f} s) pretraining the vision tower alone:"
+        " linear heads on its mean-pooled output classify shape, colour and background.",
+        f"2. {record['steps']} steps ({record['text_seconds']:.0f} s) training the whole model on the answers"
+        " (loss on answer tokens only), through the real processor and chat template.",
+        "",
+        "Both stages: AdamW, linear warmup then cosine decay, gradient clipping, deterministic kernels.",
+        "",
+    ]
+
+
+def _accuracy(record: dict[str, Any]) -> list[str]:
+    canonical, random_set = record["evaluation"]["canonical"], record["evaluation"]["random"]
+    return [
+        "## Exact-match accuracy (greedy, loaded from this directory)",
+        "",
+        _accuracy_line("canonical drawings (centred, fixed size)", canonical),
+        *_per_prompt_rows(canonical),
+        _accuracy_line(f"random position and size (seed {random_set['seed']})", random_set),
+        *_per_prompt_rows(random_set),
+        "",
+        f"Versions: torch {record['versions']['torch']}, transformers {record['versions']['transformers']}.",
+        "",
+    ]
+
+
+def model_card(record: dict[str, Any]) -> str:
+    """A short Markdown model card built from a training record."""
+    return "\n".join([*_about(record), *_how(record), *_accuracy(record)])
+
+
+def write_card(directory: Path, record: dict[str, Any]) -> None:
+    """Write the model card as ``README.md`` in ``directory``."""
+    (directory / "README.md").write_text(model_card(record), encoding="utf-8")

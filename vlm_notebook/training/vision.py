@@ -1,0 +1,54 @@
+"""Stage 1 of a ``shapes-*`` recipe: pretrain the vision tower to tell the scenes apart.
+
+A freshly initialised tower learns shapes very slowly through the language-model loss
+alone (the text model must first learn to look at the image tokens, while the tower gets
+almost no gradient). Real VLMs start from a pretrained vision encoder; here the tower is
+pretrained for a minute with linear heads on its mean-pooled output (shape, colour,
+background), then the whole model is trained on text. Works with any tower whose forward
+takes ``pixel_values`` and returns an object with ``last_hidden_state``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vlm_notebook import shapes
+
+LABEL_SIZES: tuple[int, ...] = (len(shapes.SHAPES), len(shapes.COLOURS), len(shapes.BACKGROUNDS))
+
+
+def scene_labels(scene: shapes.Scene) -> list[int]:
+    """Class indices of a scene: shape, colour, background."""
+    return [
+        shapes.SHAPES.index(scene.shape),
+        shapes.COLOURS.index(scene.colour),
+        shapes.BACKGROUNDS.index(scene.background),
+    ]
+
+
+@dataclass
+class ClassifierOutput:
+    """Forward result, shaped like a transformers output as far as the loop needs."""
+
+    loss: torch.Tensor
+    logits: list[torch.Tensor]
+
+
+class PooledClassifier(nn.Module):
+    """Linear heads on the mean of a vision tower's output tokens, one head per label."""
+
+    def __init__(self, tower: nn.Module, width: int, label_sizes: Sequence[int] = LABEL_SIZES) -> None:
+        super().__init__()
+        self.tower = tower
+        self.heads = nn.ModuleList(nn.Linear(width, n) for n in label_sizes)
+
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> ClassifierOutput:
+        """Sum of the heads' cross-entropies; ``labels`` is (batch, number of heads)."""
+        pooled = self.tower(pixel_values=pixel_values).last_hidden_state.mean(dim=1)
+        logits = [head(pooled) for head in self.heads]
+        losses = [nn.functional.cross_entropy(out, labels[:, i]) for i, out in enumerate(logits)]
+        return ClassifierOutput(loss=torch.stack(losses).sum(), logits=logits)
