@@ -6,6 +6,8 @@
 ...     print(chunk, end="", flush=True)
 """
 
+from typing import Any
+
 from .errors import (
     CheckpointError,
     CheckpointNotAvailableError,
@@ -20,6 +22,14 @@ from .registry import get_model, known_models
 from .stream import StreamStats, TextStream
 
 __version__ = "0.1.0"
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext vlm_notebook``: register the magics (imported only now, to keep import cheap)."""
+    from .magics import VLMMagics
+
+    ipython.register_magics(VLMMagics(ipython))
+
 
 __all__ = [
     "CheckpointError",

@@ -4,6 +4,10 @@
 class VLMError(Exception):
     """Base class of every error raised by vlm-notebook."""
 
+    def _render_traceback_(self) -> list[str]:
+        """IPython shows this instead of a traceback: the message is what the user can act on."""
+        return [f"{type(self).__name__}: {self}"]
+
 
 class UnknownModelError(VLMError, KeyError):
     """A model name that is neither a known short name, a Hub id of a supported family, nor a directory."""

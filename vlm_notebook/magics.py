@@ -1,0 +1,184 @@
+"""IPython magics: ``%load_ext vlm_notebook``, then ``%vlm_caption``, ``%vlm_query``, ``%vlm_models``.
+
+The answer streams into the cell's output as it is generated (plain stdout, which a saved
+notebook keeps as one stream of text). The magic also returns it as an ``Answer``: assign it
+(``text = %vlm_caption img``) or use ``_`` in the next cell. It is not shown a second time.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.getipython import get_ipython
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class, no_var_expand
+from IPython.core.magic_arguments import argument, magic_arguments
+from IPython.display import publish_display_data
+from IPython.utils.process import arg_split  # type: ignore[attr-defined]
+from traitlets import Integer, Unicode
+
+from . import hub, registry
+from .errors import ImageError, RequestError
+from .models.base import VLM
+from .stream import StreamStats, TextStream
+
+
+class Answer(str):
+    """An answer's text (a ``str``) with its ``stats``.
+
+    Displayed in the cell that made it, it shows nothing: the text was streamed there already.
+    """
+
+    stats: StreamStats | None
+    _cell: int | None
+
+    def __new__(cls, text: str, stats: StreamStats | None = None, cell: int | None = None) -> Answer:
+        answer = super().__new__(cls, text)
+        answer.stats = stats
+        answer._cell = cell
+        return answer
+
+    def _ipython_display_(self) -> None:
+        shell = get_ipython()
+        if shell is not None and self._cell == shell.execution_count:
+            return
+        publish_display_data({"text/plain": str(self)})
+
+
+def _common_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    for decorate in reversed(
+        [
+            argument("--model", "-m", help="model name, Hub id or checkpoint directory (default: default_model)"),
+            argument("--max-new-tokens", type=int, help="longest answer, in tokens (default: max_new_tokens)"),
+            argument("--no-stream", action="store_true", help="show the answer only when it is complete"),
+            argument("--stats", action="store_true", help="add a line: time to first token, tokens, tokens/s"),
+        ]
+    ):
+        function = decorate(function)
+    return function
+
+
+@magics_class
+class VLMMagics(Magics):
+    """Caption images and ask about them from notebook cells, streaming the answer."""
+
+    default_model = Unicode("smolvlm-256m", help="The model used when --model is not given.").tag(config=True)
+    max_new_tokens = Integer(256, help="The longest answer, in tokens, when --max-new-tokens is not given.").tag(
+        config=True
+    )
+
+    def __init__(self, shell: Any = None, **kwargs: Any):
+        super().__init__(shell, **kwargs)
+        self._models: dict[tuple[str, str], VLM] = {}
+
+    @no_var_expand
+    @magic_arguments()
+    @argument("image", help="an image file's path, or the name of a variable holding an image, array or bytes")
+    @argument("--prompt", help="what to ask for (SmolVLM)")
+    @argument("--length", choices=["short", "normal", "long"], help="caption length (Moondream)")
+    @argument("--language", help="language of the caption, e.g. en, ja (Qwen2-VL)")
+    @_common_options
+    @line_magic
+    def vlm_caption(self, line: str) -> Answer:
+        """Caption IMAGE, streaming the caption into the cell."""
+        args = self._parse(self.vlm_caption, line)
+        options = {name: getattr(args, name) for name in ("prompt", "length", "language")}
+        model = self.model(args.model)
+        call = partial(
+            model.caption_with,
+            self._image(args.image),
+            options={name: value for name, value in options.items() if value is not None},
+            max_new_tokens=args.max_new_tokens or self.max_new_tokens,
+        )
+        return self._answer(call, args)
+
+    @no_var_expand
+    @magic_arguments()
+    @argument("image", help="an image file's path, or the name of a variable holding an image, array or bytes")
+    @argument("question", nargs="*", help="the question (or, in the cell form, the cell's body)")
+    @_common_options
+    @line_cell_magic
+    def vlm_query(self, line: str, cell: str | None = None) -> Answer:
+        """Answer a question about IMAGE: %vlm_query IMAGE "QUESTION", or %%vlm_query IMAGE with the question below.
+
+        Quote a question that ends with "?" on the line: IPython reads a trailing "?" as a request for help.
+        """
+        args = self._parse(self.vlm_query, line)
+        if cell is not None and args.question:
+            raise RequestError("Give the question either on the %%vlm_query line or in the cell, not both.")
+        question = cell if cell is not None else _unquote(" ".join(args.question))
+        model = self.model(args.model)
+        call = partial(
+            model.query,
+            self._image(args.image),
+            question,
+            max_new_tokens=args.max_new_tokens or self.max_new_tokens,
+        )
+        return self._answer(call, args)
+
+    @line_magic
+    def vlm_models(self, line: str = "") -> None:
+        """List the known model names: family, whether loaded in this kernel, whether available offline."""
+        loaded = {model.entry.name for model in self._models.values()}
+        print(f"{'name':16} {'family':8} {'loaded':7} {'offline':8} source")
+        for entry in registry.known_models():
+            offline = "yes" if hub.is_available_offline(entry.source) else "no"
+            source = "shipped with vlm-notebook" if entry.shipped else entry.source
+            mark = "yes" if entry.name in loaded else "no"
+            print(f"{entry.name:16} {entry.family:8} {mark:7} {offline:8} {source}")
+
+    def model(self, name: str | None = None) -> VLM:
+        """The model for ``name`` (default ``default_model``), loaded once per kernel and reused."""
+        entry = registry.resolve(_unquote(name or self.default_model))
+        key = (entry.family, entry.source)
+        if key not in self._models:
+            model = registry.get_model(entry.name)
+            model.load()
+            self._models[key] = model
+        return self._models[key]
+
+    def _parse(self, magic: Callable[..., Any], line: str) -> Any:
+        parser = magic.parser  # type: ignore[attr-defined]
+        try:
+            return parser.parse_intermixed_args(arg_split(line, strict=True))
+        except (UsageError, ValueError) as error:
+            name = magic.__name__
+            raise RequestError(f"%{name}: {error}. See %{name}? for its options.") from None
+
+    def _image(self, name: str) -> Any:
+        """A variable of the notebook by that name, else a file path."""
+        name = _unquote(name)
+        namespace = self.shell.user_ns if self.shell is not None else {}
+        if name in namespace:
+            return namespace[name]
+        if not Path(name).expanduser().exists():
+            raise ImageError(f"No variable or file named {name!r}: define the variable first, or give a file path.")
+        return Path(name).expanduser()
+
+    def _answer(self, call: Callable[..., str | TextStream], args: Any) -> Answer:
+        stream = call(stream=True)
+        assert isinstance(stream, TextStream)
+        with stream:  # an interrupt (KeyboardInterrupt) cancels the generation before it propagates
+            for chunk in stream:
+                if not args.no_stream:
+                    sys.stdout.write(chunk)
+                    sys.stdout.flush()
+        text = stream.text
+        if args.no_stream:
+            sys.stdout.write(text)
+        sys.stdout.write("\n")
+        if args.stats:
+            print(stream.stats.summary())
+        sys.stdout.flush()
+        return Answer(text, stream.stats, self.shell.execution_count if self.shell is not None else None)
+
+
+def _unquote(text: str) -> str:
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
