@@ -6,9 +6,9 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before huggingface_hub reads it
 
-import pytest  # noqa: E402
+import pytest
 
-from vlm_notebook.models import SmolVLM  # noqa: E402
+from vlm_notebook.models import SmolVLM
 
 
 @pytest.fixture(scope="session")

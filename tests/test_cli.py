@@ -18,7 +18,8 @@ def test_caption_streams_the_caption(capsys: pytest.CaptureFixture[str]) -> None
 
 
 def test_caption_without_streaming_and_with_a_prompt(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["caption", str(DEMO_PICTURE), "--model", "shapes-smolvlm", "--prompt", "Describe this", "--no-stream"]) == 0
+    argv = ["caption", str(DEMO_PICTURE), "--model", "shapes-smolvlm", "--prompt", "Describe this", "--no-stream"]
+    assert main(argv) == 0
     out, err = capsys.readouterr()
     assert out == "A red circle on a white background.\n"
     assert "whole answer after" in err

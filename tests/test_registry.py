@@ -58,5 +58,5 @@ def test_a_directory_of_another_family_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_directory_without_config_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(CheckpointError, match="config.json"):
+    with pytest.raises(CheckpointError, match=r"config\.json"):
         SmolVLM(str(tmp_path))
