@@ -1,0 +1,73 @@
+"""Controls for a family's own caption options, chosen from data.
+
+A family names its caption options in ``VLM.caption_options``; a family's widget maps each
+name to a factory that builds the control (``VLMWidget.option_controls``). A name no mapping
+knows still gets a free-text control, so a widget works for any model, and a new family's
+widget is its family name plus one mapping entry per option.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import ipywidgets as widgets
+
+from ..errors import RequestError
+from ..models.base import VLM
+
+#: Builds the control for one caption option of ``model``; its ``value`` is the option's value,
+#: and an empty value ("" or None) means the family's default.
+ControlFactory = Callable[[VLM], Any]
+
+_WIDE = {"description_width": "initial"}
+
+
+def text_control(label: str, placeholder: str = "") -> ControlFactory:
+    """A free-text option, left empty for the family's default."""
+
+    def build(model: VLM) -> Any:
+        return widgets.Text(value="", placeholder=placeholder, description=label, style=_WIDE)
+
+    return build
+
+
+def choice_control(label: str, choices: Sequence[str], default: str) -> ControlFactory:
+    """An option with a few fixed values (Moondream's caption length: short, normal, long)."""
+
+    def build(model: VLM) -> Any:
+        return widgets.Dropdown(options=tuple(choices), value=default, description=label, style=_WIDE)
+
+    return build
+
+
+def prompt_control(model: VLM) -> Any:
+    """The caption prompt, showing the family's default prompt as the placeholder."""
+    default = str(getattr(model, "default_prompt", ""))
+    return text_control("Prompt", default)(model)
+
+
+def build_controls(model: VLM, factories: Mapping[str, ControlFactory]) -> dict[str, Any]:
+    """One control per caption option of ``model``, in the family's order."""
+    return {name: factories.get(name, _fallback(name))(model) for name in model.caption_options}
+
+
+def option_values(controls: Mapping[str, Any]) -> dict[str, Any]:
+    """The caption options to pass: a control left empty means the family's default."""
+    return {name: control.value for name, control in controls.items() if control.value not in ("", None)}
+
+
+def set_option_values(controls: Mapping[str, Any], values: Mapping[str, Any], model: VLM) -> None:
+    """Put ``values`` into their controls; an option the family does not have is refused."""
+    unknown = sorted(set(values) - set(controls))
+    if unknown:
+        allowed = ", ".join(controls) or "none"
+        raise RequestError(
+            f"{type(model).__name__} has no caption option {', '.join(unknown)}; its options: {allowed}."
+        )
+    for name, value in values.items():
+        controls[name].value = value
+
+
+def _fallback(name: str) -> ControlFactory:
+    return text_control(name.replace("_", " ").capitalize())

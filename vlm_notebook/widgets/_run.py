@@ -1,0 +1,113 @@
+"""One generation started from a widget, on a worker thread of its own.
+
+The kernel's thread only starts a run; everything slow (loading the model, decoding the
+image, generating) happens on the run's thread, so Run returns at once and Stop, which the
+kernel handles between messages, can reach it. Chunks go through a Coalescer, whose thread is
+the Output's only writer while the run lasts.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from ..errors import VLMError
+from ..stream import StreamStats, TextStream
+from ._coalesce import Coalescer
+
+
+class Run:
+    """A generation: ``open_stream`` runs on the run's thread, ``show`` on the coalescer's, ``finish`` last."""
+
+    def __init__(
+        self,
+        open_stream: Callable[[], TextStream],
+        show: Callable[[Run, str], None],
+        finish: Callable[[Run], None],
+        max_rate: float,
+    ) -> None:
+        self._open_stream = open_stream
+        self._show = show
+        self._finish = finish
+        self._max_rate = max_rate
+        self._stop = threading.Event()
+        self.stream: TextStream | None = None
+        self.error: Exception | None = None
+        self.finished_at: str | None = None  # wall-clock time, for people comparing runs
+        self._thread = threading.Thread(target=self._work, name="vlm-notebook-widget", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    @property
+    def text(self) -> str:
+        return self.stream.text if self.stream is not None else ""
+
+    @property
+    def stats(self) -> StreamStats | None:
+        return self.stream.stats if self.stream is not None else None
+
+    def stop(self) -> None:
+        """Ask the run to end: before it starts generating, or at the next token."""
+        self._stop.set()
+        stream = self.stream  # read after setting the flag: _generate checks it after assigning
+        if stream is not None:
+            stream.cancel()
+
+    def wait(self, timeout: float | None = None) -> str:
+        """Block until the run ends; return its text or raise its error."""
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError(f"generation still running after {timeout} s")
+        if self.error is not None:
+            raise self.error
+        return self.text
+
+    def _work(self) -> None:
+        coalescer = Coalescer(lambda text: self._show(self, text), self._max_rate)
+        try:
+            self._generate(coalescer)
+        except Exception as error:  # shown by the widget, raised again by wait(); never printed
+            self.error = error
+        finally:
+            coalescer.close()
+            self.error = self.error or coalescer.error
+            self.finished_at = time.strftime("%H:%M:%S")
+            self._finish(self)
+
+    def _generate(self, coalescer: Coalescer) -> None:
+        if self._stop.is_set():
+            return
+        self.stream = stream = self._open_stream()
+        if self._stop.is_set():  # Stop came while the model was loading
+            stream.cancel()
+        for chunk in stream:
+            coalescer.add(chunk)
+
+
+def figures_line(run: Run) -> str:
+    """One line: time to first token, tokens, tokens/s, image tokens, and how and when it ended."""
+    stats = run.stats
+    if stats is None:
+        return "" if run.finished_at else "loading the model…"
+    line = f"{stats.summary()} · {stats.image_tokens} image tokens"
+    if run.finished_at is None or stats.end_time is None:
+        return f"{line} · running"
+    return f"{line} · ended {run.finished_at} ({stats.finish_reason}, {stats.end_time:.2f} s)"
+
+
+def short_message(error: Exception) -> str:
+    """What a person reads instead of a traceback: our errors speak for themselves, others get named."""
+    lines = str(error).strip().splitlines()
+    first = lines[0] if lines else ""
+    text = first if isinstance(error, VLMError) else f"The model failed: {type(error).__name__}: {first}"
+    return text if len(text) <= 300 else text[:299] + "…"

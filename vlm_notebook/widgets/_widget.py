@@ -1,0 +1,313 @@
+"""The interactive widget: an image, a question or caption request, and an answer that streams in."""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, ClassVar, Literal
+
+import ipywidgets as widgets
+from PIL import Image
+
+from ..errors import ImageError, RequestError
+from ..images import load_image
+from ..models.base import VLM
+from ..options import DEFAULT_MAX_NEW_TOKENS
+from ..stream import StreamStats, TextStream
+from ._coalesce import DEFAULT_MAX_RATE, set_output_text
+from ._controls import ControlFactory, build_controls, option_values, prompt_control, set_option_values
+from ._run import Run, figures_line, short_message
+
+Mode = Literal["caption", "question"]
+
+_BUSY = "A generation is running: wait for it to end, or press Stop."
+_NO_IMAGE = "No image yet: upload one, or pass image= when creating the widget."
+_PREVIEW_PIXELS = 256  # the preview travels over the comm: a thumbnail, never the original
+_ERROR_COLOUR = "#b00020"
+
+
+@dataclass(frozen=True)
+class _Request:
+    """What Run asks for, read from the controls on the kernel's thread."""
+
+    mode: Mode
+    question: str
+    options: dict[str, Any]
+    max_new_tokens: int
+
+
+class VLMWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
+    """An interactive front end to one model: image in, streamed answer out.
+
+    Run starts a generation on a worker thread and returns at once; the answer streams into
+    ``output`` at most ``max_updates_per_second`` times a second; Stop ends it within a token.
+    A second Run while one is going is refused with a message. Errors (an upload that is not an
+    image, a model failure) show as a short message and the widget keeps working. Several
+    widgets may share one model: the model serves them one at a time.
+
+    >>> picture = shapes.draw(shapes.Scene("circle", "red", "white")).image
+    >>> widget = VLMWidget(SmolVLM("shapes-smolvlm"), image=picture)
+    >>> widget  # in a notebook this shows the widget: upload, Run, Stop, the answer streaming in
+    VLMWidget(model='shapes-smolvlm')
+    >>> widget.run()  # what clicking Run does; returns at once
+    True
+    >>> widget.wait(30)
+    'A red circle on a white background.'
+    """
+
+    family: ClassVar[str | None] = None  # the family a subclass serves; None: any
+    option_controls: ClassVar[Mapping[str, ControlFactory]] = MappingProxyType({})  # option name -> control
+    _family_widgets: ClassVar[dict[str, type[VLMWidget]]] = {}
+    # Class defaults, because ipywidgets' __del__ calls close() even when __init__ failed early.
+    _run: Run | None = None
+    _owned: tuple[Any, ...] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "family" in cls.__dict__:  # so VLMWidget(model) shows the controls the family declares
+            VLMWidget._family_widgets[cls.__dict__["family"]] = cls
+
+    def __init__(
+        self, model: VLM, *, image: Any = None, max_updates_per_second: float = DEFAULT_MAX_RATE
+    ) -> None:
+        self._check_family(model)
+        if not max_updates_per_second > 0:
+            raise ValueError(f"max_updates_per_second must be positive, got {max_updates_per_second}.")
+        self.model = model
+        self.max_updates_per_second = max_updates_per_second
+        self._start_lock = threading.Lock()
+        self._message_lock = threading.Lock()
+        self._image: Image.Image | None = None
+        self._make_controls()
+        children = self._layout()
+        super().__init__(children=children)
+        if image is not None:
+            self.image = image
+
+    # Python access -----------------------------------------------------------------------------
+
+    @property
+    def image(self) -> Image.Image | None:
+        """The picture the next run uses (RGB); set it to anything ``load_image`` accepts."""
+        return self._image
+
+    @image.setter
+    def image(self, image: Any) -> None:
+        self._use_image(load_image(image))
+
+    @property
+    def running(self) -> bool:
+        return self._run is not None and self._run.running
+
+    @property
+    def text(self) -> str:
+        """The text of the latest run, as far as it has been generated."""
+        return self._run.text if self._run is not None else ""
+
+    @property
+    def stats(self) -> StreamStats | None:
+        """The latest run's ``StreamStats`` (None before the first run or while the model loads)."""
+        return self._run.stats if self._run is not None else None
+
+    def run(
+        self, question: str | None = None, *, mode: Mode | None = None, max_new_tokens: int | None = None,
+        **options: Any,
+    ) -> bool:
+        """Start a generation, as clicking Run does, and return at once.
+
+        ``question`` switches to question mode; ``mode``, ``max_new_tokens`` and the family's
+        caption ``options`` (e.g. ``prompt=``) are put into their controls first. Returns False,
+        with the reason shown in the widget, when a run is going or there is no image.
+        """
+        self._apply(question, mode, max_new_tokens, options)
+        return self._start()
+
+    def stop(self) -> None:
+        """Stop the running generation within a token, as clicking Stop does."""
+        if self._run is not None:
+            self._run.stop()
+
+    def wait(self, timeout: float | None = None) -> str:
+        """Block until the latest run ends; return its text, or raise its error (TimeoutError if still going)."""
+        return self._run.wait(timeout) if self._run is not None else ""
+
+    def close(self) -> None:
+        """Stop any generation and close the widget and the widgets it is made of."""
+        self.stop()
+        for part in self._owned:
+            part.close()
+        super().close()
+
+    def __repr__(self) -> str:
+        # Saved in notebooks as text/plain: only what the cell itself fixed, nothing that varies.
+        return f"{type(self).__name__}(model={self.model.name!r})"
+
+    # Building ----------------------------------------------------------------------------------
+
+    def _check_family(self, model: VLM) -> None:
+        if not isinstance(model, VLM):
+            raise TypeError(f"{type(self).__name__} needs a model such as SmolVLM('shapes-smolvlm'), got {model!r}.")
+        if self.family is not None and model.family != self.family:
+            raise TypeError(
+                f"{type(self).__name__} is for {self.family} models; {model!r} is a {model.family} model: "
+                "use VLMWidget(model)."
+            )
+
+    def _make_controls(self) -> None:
+        self.upload = widgets.FileUpload(accept="image/*", multiple=False, description="Image")
+        self.preview = widgets.Image(format="png", layout=widgets.Layout(width="192px"))
+        self.mode = widgets.ToggleButtons(options=[("Caption", "caption"), ("Question", "question")])
+        self.question = widgets.Text(placeholder="Ask about the image", description="Question", disabled=True)
+        self.options = build_controls(self.model, self._option_factories())
+        self.max_new_tokens = widgets.BoundedIntText(
+            value=DEFAULT_MAX_NEW_TOKENS, min=1, max=100_000, description="Max tokens",
+            style={"description_width": "initial"},
+        )
+        self.run_button = widgets.Button(description="Run", button_style="primary", icon="play")
+        self.stop_button = widgets.Button(description="Stop", icon="stop", disabled=True)
+        self.output = widgets.Output(layout=widgets.Layout(border="1px solid #ccc", min_height="2em", padding="4px"))
+        self.figures = widgets.Label(value="")
+        self.message = widgets.Label(value="")
+        self._connect()
+
+    def _option_factories(self) -> dict[str, ControlFactory]:
+        """The family widget's controls (so VLMWidget(model) matches it), then this class's own."""
+        family_widget = self._family_widgets.get(self.model.family, VLMWidget)
+        return {**family_widget.option_controls, **self.option_controls}
+
+    def _connect(self) -> None:
+        self.upload.observe(self._on_upload, names="value")
+        self.mode.observe(self._on_mode, names="value")
+        self.run_button.on_click(lambda _: self._start())
+        self.stop_button.on_click(lambda _: self.stop())
+
+    def _layout(self) -> list[Any]:
+        buttons = widgets.HBox([self.run_button, self.stop_button])
+        request = widgets.VBox([self.mode, self.question, *self.options.values(), self.max_new_tokens, buttons])
+        picture = widgets.VBox([self.upload, self.preview])
+        top = widgets.HBox([picture, request])
+        self._owned = (top, picture, request, buttons, self.upload, self.preview, self.mode, self.question,
+                       *self.options.values(), self.max_new_tokens, self.run_button, self.stop_button,
+                       self.output, self.figures, self.message)
+        return [top, self.output, self.figures, self.message]
+
+    # Kernel thread: controls, uploads, starting ----------------------------------------------
+
+    def _on_upload(self, change: dict[str, Any]) -> None:
+        if not change["new"]:
+            return
+        upload = change["new"][-1]
+        try:
+            # Decoded here, not at Run, so a bad file is reported the moment it arrives.
+            picture = load_image(bytes(upload["content"]))
+        except ImageError as error:
+            self._image = None
+            self.preview.value = b""
+            self._say(f"Cannot use {upload['name']!r}: {error}", error=True)
+            return
+        self._use_image(picture)
+        self._say("")
+
+    def _use_image(self, picture: Image.Image) -> None:
+        self._image = picture
+        self.preview.value = _thumbnail_png(picture)
+
+    def _on_mode(self, change: dict[str, Any]) -> None:
+        asking = change["new"] == "question"
+        self.question.disabled = not asking
+        for control in self.options.values():
+            control.disabled = asking  # the family's options shape captions only
+
+    def _apply(
+        self, question: str | None, mode: Mode | None, max_new_tokens: int | None, options: dict[str, Any]
+    ) -> None:
+        if mode not in (None, "caption", "question"):
+            raise RequestError(f"mode must be 'caption' or 'question', got {mode!r}.")
+        set_option_values(self.options, options, self.model)
+        if question is not None:
+            self.question.value = question
+            mode = mode or "question"
+        if mode is not None:
+            self.mode.value = mode
+        if max_new_tokens is not None:
+            self.max_new_tokens.value = max_new_tokens
+
+    def _start(self) -> bool:
+        with self._start_lock:  # two clicks, or a click and run(), must not both start
+            if self.running:
+                self._say(_BUSY, error=True)
+                return False
+            image = self._image
+            if image is None:
+                self._say(_NO_IMAGE, error=True)
+                return False
+            request = self._request()
+            self._reset_view()
+            self._run = Run(lambda: self._open_stream(image, request), self._show, self._finish,
+                            self.max_updates_per_second)
+            self._run.start()
+        return True
+
+    def _request(self) -> _Request:
+        return _Request(self.mode.value, self.question.value, option_values(self.options), self.max_new_tokens.value)
+
+    def _reset_view(self) -> None:
+        self.output.outputs = ()  # not clear_output(): that can erase appends that follow it
+        self.figures.value = "loading the model…" if not self.model.loaded else "waiting for the model…"
+        self._say("")
+        self.run_button.disabled = True
+        self.stop_button.disabled = False
+
+    # Worker threads: generating, showing, finishing ------------------------------------------
+
+    def _open_stream(self, image: Image.Image, request: _Request) -> TextStream:
+        if request.mode == "question":
+            return self.model.query(image, request.question, stream=True, max_new_tokens=request.max_new_tokens)
+        stream = self.model.caption_with(image, stream=True, options=request.options,
+                                         max_new_tokens=request.max_new_tokens)
+        assert isinstance(stream, TextStream)
+        return stream
+
+    def _show(self, run: Run, text: str) -> None:
+        set_output_text(self.output, text)
+        self.figures.value = figures_line(run)
+
+    def _finish(self, run: Run) -> None:
+        self.figures.value = figures_line(run)
+        if run.error is not None:
+            self._say(short_message(run.error), error=True)
+        else:
+            self._say("", replacing=_BUSY)  # the refusal is over; other news (a bad upload) stays
+        self.run_button.disabled = False
+        self.stop_button.disabled = True
+
+    def _say(self, text: str, error: bool = False, replacing: str | None = None) -> None:
+        """Show a one-line message; with ``replacing``, only while that message shows."""
+        with self._message_lock:  # written from the kernel's thread and from runs ending
+            if replacing is not None and self.message.value != replacing:
+                return
+            self.message.style.text_color = _ERROR_COLOUR if error else None
+            self.message.value = text
+
+
+class SmolVLMWidget(VLMWidget):
+    """A widget for SmolVLM models, with SmolVLM's caption prompt.
+
+    >>> widget = SmolVLMWidget(SmolVLM("shapes-smolvlm"), image=picture)
+    >>> widget.run(prompt="Describe this")
+    True
+    """
+
+    family = "smolvlm"
+    option_controls = MappingProxyType({"prompt": prompt_control})
+
+
+def _thumbnail_png(picture: Image.Image) -> bytes:
+    thumbnail = picture.copy()
+    thumbnail.thumbnail((_PREVIEW_PIXELS, _PREVIEW_PIXELS))
+    buffer = io.BytesIO()
+    thumbnail.save(buffer, format="PNG")
+    return buffer.getvalue()
