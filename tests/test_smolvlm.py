@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import shutil
 import threading
 from pathlib import Path
@@ -222,3 +224,18 @@ def test_a_checkpoint_without_weights_is_a_clear_error(tmp_path: Path) -> None:
     (copy / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="weights"):
         SmolVLM(str(copy)).load()
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("torchvision") is not None and importlib.util.find_spec("num2words") is not None,
+    reason="this environment can build SmolVLM2 processors",
+)
+def test_a_smolvlm2_checkpoint_without_torchvision_says_what_to_install(tmp_path: Path) -> None:
+    copy = tmp_path / "smolvlm2"
+    shutil.copytree(Path(SmolVLM("shapes-smolvlm").entry.source), copy)
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "model_type": "smolvlm"}))
+    model = SmolVLM(str(copy))
+    with pytest.raises(CheckpointError, match=r"SmolVLM2 checkpoint.*torchvision and num2words"):
+        model.load()
+    assert not model.loaded

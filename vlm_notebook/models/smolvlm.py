@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+from pathlib import Path
 from typing import Any, Literal, overload
 
+from ..errors import CheckpointError
 from ..options import DEFAULT_MAX_NEW_TOKENS, GenerationOptions, clean_question
 from ..stream import TextStream
 from .hf import TransformersVLM
@@ -21,6 +25,15 @@ class SmolVLM(TransformersVLM):
     default_model = "smolvlm-256m"
     default_prompt = "Describe this image."
     caption_options = ("prompt",)
+
+    def _load_processor(self, directory: Path) -> Any:
+        if _model_type(directory) == "smolvlm" and not _has_modules("torchvision", "num2words"):
+            raise CheckpointError(
+                f"{str(directory)!r} is a SmolVLM2 checkpoint, whose processor (it also handles video) needs "
+                "torchvision and num2words: install both (`pip install num2words` and the torchvision build "
+                "that matches your torch), or use a SmolVLM v1 checkpoint such as 'smolvlm-256m'."
+            )
+        return super()._load_processor(directory)
 
     @overload
     def caption(
@@ -49,3 +62,12 @@ class SmolVLM(TransformersVLM):
         options = GenerationOptions(max_new_tokens, temperature, top_p, seed)
         text = clean_question(prompt) if prompt is not None else self.default_prompt
         return self._respond(image, text, options, stream)
+
+
+def _model_type(directory: Path) -> str | None:
+    model_type = json.loads((directory / "config.json").read_text()).get("model_type")
+    return model_type if isinstance(model_type, str) else None
+
+
+def _has_modules(*names: str) -> bool:
+    return all(importlib.util.find_spec(name) is not None for name in names)
