@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint checkpoint benchmark clean
+.PHONY: setup demo test lint checkpoint benchmark notebooks clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,10 @@ checkpoint: setup
 # Same-shape random-weight SmolVLM-256M: time to first token on this machine.
 benchmark: setup
 	$(BIN)/python benchmarks/ttft_random_smolvlm.py
+
+# Re-run the tutorial notebooks and save their outputs (nbval compares them in `make test`).
+notebooks: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python notebooks/execute.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,4 +1,4 @@
-"""The command line: ``python -m vlm_notebook caption|query|demo|models``.
+"""The command line: ``python -m vlm_notebook caption|query|demo|models|bench``.
 
 Answers stream to stdout; figures (time to first token, tokens/s) go to stderr.
 """
@@ -6,17 +6,23 @@ Answers stream to stdout; figures (time to first token, tokens/s) go to stderr.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from . import registry
 from .errors import VLMError
 from .models.base import VLM
 from .stream import TextStream
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from .bench import BenchResult
 
 ASSETS = Path(__file__).parent / "assets"
 DEMO_MODEL = "shapes-smolvlm"
@@ -27,6 +33,7 @@ DEMO_QUESTIONS = ("What colour is the shape?", "What colour is the shape? Answer
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # recorded with benchmark results
     try:
         result: int = args.run(args)
         return result
@@ -55,7 +62,63 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_run_demo)
     models = commands.add_parser("models", help="list the known model names")
     models.set_defaults(run=_run_models)
+    _add_bench(commands)
     return parser
+
+
+def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bench = commands.add_parser(
+        "bench", help="time to first token, streaming against not, per model",
+        description="Warm-up runs, then --runs measured pairs (streamed, not streamed) per image and prompt.",
+    )
+    bench.add_argument(
+        "--model", action="append", required=True,
+        help="model name, Hub id, directory, or random:smolvlm-256m (random weights, same shape); repeatable",
+    )
+    bench.add_argument("--image", action="append", help=f"picture (repeatable; default {DEMO_PICTURE.name})")
+    bench.add_argument("--prompt", action="append", help="question (repeatable; default: the caption prompt)")
+    bench.add_argument("--runs", type=int, default=3, help="measured runs per image and prompt")
+    bench.add_argument("--warmup", type=int, default=1, help="unrecorded runs first")
+    bench.add_argument("--max-new-tokens", type=int, default=24)
+    bench.add_argument("--out", type=Path, help="write the results as JSON here")
+    bench.add_argument("--plot", type=Path, help="write the time-to-first-token figure (PNG) here")
+    bench.add_argument("--wait-plot", type=Path, help="write the streaming-against-not figure here")
+    bench.add_argument("--timeline-plot", type=Path, help="write the first model's first run's token timeline here")
+    bench.set_defaults(run=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from . import bench  # matplotlib and the models only when benchmarking
+
+    images = args.image or [str(DEMO_PICTURE)]
+    prompts = args.prompt or [None]
+    print(f"benchmarking {', '.join(args.model)}: {args.runs} runs after {args.warmup} warm-up", file=sys.stderr)
+    result = bench.run_benchmark(
+        args.model, images, prompts, runs=args.runs, warmup=args.warmup,
+        max_new_tokens=args.max_new_tokens, command=shlex.join(["python", "-m", "vlm_notebook", *args.argv]),
+    )
+    print(bench.markdown_table(result))
+    if args.out:
+        print(f"results: {result.save(args.out)}", file=sys.stderr)
+    _save_figures(result, args)
+    return 0
+
+
+def _save_figures(result: BenchResult, args: argparse.Namespace) -> None:
+    from . import bench
+
+    first = result.models[0]
+    makers: list[tuple[Path | None, Callable[[], Figure]]] = [
+        (args.plot, partial(bench.ttft_figure, result)),
+        (args.wait_plot, partial(bench.wait_figure, result)),
+        (args.timeline_plot, partial(
+            bench.timeline_figure, first.streamed[0], label=first.model, random_weights=first.random_weights
+        )),
+    ]
+    for path, make in makers:
+        if path is not None:
+            make().savefig(path)
+            print(f"figure: {path}", file=sys.stderr)
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
