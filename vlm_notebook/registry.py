@@ -22,12 +22,15 @@ CHECKPOINTS_DIR = Path(__file__).parent / "checkpoints"
 #: family name -> "module:class"
 FAMILIES: dict[str, str] = {
     "smolvlm": "vlm_notebook.models.smolvlm:SmolVLM",
+    "qwen2vl": "vlm_notebook.models.qwen2vl:Qwen2VL",
 }
 
 #: ``model_type`` in a checkpoint's config.json -> family name
 MODEL_TYPES: dict[str, str] = {
     "idefics3": "smolvlm",
     "smolvlm": "smolvlm",
+    "qwen2_vl": "qwen2vl",
+    "qwen2_5_vl": "qwen2vl",
 }
 
 
@@ -68,6 +71,18 @@ def _register_defaults() -> None:
         register(ModelEntry(name, "smolvlm", hub_id, description))
     shipped = CHECKPOINTS_DIR / "shapes-smolvlm"
     register(ModelEntry("shapes-smolvlm", "smolvlm", str(shipped), "tiny SmolVLM trained on shapes, offline"))
+    qwen = [
+        ("qwen2-vl-2b", "Qwen/Qwen2-VL-2B-Instruct", "Qwen2-VL 2B"),
+        ("qwen2-vl-7b", "Qwen/Qwen2-VL-7B-Instruct", "Qwen2-VL 7B"),
+        ("qwen2.5-vl-3b", "Qwen/Qwen2.5-VL-3B-Instruct", "Qwen2.5-VL 3B"),
+        ("qwen2.5-vl-7b", "Qwen/Qwen2.5-VL-7B-Instruct", "Qwen2.5-VL 7B"),
+    ]
+    for name, hub_id, description in qwen:
+        register(ModelEntry(name, "qwen2vl", hub_id, description))
+    shipped = CHECKPOINTS_DIR / "shapes-qwen2vl"
+    register(
+        ModelEntry("shapes-qwen2vl", "qwen2vl", str(shipped), "tiny Qwen2-VL trained on shapes, English and Japanese")
+    )
 
 
 _register_defaults()

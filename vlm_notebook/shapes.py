@@ -2,8 +2,9 @@
 
 Every picture shows one coloured shape on a plain background: 4 shapes x 6 colours x
 3 backgrounds = 72 scenes. The text for a scene is fully determined by the scene, so a
-model trained on it can be checked for exact answers. Only PIL and the standard library
-are used here.
+model trained on it can be checked for exact answers. Captions, prompts and questions
+exist in English (``"en"``, the default) and Japanese (``"ja"``). Only PIL and the
+standard library are used here.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond")
 COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "orange")
 BACKGROUNDS: tuple[str, ...] = ("white", "black", "gray")
 
+LANGUAGES: tuple[str, ...] = ("en", "ja")
+
 CAPTION_PROMPTS: tuple[str, ...] = ("Describe this image.", "Describe this")
+CAPTION_PROMPTS_JA: tuple[str, ...] = ("この画像を説明してください。",)
 
 _RGB: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -38,6 +42,17 @@ _JAPANESE: dict[str, str] = {
     "yellow": "黄色 🟡",
     "purple": "紫 🟣",
     "orange": "オレンジ 🟠",
+}
+
+# Japanese words: the noun, and the form used before a noun ("赤い円", "緑の円").
+_JA_SHAPES: dict[str, str] = {"circle": "円", "square": "正方形", "triangle": "三角形", "diamond": "ひし形"}
+_JA_COLOURS: dict[str, str] = {
+    "red": "赤", "green": "緑", "blue": "青", "yellow": "黄色", "purple": "紫", "orange": "オレンジ",
+    "white": "白", "black": "黒", "gray": "灰色",
+}
+_JA_ADJECTIVES: dict[str, str] = {
+    "red": "赤い", "green": "緑の", "blue": "青い", "yellow": "黄色い", "purple": "紫の", "orange": "オレンジの",
+    "white": "白い", "black": "黒い", "gray": "灰色の",
 }
 
 _CANONICAL_FRACTION = 0.5  # side of the canonical shape, as a fraction of the picture
@@ -73,14 +88,39 @@ def _article(word: str) -> str:
     return "An" if word[0] in "aeiou" else "A"
 
 
-def caption(scene: Scene) -> str:
-    """The exact caption, e.g. ``"A red circle on a white background."``."""
+def _check_language(language: str) -> None:
+    if language not in LANGUAGES:
+        raise ValueError(f"unknown language {language!r}; known: {', '.join(LANGUAGES)}")
+
+
+def caption_prompts(language: str = "en") -> tuple[str, ...]:
+    """The prompts that ask for a caption in ``language``."""
+    _check_language(language)
+    return CAPTION_PROMPTS if language == "en" else CAPTION_PROMPTS_JA
+
+
+def caption(scene: Scene, language: str = "en") -> str:
+    """The exact caption, e.g. ``"A red circle on a white background."`` or ``"白い背景に赤い円。"``."""
+    _check_language(language)
+    if language == "ja":
+        return f"{_JA_ADJECTIVES[scene.background]}背景に{_JA_ADJECTIVES[scene.colour]}{_JA_SHAPES[scene.shape]}。"
     noun = f"{scene.colour} {scene.shape}"
     return f"{_article(noun)} {noun} on a {scene.background} background."
 
 
-def questions(scene: Scene) -> list[tuple[str, str]]:
-    """Question/answer pairs; the last answer is multi-byte UTF-8 (Japanese and an emoji)."""
+def questions(scene: Scene, language: str = "en") -> list[tuple[str, str]]:
+    """Question/answer pairs in ``language``.
+
+    In English the last answer is multi-byte UTF-8 (Japanese and an emoji); in Japanese
+    every question and answer is, e.g. ``("この図形は何色ですか？", "赤です。")``.
+    """
+    _check_language(language)
+    if language == "ja":
+        return [
+            ("これは何の形ですか？", f"{_JA_SHAPES[scene.shape]}です。"),
+            ("この図形は何色ですか？", f"{_JA_COLOURS[scene.colour]}です。"),
+            ("背景は何色ですか？", f"{_JA_COLOURS[scene.background]}です。"),
+        ]
     return [
         ("What shape is it?", f"{_article(scene.shape)} {scene.shape}."),
         ("What colour is the shape?", f"{scene.colour.capitalize()}."),
@@ -89,10 +129,10 @@ def questions(scene: Scene) -> list[tuple[str, str]]:
     ]
 
 
-def examples(scene: Scene) -> list[tuple[str, str]]:
-    """Every (prompt, answer) pair for a scene: each caption prompt, then the questions."""
-    described = [(prompt, caption(scene)) for prompt in CAPTION_PROMPTS]
-    return described + questions(scene)
+def examples(scene: Scene, language: str = "en") -> list[tuple[str, str]]:
+    """Every (prompt, answer) pair for a scene in ``language``: each caption prompt, then the questions."""
+    described = [(prompt, caption(scene, language)) for prompt in caption_prompts(language)]
+    return described + questions(scene, language)
 
 
 def _placement(size: int, rng: random.Random | None) -> Box:

@@ -1,4 +1,4 @@
-"""Families built on transformers' image-text-to-text models (SmolVLM, later Qwen2-VL).
+"""Families built on transformers' image-text-to-text models (SmolVLM, Qwen2-VL).
 
 Loading resolves a Hub id to a local snapshot first (the cache, or a download when online),
 so shipped checkpoints, user directories and Hub checkpoints all load through the same

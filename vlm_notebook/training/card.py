@@ -35,6 +35,8 @@ def _per_prompt_rows(score: dict[str, Any]) -> list[str]:
 
 
 def _about(record: dict[str, Any]) -> list[str]:
+    if record.get("family") == "qwen2vl":
+        return _about_qwen2vl(record)
     return [
         f"# {record['name']}",
         "",
@@ -57,7 +59,45 @@ def _about(record: dict[str, Any]) -> list[str]:
     ]
 
 
+def _about_qwen2vl(record: dict[str, Any]) -> list[str]:
+    size = record["image_size"]
+    tokens = (size // 28) ** 2
+    return [
+        f"# {record['name']}",
+        "",
+        "A tiny Qwen2-VL (transformers `qwen2_vl` architecture: vision transformer with 2D rotary",
+        "positions and a 2x2 patch merger, Qwen2 text model with M-RoPE) trained from scratch on",
+        "synthetic pictures of one coloured shape on a plain background (`vlm_notebook.shapes`:",
+        "4 shapes x 6 colours x 3 backgrounds = 72 scenes). It captions them and answers questions",
+        "in English and in Japanese (`shapes.caption(scene, language=\"ja\")`, e.g. `白い背景に赤い円。`).",
+        "It knows nothing else: it is a test and demo model, not a general VLM.",
+        "",
+        "## Format",
+        "",
+        f"- {record['parameters']:,} parameters, fp32 safetensors; every picture is resized to {size} x {size}",
+        f"  (min_pixels = max_pixels = {size * size}): patch 14, temporal patch 2, merge 2 = {tokens} image tokens.",
+        "- Byte-level BPE trained on the English text only, so each Japanese character is 3 byte",
+        "  tokens; Qwen's special tokens and prompt format (our own chat template, no system turn):",
+        "  `<|im_start|>user\\n<|vision_start|><|image_pad|><|vision_end|>Describe this image.<|im_end|>\\n"
+        "<|im_start|>assistant\\n`",
+        "- Weights load with `AutoModelForImageTextToText` (`dtype=torch.float32`). transformers'",
+        "  `Qwen2VLProcessor` needs torchvision for its video processor, so the directory holds the",
+        "  PIL image processor, the tokenizer and `chat_template.jinja`, and",
+        "  `vlm_notebook.models.Qwen2VL` builds the processor from them without a video part.",
+        "",
+    ]
+
+
 def _how(record: dict[str, Any]) -> list[str]:
+    if record.get("family") == "qwen2vl":
+        stage1 = ("tower and patch merger alone: linear heads on the mean of the merged image tokens"
+                  " classify shape, colour and background.")
+        frozen = record["recipe"].get("freeze_vision")
+        trained = "the text model (vision side frozen)" if frozen else "the whole model"
+        stage2 = f"{trained} on the answers in English and Japanese"
+    else:
+        stage1 = "tower alone: linear heads on its mean-pooled output classify shape, colour and background."
+        stage2 = "the whole model on the answers"
     return [
         "## How it was made",
         "",
@@ -68,9 +108,8 @@ def _how(record: dict[str, Any]) -> list[str]:
         f"Seed {record['seed']}, batches of {record['recipe']['batch_size']} random scenes, on {record['machine']}",
         f"with {record['threads']} torch threads; {record['train_seconds']:.0f} s of training in two stages:",
         "",
-        f"1. {record['vision_steps']} steps ({record['vision_seconds']:.0f} s) pretraining the vision tower alone:"
-        " linear heads on its mean-pooled output classify shape, colour and background.",
-        f"2. {record['steps']} steps ({record['text_seconds']:.0f} s) training the whole model on the answers"
+        f"1. {record['vision_steps']} steps ({record['vision_seconds']:.0f} s) pretraining the vision {stage1}",
+        f"2. {record['steps']} steps ({record['text_seconds']:.0f} s) training {stage2}"
         " (loss on answer tokens only), through the real processor and chat template.",
         "",
         "Both stages: AdamW, linear warmup then cosine decay, gradient clipping, deterministic kernels.",

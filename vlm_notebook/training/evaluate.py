@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -21,7 +21,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedM
 
 from vlm_notebook import shapes
 
-MAX_NEW_TOKENS = 32
+MAX_NEW_TOKENS = 64  # a Japanese caption is up to 40 byte tokens
 
 
 @dataclass(frozen=True)
@@ -73,9 +73,13 @@ def _scene_name(scene: shapes.Scene) -> str:
     return f"{scene.colour}-{scene.shape}-on-{scene.background}"
 
 
-def load(directory: Path) -> tuple[ProcessorMixin, PreTrainedModel]:
-    """Load a saved checkpoint directory the way users will: Auto classes, fp32, eval mode."""
-    processor = AutoProcessor.from_pretrained(directory)
+ProcessorLoader = Callable[[Path], Any]
+
+
+def load(directory: Path, load_processor: ProcessorLoader | None = None) -> tuple[ProcessorMixin, PreTrainedModel]:
+    """Load a saved checkpoint directory the way users will: Auto classes (or the family's
+    own processor loader), fp32, eval mode."""
+    processor = (load_processor or AutoProcessor.from_pretrained)(directory)
     model = AutoModelForImageTextToText.from_pretrained(directory, dtype=torch.float32)
     model.eval()
     return cast(ProcessorMixin, processor), cast(PreTrainedModel, model)
@@ -93,23 +97,27 @@ def ask(processor: ProcessorMixin, model: PreTrainedModel, image: Image.Image, p
     return cast(str, decoded).lstrip()
 
 
-def canonical_cases() -> list[Case]:
-    """Every scene's canonical drawing with every (prompt, answer) pair: 72 x 6 cases."""
+def _pairs(scene: shapes.Scene, languages: Sequence[str]) -> list[tuple[str, str]]:
+    return [pair for language in languages for pair in shapes.examples(scene, language)]
+
+
+def canonical_cases(languages: Sequence[str] = ("en",)) -> list[Case]:
+    """Every scene's canonical drawing with every (prompt, answer) pair: 72 x 6 cases in English."""
     return [
         Case(scene, shapes.draw(scene).image, prompt, answer)
         for scene in shapes.all_scenes()
-        for prompt, answer in shapes.examples(scene)
+        for prompt, answer in _pairs(scene, languages)
     ]
 
 
-def random_cases(seed: int, per_scene: int = 2) -> list[Case]:
+def random_cases(seed: int, per_scene: int = 2, languages: Sequence[str] = ("en",)) -> list[Case]:
     """``per_scene`` random-position drawings of every scene, each with every pair."""
     rng = random.Random(seed)
     cases: list[Case] = []
     for scene in shapes.all_scenes():
         for _ in range(per_scene):
             image = shapes.draw(scene, rng=rng).image
-            cases.extend(Case(scene, image, p, a) for p, a in shapes.examples(scene))
+            cases.extend(Case(scene, image, p, a) for p, a in _pairs(scene, languages))
     return cases
 
 
@@ -128,11 +136,17 @@ def score(
     return result
 
 
-def evaluate_dir(directory: Path, random_seed: int, per_scene: int = 2) -> dict[str, Any]:
+def evaluate_dir(
+    directory: Path,
+    random_seed: int,
+    per_scene: int = 2,
+    languages: Sequence[str] = ("en",),
+    load_processor: ProcessorLoader | None = None,
+) -> dict[str, Any]:
     """Load ``directory`` and score it on the canonical and on a random-position set."""
-    processor, model = load(directory)
-    canonical = score(processor, model, canonical_cases())
-    randomised = score(processor, model, random_cases(random_seed, per_scene))
+    processor, model = load(directory, load_processor)
+    canonical = score(processor, model, canonical_cases(languages))
+    randomised = score(processor, model, random_cases(random_seed, per_scene, languages))
     return {
         "canonical": canonical.as_dict(),
         "random": {"seed": random_seed, "per_scene": per_scene, **randomised.as_dict()},

@@ -1,0 +1,139 @@
+"""Qwen2-VL and Qwen2.5-VL (transformers' ``qwen2_vl`` and ``qwen2_5_vl`` architectures).
+
+Multilingual: ``caption(image, language="ja")`` asks for the caption in Japanese, with a
+prompt written in Japanese; ``query`` answers in the language of the question.
+
+Picture size decides time to first token on a CPU. Qwen2-VL turns a picture resized to a
+multiple of 28 px into (H/28) x (W/28) image tokens, and its vision tower sees 4 patches per
+token with full attention. The model card's ``max_pixels`` (12845056) gives 391 tokens for
+a 640 x 480 photo and 2691 for 1920 x 1080; here the default cap is 256 * 28 * 28 = 200704
+pixels, at most about 256 tokens. ``Qwen2VL(max_pixels=12845056)`` restores the card's
+default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal, overload
+
+from PIL import Image
+from transformers import AutoProcessor
+
+from ..errors import RequestError
+from ..options import DEFAULT_MAX_NEW_TOKENS, GenerationOptions
+from ..stream import TextStream
+from ._qwen2vl_processor import load_image_only_processor
+from .hf import TransformersVLM
+
+#: Default cap on a picture's size in pixels: at most about 256 image tokens.
+DEFAULT_MAX_PIXELS = 256 * 28 * 28
+#: The model card's default ``max_pixels`` (up to 16384 image tokens).
+MODEL_CARD_MAX_PIXELS = 12845056
+
+#: The caption prompt for each language, written in that language.
+CAPTION_PROMPTS: dict[str, str] = {
+    "en": "Describe this image.",
+    "ja": "この画像を説明してください。",
+    "zh": "请描述这张图片。",
+    "ko": "이 이미지를 설명해 주세요.",
+    "fr": "Décrivez cette image.",
+    "de": "Beschreibe dieses Bild.",
+    "es": "Describe esta imagen.",
+}
+
+
+class Qwen2VL(TransformersVLM):
+    """Qwen2-VL / Qwen2.5-VL instruct checkpoints; default ``qwen2-vl-2b`` from the Hub.
+
+    ``max_pixels`` caps the picture size (default 256 * 28 * 28, never above the checkpoint's
+    own cap; pass 12845056 for the model card's default), ``min_pixels`` sets the floor
+    (default: the checkpoint's).
+
+    >>> model = Qwen2VL("shapes-qwen2vl")
+    >>> model.caption("vlm_notebook/assets/red-circle-on-white.png", language="ja")
+    '白い背景に赤い円。'
+    """
+
+    family = "qwen2vl"
+    default_model = "qwen2-vl-2b"
+    caption_options = ("language",)
+    image_token: ClassVar[str] = "<|image_pad|>"
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        revision: str | None = None,
+        max_pixels: int | None = None,
+        min_pixels: int | None = None,
+    ):
+        for name, value in (("max_pixels", max_pixels), ("min_pixels", min_pixels)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 28 * 28):
+                raise RequestError(f"{name} must be a whole number of pixels, at least 784 (28 x 28), got {value!r}.")
+        if max_pixels is not None and min_pixels is not None and min_pixels > max_pixels:
+            raise RequestError(f"min_pixels ({min_pixels}) must not exceed max_pixels ({max_pixels}).")
+        super().__init__(model, revision=revision)
+        self._max_pixels = max_pixels
+        self._min_pixels = min_pixels
+
+    @property
+    def pixel_range(self) -> tuple[int, int]:
+        """(min_pixels, max_pixels) used for pictures (the model must be loaded)."""
+        self.load()
+        size = self.processor.image_processor.size
+        floor, cap = int(size["shortest_edge"]), int(size["longest_edge"])
+        max_pixels = self._max_pixels if self._max_pixels is not None else min(DEFAULT_MAX_PIXELS, cap)
+        min_pixels = self._min_pixels if self._min_pixels is not None else min(floor, max_pixels)
+        return min_pixels, max_pixels
+
+    def _load_processor(self, directory: Path) -> Any:
+        """``AutoProcessor`` when it can build a Qwen2-VL processor (it needs torchvision for the
+        video part), else the same processor built from its parts without a video processor."""
+        try:
+            processor = AutoProcessor.from_pretrained(directory)
+        except Exception:  # ImportError without torchvision; missing processor files
+            return load_image_only_processor(directory)
+        if not hasattr(processor, "image_processor") or not hasattr(processor, "tokenizer"):
+            return load_image_only_processor(directory)
+        return processor
+
+    def _inputs(self, picture: Image.Image, prompt: str) -> Any:
+        text = self.processor.apply_chat_template(self._messages(prompt), add_generation_prompt=True)
+        min_pixels, max_pixels = self.pixel_range
+        size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+        return self.processor(text=text, images=[picture], size=size, return_tensors="pt")
+
+    @overload
+    def caption(
+        self, image: Any, language: str = "en", *, stream: Literal[False] = False, max_new_tokens: int = ...,
+        temperature: float = ..., top_p: float = ..., seed: int | None = ...,
+    ) -> str: ...
+
+    @overload
+    def caption(
+        self, image: Any, language: str = "en", *, stream: Literal[True], max_new_tokens: int = ...,
+        temperature: float = ..., top_p: float = ..., seed: int | None = ...,
+    ) -> TextStream: ...
+
+    @overload
+    def caption(
+        self, image: Any, language: str = "en", *, stream: bool, max_new_tokens: int = ...,
+        temperature: float = ..., top_p: float = ..., seed: int | None = ...,
+    ) -> str | TextStream: ...
+
+    def caption(
+        self, image: Any, language: str = "en", *, stream: bool = False,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, temperature: float = 0.0, top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> str | TextStream:
+        """Describe ``image`` in ``language`` (a code of ``CAPTION_PROMPTS``: en, ja, zh, ko, fr, de, es)."""
+        options = GenerationOptions(max_new_tokens, temperature, top_p, seed)
+        return self._respond(image, caption_prompt(language), options, stream)
+
+
+def caption_prompt(language: str) -> str:
+    """The caption prompt written in ``language``; an unknown code is refused with the known ones."""
+    prompt = CAPTION_PROMPTS.get(language) if isinstance(language, str) else None
+    if prompt is None:
+        raise RequestError(f"Unknown caption language {language!r}; known languages: {', '.join(CAPTION_PROMPTS)}.")
+    return prompt
