@@ -58,31 +58,32 @@ def register(entry: ModelEntry) -> None:
     _ENTRIES[entry.name] = entry
 
 
+#: (name, family, Hub id, description) of the published checkpoints known by short name
+_HUB_MODELS = [
+    ("smolvlm-256m", "smolvlm", "HuggingFaceTB/SmolVLM-256M-Instruct", "SmolVLM 256M"),
+    ("smolvlm-500m", "smolvlm", "HuggingFaceTB/SmolVLM-500M-Instruct", "SmolVLM 500M"),
+    ("smolvlm-2.2b", "smolvlm", "HuggingFaceTB/SmolVLM-Instruct", "SmolVLM 2.2B"),
+    ("smolvlm2-256m", "smolvlm", "HuggingFaceTB/SmolVLM2-256M-Video-Instruct", "SmolVLM2 256M"),
+    ("smolvlm2-500m", "smolvlm", "HuggingFaceTB/SmolVLM2-500M-Video-Instruct", "SmolVLM2 500M"),
+    ("smolvlm2-2.2b", "smolvlm", "HuggingFaceTB/SmolVLM2-2.2B-Instruct", "SmolVLM2 2.2B"),
+    ("qwen2-vl-2b", "qwen2vl", "Qwen/Qwen2-VL-2B-Instruct", "Qwen2-VL 2B"),
+    ("qwen2-vl-7b", "qwen2vl", "Qwen/Qwen2-VL-7B-Instruct", "Qwen2-VL 7B"),
+    ("qwen2.5-vl-3b", "qwen2vl", "Qwen/Qwen2.5-VL-3B-Instruct", "Qwen2.5-VL 3B"),
+    ("qwen2.5-vl-7b", "qwen2vl", "Qwen/Qwen2.5-VL-7B-Instruct", "Qwen2.5-VL 7B"),
+]
+
+#: (name, family, description) of the checkpoints shipped in ``CHECKPOINTS_DIR/name``
+_SHIPPED_MODELS = [
+    ("shapes-smolvlm", "smolvlm", "tiny SmolVLM trained on shapes, offline"),
+    ("shapes-qwen2vl", "qwen2vl", "tiny Qwen2-VL trained on shapes, English and Japanese"),
+]
+
+
 def _register_defaults() -> None:
-    hub = [
-        ("smolvlm-256m", "HuggingFaceTB/SmolVLM-256M-Instruct", "SmolVLM 256M"),
-        ("smolvlm-500m", "HuggingFaceTB/SmolVLM-500M-Instruct", "SmolVLM 500M"),
-        ("smolvlm-2.2b", "HuggingFaceTB/SmolVLM-Instruct", "SmolVLM 2.2B"),
-        ("smolvlm2-256m", "HuggingFaceTB/SmolVLM2-256M-Video-Instruct", "SmolVLM2 256M"),
-        ("smolvlm2-500m", "HuggingFaceTB/SmolVLM2-500M-Video-Instruct", "SmolVLM2 500M"),
-        ("smolvlm2-2.2b", "HuggingFaceTB/SmolVLM2-2.2B-Instruct", "SmolVLM2 2.2B"),
-    ]
-    for name, hub_id, description in hub:
-        register(ModelEntry(name, "smolvlm", hub_id, description))
-    shipped = CHECKPOINTS_DIR / "shapes-smolvlm"
-    register(ModelEntry("shapes-smolvlm", "smolvlm", str(shipped), "tiny SmolVLM trained on shapes, offline"))
-    qwen = [
-        ("qwen2-vl-2b", "Qwen/Qwen2-VL-2B-Instruct", "Qwen2-VL 2B"),
-        ("qwen2-vl-7b", "Qwen/Qwen2-VL-7B-Instruct", "Qwen2-VL 7B"),
-        ("qwen2.5-vl-3b", "Qwen/Qwen2.5-VL-3B-Instruct", "Qwen2.5-VL 3B"),
-        ("qwen2.5-vl-7b", "Qwen/Qwen2.5-VL-7B-Instruct", "Qwen2.5-VL 7B"),
-    ]
-    for name, hub_id, description in qwen:
-        register(ModelEntry(name, "qwen2vl", hub_id, description))
-    shipped = CHECKPOINTS_DIR / "shapes-qwen2vl"
-    register(
-        ModelEntry("shapes-qwen2vl", "qwen2vl", str(shipped), "tiny Qwen2-VL trained on shapes, English and Japanese")
-    )
+    for name, family, hub_id, description in _HUB_MODELS:
+        register(ModelEntry(name, family, hub_id, description))
+    for name, family, description in _SHIPPED_MODELS:
+        register(ModelEntry(name, family, str(CHECKPOINTS_DIR / name), description))
 
 
 _register_defaults()

@@ -57,8 +57,7 @@ class TransformersVLM(VLM):
         return AutoProcessor.from_pretrained(directory)
 
     def _messages(self, prompt: str) -> list[dict[str, Any]]:
-        """A fresh chat (apply_chat_template mutates what it is given)."""
-        return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        return chat_messages(prompt)
 
     def _inputs(self, picture: Image.Image, prompt: str) -> Any:
         text = self.processor.apply_chat_template(self._messages(prompt), add_generation_prompt=True)
@@ -101,6 +100,11 @@ class TransformersVLM(VLM):
 
     def _decode(self, token_ids: Sequence[int]) -> str:
         return decode_text(self._tokenizer, token_ids)
+
+
+def chat_messages(prompt: str) -> list[dict[str, Any]]:
+    """A fresh one-turn chat, one picture then ``prompt`` (apply_chat_template mutates what it is given)."""
+    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
 
 
 def _load_weights(directory: Path) -> PreTrainedModel:

@@ -20,6 +20,7 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
 
 from vlm_notebook import shapes
+from vlm_notebook.models.hf import chat_messages
 
 MAX_NEW_TOKENS = 64  # a Japanese caption is up to 40 byte tokens
 
@@ -87,8 +88,7 @@ def load(directory: Path, load_processor: ProcessorLoader | None = None) -> tupl
 
 def ask(processor: ProcessorMixin, model: PreTrainedModel, image: Image.Image, prompt: str) -> str:
     """Greedy answer to ``prompt`` about ``image``: only the new text, left-stripped."""
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    text = processor.apply_chat_template(chat_messages(prompt), add_generation_prompt=True)
     inputs = processor(text=text, images=[image], return_tensors="pt")
     with torch.inference_mode():
         output = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)

@@ -36,6 +36,7 @@ from transformers import (
 from vlm_notebook import shapes
 from vlm_notebook.models._qwen2vl_processor import ImageOnlyQwen2VLProcessor as Qwen2VLProcessor
 from vlm_notebook.models._qwen2vl_processor import load_image_only_processor
+from vlm_notebook.models.hf import chat_messages
 from vlm_notebook.training.loop import (
     Batch,
     BatchMaker,
@@ -97,12 +98,6 @@ class TinySizes:
     text_init_std: float = 0.06
     mrope_section: tuple[int, int, int] = (4, 6, 6)
     max_positions: int = 512
-
-
-def user_messages(prompt: str) -> list[dict[str, Any]]:
-    """A fresh one-turn conversation: one picture, then ``prompt``."""
-    content = [{"type": "image"}, {"type": "text", "text": prompt}]
-    return [{"role": "user", "content": content}]
 
 
 def answer_text(answer: str) -> str:
@@ -230,7 +225,7 @@ def build_model(processor: Qwen2VLProcessor, sizes: TinySizes) -> PreTrainedMode
 
 def prompt_text(processor: Qwen2VLProcessor, prompt: str) -> str:
     """The chat-templated prompt for one picture and ``prompt``, ending in ``assistant\\n``."""
-    return cast(str, processor.apply_chat_template(user_messages(prompt), add_generation_prompt=True))
+    return cast(str, processor.apply_chat_template(chat_messages(prompt), add_generation_prompt=True))
 
 
 def _drawing(rng: random.Random, scene: shapes.Scene, canonical_fraction: float) -> shapes.Drawing:

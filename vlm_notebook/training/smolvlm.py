@@ -32,6 +32,7 @@ from transformers import (
 )
 
 from vlm_notebook import shapes
+from vlm_notebook.models.hf import chat_messages
 from vlm_notebook.training.loop import (
     Batch,
     BatchMaker,
@@ -95,12 +96,6 @@ class TinySizes:
     text_mlp: int = 384
     text_init_std: float = 0.06
     max_positions: int = 256
-
-
-def user_messages(prompt: str) -> list[dict[str, Any]]:
-    """A fresh one-turn conversation: one picture, then ``prompt``."""
-    content = [{"type": "image"}, {"type": "text", "text": prompt}]
-    return [{"role": "user", "content": content}]
 
 
 def answer_text(answer: str) -> str:
@@ -211,7 +206,7 @@ def build_model(processor: Idefics3Processor, sizes: TinySizes) -> PreTrainedMod
 
 def prompt_text(processor: Idefics3Processor, prompt: str) -> str:
     """The chat-templated prompt text for one picture and ``prompt``, ending in ``Assistant:``."""
-    text = processor.apply_chat_template(user_messages(prompt), add_generation_prompt=True)
+    text = processor.apply_chat_template(chat_messages(prompt), add_generation_prompt=True)
     return cast(str, text)
 
 
