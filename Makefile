@@ -6,9 +6,27 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint checkpoint benchmark notebooks clean
+.PHONY: setup system-packages demo test lint checkpoint benchmark notebooks clean
 
-setup: $(STAMP)
+# Debian packages for the browser tests (tests/browser drive Debian's headless Chromium).
+APT_PACKAGES := chromium chromium-driver
+
+setup: system-packages $(STAMP)
+
+# Installs the missing ones when run as root; otherwise says what to install and goes on (the
+# browser tests then fail with the same advice, or are left out with -m "not browser").
+system-packages:
+	@missing=""; \
+	for package in $(APT_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}' $$package 2>/dev/null | grep -q "ok installed" || missing="$$missing $$package"; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "apt-get install$$missing"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q$$missing; \
+	else \
+	    echo "warning: Debian packages missing:$$missing; as root: apt-get install$$missing"; \
+	fi
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
