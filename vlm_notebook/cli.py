@@ -63,7 +63,37 @@ def _parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="list the known model names")
     models.set_defaults(run=_run_models)
     _add_bench(commands)
+    _add_batch(commands)
     return parser
+
+
+def _add_batch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    batch = commands.add_parser(
+        "batch", help="caption many pictures into a JSONL file; run again to resume",
+        description="One JSON line per picture as each caption completes; pictures already in --out are skipped.",
+    )
+    batch.add_argument("images", nargs="+", help="picture files and folders")
+    batch.add_argument("--out", type=Path, required=True, help="the JSONL file of results (appended to)")
+    batch.add_argument("--model", default="smolvlm-256m", help="model name, directory, or remote:<model>@<base_url>")
+    batch.add_argument("--concurrency", type=int, help="requests in flight for a remote model (default 4)")
+    batch.add_argument("--prompt", help="caption prompt (SmolVLM, remote)")
+    batch.add_argument("--language", help="caption language, e.g. ja (Qwen2-VL, remote)")
+    batch.add_argument("--max-new-tokens", type=int, default=256)
+    batch.set_defaults(run=_run_batch)
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    from .batch import caption_batch
+
+    options = {name: getattr(args, name) for name in ("prompt", "language") if getattr(args, name) is not None}
+    report = caption_batch(
+        _load(args.model), args.images, args.out, concurrency=args.concurrency, options=options,
+        max_new_tokens=args.max_new_tokens,
+    )
+    for image, reason in report.failed.items():
+        print(f"failed: {image}: {reason}", file=sys.stderr)
+    print(report.summary(), file=sys.stderr)
+    return 1 if report.failed else 0
 
 
 def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -30,3 +30,15 @@ class ImageError(VLMError, ValueError):
 
 class RequestError(VLMError, ValueError):
     """A question or an option that cannot be used: empty question, bad max_new_tokens, unknown option."""
+
+
+class RemoteError(VLMError):
+    """A model server that cannot be reached, answers with an error, breaks off or sends what is not the API."""
+
+    def __init__(self, message: str, status_code: int | None = None):
+        super().__init__(message)
+        self.status_code = status_code  # the server's HTTP status, when it answered with one
+
+
+class RemoteTimeoutError(RemoteError, TimeoutError):
+    """A model server that sent no first token, or nothing more, within the time allowed."""
