@@ -57,16 +57,16 @@ def _open_bytes(data: bytes, what: str, max_pixels: int) -> Image.Image:
         raise ImageError(f"The image from {what} is empty (0 bytes).")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow's warning carries no size; the check below names it, and max_pixels, instead.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             picture = Image.open(io.BytesIO(data))
             _check_size(picture, max_pixels)  # before decoding a possibly huge raster
             picture.load()
     except ImageError:
         raise
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+    except Image.DecompressionBombError as error:
         raise ImageError(
-            f"The image from {what} declares more pixels than Pillow allows (a decompression bomb?): "
-            "resize it first."
+            f"The image from {what} is too large to open safely ({error}): resize it first."
         ) from None
     except UnidentifiedImageError:
         raise ImageError(f"The data from {what} is not an image format Pillow can read.") from None
@@ -86,12 +86,24 @@ def _check_size(picture: Image.Image, max_pixels: int) -> None:
         )
 
 
+def check_aspect_ratio(picture: Image.Image, limit: float, model: str) -> None:
+    """Refuse a picture longer than ``limit`` times its width (or the reverse), which ``model`` cannot take."""
+    width, height = picture.size
+    ratio = max(width, height) / min(width, height)
+    if ratio > limit:
+        raise ImageError(
+            f"The image is {width}x{height}, {ratio:.0f} times as long as it is wide; {model} takes pictures "
+            f"up to {limit:.0f} times: crop it, or pad it towards a square."
+        )
+
+
 def _from_array(array: np.ndarray) -> Image.Image:
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
         raise ImageError(
-            f"A numpy image must have shape (H, W), (H, W, 3) or (H, W, 4); got {array.shape}."
+            f"A numpy image must have shape (H, W), (H, W, 3) or (H, W, 4), channels last; got {array.shape}"
+            + (": move the channels last with array.transpose(1, 2, 0)." if _channels_first(array) else ".")
         )
     if array.dtype == np.uint8:
         return Image.fromarray(np.ascontiguousarray(array))
@@ -102,6 +114,10 @@ def _from_array(array: np.ndarray) -> Image.Image:
     raise ImageError(
         f"A numpy image must be uint8 (0..255) or float (0..1); got dtype {array.dtype}."
     )
+
+
+def _channels_first(array: np.ndarray) -> bool:
+    return array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[2] not in (1, 3, 4)
 
 
 def _to_rgb(picture: Image.Image) -> Image.Image:

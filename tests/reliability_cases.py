@@ -1,0 +1,187 @@
+"""Every case the reliability suite tries, declared once, and the table of them in docs/reliability.md.
+
+Each case has an id, a theme, what was tried and what happens. Tests say which cases they cover
+with ``@covers("id", ...)``; ``test_reliability_table.py`` fails when a case has no test, a test
+names an unknown case, or the committed table differs from ``render_table()``. After editing a
+case, write the table again: ``.venv/bin/python tests/reliability_cases.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+TABLE_PATH = Path(__file__).resolve().parent.parent / "docs" / "reliability.md"
+THEMES = {
+    "images": "Bad and unusual images",
+    "requests": "Bad questions and options",
+    "checkpoints": "Bad checkpoints",
+    "generation": "Faults in generation",
+    "sessions": "Long sessions",
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    theme: str
+    tried: str
+    happens: str
+
+
+CASES: tuple[Case, ...] = (
+    # Images ---------------------------------------------------------------------------------
+    Case("not-an-image", "images", "bytes or a file that are not an image (text)",
+         "ImageError: not an image format Pillow can read"),
+    Case("zero-bytes", "images", "zero bytes, as bytes or as an empty file",
+         "ImageError: the image is empty (0 bytes)"),
+    Case("truncated-jpeg", "images", "a JPEG cut off after 200 bytes",
+         "ImageError: corrupt or truncated"),
+    Case("png-bomb", "images", "PNGs of a few kB declaring 10000 x 10000 and 20000 x 20000 pixels",
+         "ImageError from the header alone, before any pixel is decoded: the size and the limit (64 MP, "
+         "`max_pixels=`), or past Pillow's own limit (179 MP) Pillow's figures"),
+    Case("tiny-1x1", "images", "a 1 x 1 picture",
+         "answered (both families); the pixel reaches the model unchanged"),
+    Case("thin-10000x10", "images", "10000 x 10 and 10 x 10000 pictures",
+         "SmolVLM answers; Qwen2-VL refuses with ImageError (its processor takes at most 200:1; "
+         "crop or pad), at exactly 200:1 it answers"),
+    Case("grayscale", "images", "a grayscale (L) picture",
+         "converted to RGB with equal channels, answered"),
+    Case("palette", "images", "a palette (P) PNG of a scene",
+         "the same caption as the RGB picture"),
+    Case("rgba", "images", "an RGBA picture whose background is transparent",
+         "composited on white: the caption says 'white background'"),
+    Case("cmyk", "images", "a CMYK JPEG of a scene",
+         "converted to RGB: the same caption as the RGB picture"),
+    Case("16-bit", "images", "a 16-bit grayscale PNG (I;16)",
+         "scaled to 8 bits (65535 -> 255, 32768 -> 128), answered"),
+    Case("animated-gif", "images", "an animated GIF (red circle, then blue square)",
+         "the first frame is used: 'A red circle on a white background.'"),
+    Case("exif-rotated", "images", "JPEGs stored sideways or upside down with EXIF orientation 3, 6 and 8",
+         "turned as a viewer shows them: the triangle is captioned as a triangle (unturned, it is not)"),
+    Case("numpy-shape", "images", "numpy arrays of shape (H, W, 2), (H, W, 5), (N,), (1, H, W, 3), (3, H, W)",
+         "ImageError naming the accepted shapes; channels-first arrays get the transpose that fixes them"),
+    Case("numpy-dtype", "images", "numpy arrays of dtype int64, uint16, bool, float outside 0..1, NaN",
+         "ImageError naming the accepted dtypes and ranges"),
+    # Requests -------------------------------------------------------------------------------
+    Case("empty-question", "requests", "an empty or white-space-only question, or one of only control characters",
+         "RequestError: the question is empty"),
+    Case("not-text-question", "requests", "a question that is not a string (None, a number)",
+         "RequestError: the question must be text"),
+    Case("long-question", "requests", "a question of about 2800 tokens, over the context (256 and 512 tokens)",
+         "RequestError before any token (streamed: when iterated): the token count, the context, "
+         "'refused, not truncated', how much to cut"),
+    Case("answer-fills-context", "requests", "max_new_tokens larger than the context leaves after the prompt",
+         "max_new_tokens is cut to the room left: never a token past the context; a short answer is unchanged"),
+    Case("control-characters", "requests", "a question with NUL, bell, escape, DEL and carriage returns",
+         "the control characters are removed (tab and newline stay): the answer of the clean question"),
+    Case("special-tokens", "requests", "a question spelling the model's markup (`<image>`, `<|im_end|>`, ...)",
+         "RequestError naming the tokens, before generating (the processor would see a second picture slot)"),
+    Case("max-new-tokens", "requests", "max_new_tokens of 0, -1, 2.5, True, '8'",
+         "RequestError: a whole number, at least 1"),
+    Case("sampling-options", "requests", "temperature -1, NaN, inf or 'hot'; top_p 0 or 1.5; seed 'x'",
+         "RequestError naming the option and its range"),
+    Case("unknown-option", "requests", "a caption option of another family (`length` on SmolVLM, `prompt` "
+         "on Qwen2-VL), through caption_with and the widget",
+         "RequestError naming the family and its options"),
+    Case("unknown-language", "requests", "Qwen2-VL captions in 'xx', '', None",
+         "RequestError listing the known languages"),
+    # Checkpoints ----------------------------------------------------------------------------
+    Case("missing-weights", "checkpoints", "a checkpoint directory without model.safetensors",
+         "CheckpointError on load naming the weights and the directory"),
+    Case("missing-processor-files", "checkpoints", "a checkpoint without tokenizer.json or the image "
+         "processor's config",
+         "CheckpointError on load naming the processor"),
+    Case("missing-chat-template", "checkpoints", "a checkpoint without chat_template.jinja",
+         "CheckpointError on load (before: it loaded, then every request failed)"),
+    Case("missing-config", "checkpoints", "a directory without config.json, or an empty one",
+         "CheckpointError when the model object is made: not a checkpoint directory"),
+    Case("corrupt-safetensors", "checkpoints", "model.safetensors cut to 1000 bytes, or random bytes",
+         "CheckpointError on load naming the weights"),
+    Case("weights-of-another-model", "checkpoints", "a SmolVLM directory holding Qwen2-VL's weights",
+         "CheckpointError: the weights lack the model's tensors (before: loaded with random weights)"),
+    Case("config-of-another-family", "checkpoints", "SmolVLM given a Qwen2-VL checkpoint (and the reverse); a "
+         "SmolVLM directory whose config.json is Qwen2-VL's; a config of an unsupported type; invalid JSON",
+         "CheckpointError naming the family and the class to use, the supported types, or the JSON error"),
+    Case("not-available-offline", "checkpoints", "Hub names not in the cache while offline "
+         "(smolvlm-256m, qwen2-vl-2b, someone/nonexistent-vlm)",
+         "CheckpointNotAvailableError with the `hf download ...` command that fetches it"),
+    Case("nothing-half-loaded", "checkpoints", "loading again after each failure above",
+         "the model object stays unloaded (no weights kept); once the directory is repaired the same "
+         "object loads and answers exactly"),
+    # Generation -----------------------------------------------------------------------------
+    Case("exception-mid-stream", "generation", "a forward hook raising on the 1st (prefill) or 3rd "
+         "(decoding) call, streamed and not",
+         "the exception reaches the caller as itself; the text before it is kept; finish reason 'error'; "
+         "the worker thread ends"),
+    Case("cancel-before-first-token", "generation", "cancel while another generation holds the model",
+         "no tokens, finish reason 'cancelled', the model never runs for it (before: it could start the "
+         "prefill when the cancel came while it waited for the model)"),
+    Case("cancel-during-prefill", "generation", "cancel while the first decoder layer of the prefill runs",
+         "the prefill stops before the next layer: no tokens, finish reason 'cancelled'"),
+    Case("cancel-mid-decode", "generation", "cancel before the 3rd token; Ctrl-C while iterating; leave a `with` "
+         "block; drop the stream",
+         "stops within a token: the text is the first tokens of the full answer, finish reason 'cancelled', "
+         "the worker thread ends"),
+    Case("start-cancel-cycles", "generation", "200 streams started and cancelled at once, after a chunk, "
+         "or closed",
+         "every stream ends cancelled or finished, no worker thread left, the next answer exact"),
+    Case("eight-threads", "generation", "8 threads asking one model at once (captions, questions, streams)",
+         "served one at a time (never two forward passes at once); every answer right"),
+    # Sessions -------------------------------------------------------------------------------
+    Case("200-generations", "sessions", "200 generations on one model, streamed and not",
+         "after the first 10, resident memory grows under 16 MB (measured: 2 to 4 MB) and the thread count "
+         "returns to its level; every answer and the last one exact"),
+    Case("200-widget-runs", "sessions", "200 runs of one widget",
+         "the same bounds on memory and threads; every run shows the exact answer"),
+)
+
+BY_ID: dict[str, Case] = {case.id: case for case in CASES}
+#: case id -> names of the tests that cover it, filled in as the test modules are imported
+COVERED: dict[str, list[str]] = {}
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def covers(*case_ids: str) -> Callable[[F], F]:
+    """Mark a test as trying the cases ``case_ids`` (each must be declared in ``CASES``)."""
+
+    def mark(test: F) -> F:
+        for case_id in case_ids:
+            if case_id not in BY_ID:
+                raise KeyError(f"{test.__name__} covers undeclared case {case_id!r}")
+            COVERED.setdefault(case_id, []).append(getattr(test, "__name__", repr(test)))
+        return test
+
+    return mark
+
+
+def render_table() -> str:
+    """docs/reliability.md: one table per theme, a row per case."""
+    lines = [
+        "# Reliability: what was tried and what happens",
+        "",
+        "Generated from `tests/reliability_cases.py` (`.venv/bin/python tests/reliability_cases.py`);",
+        "`tests/test_reliability_table.py` fails if this file differs or a case has no test. Every case runs on",
+        "the shipped checkpoints (`shapes-smolvlm`; `shapes-qwen2vl` where the family matters), and after",
+        "every error or fault the same loaded model answers the next good request exactly.",
+    ]
+    for theme, title in THEMES.items():
+        lines += ["", f"## {title}", "", "| case | tried | what happens |", "|---|---|---|"]
+        lines += [f"| `{c.id}` | {_cell(c.tried)} | {_cell(c.happens)} |" for c in CASES if c.theme == theme]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")  # a pipe, even in a code span, would end the table cell
+
+
+def main() -> None:
+    TABLE_PATH.write_text(render_table(), encoding="utf-8")
+    print(f"wrote {TABLE_PATH}")
+
+
+if __name__ == "__main__":
+    main()
