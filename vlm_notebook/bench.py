@@ -70,10 +70,21 @@ class StreamedRun:
     token_times: list[float]
     finish_reason: str | None
     text: str
+    tiles: int | None = None
+    image_cache: str | None = None  # "hit" or "miss" (families that keep an image's work)
+    vision_seconds: float | None = None
+    prefill_seconds: float | None = None
 
     @property
     def inter_token_latencies(self) -> list[float]:
         return [later - earlier for earlier, later in itertools.pairwise(self.token_times)]
+
+    @property
+    def decode_tokens_per_second(self) -> float | None:
+        """Tokens after the first over the time from the first token to the last."""
+        times = self.token_times
+        span = times[-1] - times[0] if len(times) > 1 else 0.0
+        return (len(times) - 1) / span if span > 0 else None
 
     @property
     def tokens_per_second(self) -> float | None:
@@ -240,6 +251,10 @@ def measure_streamed(call: Callable[..., str | TextStream], timeout: float = _RU
         token_times=list(stats.token_times),
         finish_reason=stats.finish_reason,
         text=text,
+        tiles=stats.tiles,
+        image_cache=stats.image_cache,
+        vision_seconds=stats.vision_seconds,
+        prefill_seconds=stats.prefill_seconds,
     )
 
 
@@ -255,16 +270,27 @@ def measure_whole(call: Callable[..., str | TextStream]) -> WholeRun:
 def measure_case(
     model: VLM, image: Any, prompt: str | None, *, runs: int, warmup: int, max_new_tokens: int
 ) -> Case:
-    """Warm-up runs (not recorded), then ``runs`` pairs of a streamed and a whole generation."""
+    """Warm-up runs (not recorded), then ``runs`` pairs of a streamed and a whole generation.
+
+    Every run is cold: the model's store of image work is emptied first, so each run pays for the
+    vision encoder as a first question about a new picture does.
+    """
     call = _request(model, image, prompt, max_new_tokens)
     for _ in range(warmup):
-        measure_streamed(call)
-        measure_whole(call)
+        measure_streamed(_cold(model, call))
+        measure_whole(_cold(model, call))
     case = Case(image_label(image), prompt)
     for _ in range(runs):
-        case.streamed.append(measure_streamed(call))
-        case.whole.append(measure_whole(call))
+        case.streamed.append(measure_streamed(_cold(model, call)))
+        case.whole.append(measure_whole(_cold(model, call)))
     return case
+
+
+def _cold(model: VLM, call: Callable[..., str | TextStream]) -> Callable[..., str | TextStream]:
+    store = getattr(model, "image_cache", None)
+    if store is not None:
+        store.clear()
+    return call
 
 
 def _request(model: VLM, image: Any, prompt: str | None, max_new_tokens: int) -> Callable[..., str | TextStream]:
@@ -368,6 +394,9 @@ def summary(model: ModelResult) -> dict[str, Spread]:
         "tokens": Spread.of([float(run.tokens) for run in streamed]),
         "prompt_tokens": Spread.of([float(run.prompt_tokens) for run in streamed]),
         "image_tokens": Spread.of([float(run.image_tokens) for run in streamed]),
+        "vision_seconds": Spread.of([run.vision_seconds for run in streamed]),
+        "prefill_seconds": Spread.of([run.prefill_seconds for run in streamed]),
+        "decode_tokens_per_second": Spread.of([run.decode_tokens_per_second for run in streamed]),
     }
 
 

@@ -45,6 +45,16 @@ class StreamStats:
     end_time: float | None = None
     finish_reason: str | None = None  # "stop", "length", "cancelled" or "error"
     extra: dict[str, Any] = field(default_factory=dict)  # family-specific figures
+    tiles: int | None = None  # image tiles the vision encoder saw (families that tile pictures)
+    image_cache: str | None = None  # "hit": the image's work was reused; "miss": done now
+    vision_seconds: float | None = None  # vision encoder time of this request (0 on a hit)
+    prefill_seconds: float | None = None  # language-model prefill time of this request
+
+    @property
+    def decode_seconds(self) -> float | None:
+        """Time from the first token to the last."""
+        times = self.token_times
+        return times[-1] - times[0] if times else None
 
     @property
     def tokens(self) -> int:
@@ -90,6 +100,7 @@ class StreamStats:
             tokens=self.tokens,
             time_to_first_token=self.time_to_first_token,
             tokens_per_second=self.tokens_per_second,
+            decode_seconds=self.decode_seconds,
         )
         return record
 
@@ -123,6 +134,19 @@ class TokenSink:
     def set_prompt(self, prompt_tokens: int, image_tokens: int) -> None:
         self._stats.prompt_tokens = prompt_tokens
         self._stats.image_tokens = image_tokens
+
+    def set_image_work(
+        self, *, cache_hit: bool, tiles: int | None, vision_seconds: float, prefill_seconds: float
+    ) -> None:
+        """Record whether the image's work was reused, its tiles, and the time spent on it now."""
+        self._stats.image_cache = "hit" if cache_hit else "miss"
+        self._stats.tiles = tiles
+        self._stats.vision_seconds = vision_seconds
+        self._stats.prefill_seconds = prefill_seconds
+
+    def add_prefill_time(self, seconds: float) -> None:
+        """Add prefill time measured after ``set_image_work`` (the question's own words)."""
+        self._stats.prefill_seconds = (self._stats.prefill_seconds or 0.0) + seconds
 
     def put_token(self, text: str | None) -> None:
         """Record one generated token and the text it completes ("" or None when it completes none)."""
@@ -263,5 +287,7 @@ def _work(produce: Producer, sink: TokenSink, lock: threading.Lock, errors: list
 def _acquire_unless_cancelled(lock: threading.Lock, sink: TokenSink) -> bool:
     while not sink.cancelled:
         if lock.acquire(timeout=_POLL_SECONDS):
-            return True
+            if not sink.cancelled:
+                return True
+            lock.release()  # cancelled while waiting for the model: never start
     return False

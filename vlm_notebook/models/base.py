@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from functools import partial
 from typing import Any, ClassVar, Literal, overload
 
@@ -94,14 +95,44 @@ class VLM(ABC):
     def _respond(self, image: Any, prompt: str, options: GenerationOptions, stream: bool) -> str | TextStream:
         picture = load_image(image)
         self.load()
-        if stream:
-            return TextStream(partial(self._produce, picture, prompt, options), self._generation_lock)
-        with self._generation_lock:
-            token_ids = self._generate(picture, prompt, options, None)
-        return self._decode(token_ids)
+        self._check_request(picture, prompt)
+        answer = TextStream(partial(self._produce, picture, prompt, options), self._generation_lock)
+        return answer if stream else join_stream(answer)
+
+    def prepare(self, image: Any) -> Future[None]:
+        """Start the work on ``image`` that does not need the question; returns at once.
+
+        Families that can reuse it (the transformers ones) encode the picture in the background,
+        so a question asked later about the same picture starts from that work. The returned
+        future ends when the work is done (``.result(timeout)`` re-raises its error). A bad image
+        is refused here, before anything starts. Generations wait while it runs, as for any other.
+        """
+        picture = load_image(image)
+        done: Future[None] = Future()
+
+        def work() -> None:
+            try:
+                self.load()
+                with self._generation_lock:
+                    self._prepare(picture)
+            except BaseException as error:  # handed to whoever waits on the future
+                done.set_exception(error)
+            else:
+                done.set_result(None)
+
+        threading.Thread(target=work, name="vlm-notebook-prepare", daemon=True).start()
+        return done
+
+    def _prepare(self, picture: Image.Image) -> None:
+        """Do the question-independent work on ``picture`` (default: none to do ahead)."""
+        del picture
 
     def _produce(self, picture: Image.Image, prompt: str, options: GenerationOptions, sink: TokenSink) -> None:
         self._generate(picture, prompt, options, sink)
+
+    def _check_request(self, picture: Image.Image, prompt: str) -> None:
+        """Refuse, before generating, a picture or prompt the loaded model cannot take (default: none)."""
+        del picture, prompt  # families with limits override this
 
     @abstractmethod
     def _load(self) -> None:
@@ -111,12 +142,18 @@ class VLM(ABC):
     def _generate(
         self, picture: Image.Image, prompt: str, options: GenerationOptions, sink: TokenSink | None
     ) -> list[int]:
-        """Generate the answer's token ids; report each token to ``sink`` when streaming."""
-
-    @abstractmethod
-    def _decode(self, token_ids: Sequence[int]) -> str:
-        """The whole answer text for the generated ``token_ids``."""
+        """Generate the answer into ``sink`` (every token as it comes); return its token ids."""
 
     def __repr__(self) -> str:
         state = "loaded" if self._loaded else "not loaded"
         return f"{type(self).__name__}({self.name!r}, {state})"
+
+
+def join_stream(answer: TextStream) -> str:
+    """The whole text of ``answer``: how ``stream=False`` answers.
+
+    Generating on the stream's worker thread rather than the caller's is not only uniform: torch's
+    threads on a notebook's main thread were 3-25x slower than on a worker while other programs
+    held a core (see ``vlm_notebook/cpu.py``). A Ctrl-C while waiting cancels the generation.
+    """
+    return "".join(answer)

@@ -26,12 +26,18 @@ from transformers.generation.streamers import BaseStreamer
 from transformers.utils import logging as transformers_logging
 
 from .. import registry
+from ..cache import PrefixCache, PrefixEntry, image_digest
+from ..cpu import quantize_int8, threads_by_phase
 from ..decoding import ChunkDecoder, decode_text
-from ..errors import CheckpointError
+from ..errors import CheckpointError, RequestError
 from ..hub import checkpoint_directory
-from ..options import GenerationOptions
+from ..options import GenerationOptions, fit_to_context, refuse_special_tokens
 from ..stream import TokenSink
+from ._prefix import SplitPrompt, continuation_inputs, encode_prefix, split_prompt
 from .base import VLM
+
+#: ``defaults=`` values: "cpu" (the project's CPU policy) or "card" (the model card's settings).
+DEFAULTS = ("cpu", "card")
 
 
 class TransformersVLM(VLM):
@@ -42,16 +48,46 @@ class TransformersVLM(VLM):
     processor: Any
     model: PreTrainedModel
 
+    def __init__(
+        self, model: str | None = None, *, revision: str | None = None, defaults: str = "cpu", int8: bool = False
+    ):
+        """``defaults="cpu"`` sizes pictures for a CPU (see the family); ``"card"`` keeps the model card's.
+
+        ``int8=True`` quantizes every linear layer to int8 on load: faster on a CPU, but the
+        answers may differ from the fp32 model's (so it is off by default).
+        """
+        if defaults not in DEFAULTS:
+            raise RequestError(f"defaults must be one of {', '.join(map(repr, DEFAULTS))}, got {defaults!r}.")
+        if not isinstance(int8, bool):
+            raise RequestError(f"int8 must be True or False, got {int8!r}.")
+        super().__init__(model, revision=revision)
+        self.defaults = defaults
+        self.int8 = int8
+        #: The work done for recent pictures (bounded; ``image_cache.clear()`` empties it).
+        self.image_cache: PrefixCache[PrefixEntry] = PrefixCache()
+
     def _load(self) -> None:
         directory = checkpoint_directory(self.entry.source, self.revision, shipped=self.entry.shipped)
         family = registry.family_of_directory(directory)
         if family != self.family:
             raise CheckpointError(f"{str(directory)!r} holds a {family} checkpoint, not a {self.family} one.")
         processor = _load_part("processor", directory, self._load_processor)
+        if not getattr(processor, "chat_template", None):  # else every request would fail after loading
+            raise CheckpointError(
+                f"The checkpoint in {str(directory)!r} has no chat template (chat_template.jinja): "
+                "it is incomplete. Download the checkpoint again."
+            )
         model = _load_part("weights", directory, _load_weights)
+        if self.int8:
+            quantize_int8(model)
         self.processor, self.model = processor, model
         self._tokenizer = processor.tokenizer.backend_tokenizer
         self._image_token_id = processor.tokenizer.convert_tokens_to_ids(self.image_token)
+        self._special_tokens = [t.content for t in processor.tokenizer.added_tokens_decoder.values() if t.special]
+        self._context_tokens: int | None = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+
+    def _check_request(self, picture: Image.Image, prompt: str) -> None:
+        refuse_special_tokens(prompt, self._special_tokens)
 
     def _load_processor(self, directory: Path) -> Any:
         return AutoProcessor.from_pretrained(directory)
@@ -59,22 +95,39 @@ class TransformersVLM(VLM):
     def _messages(self, prompt: str) -> list[dict[str, Any]]:
         return chat_messages(prompt)
 
+    def _processor_kwargs(self) -> dict[str, Any]:
+        """Image settings handed to the processor with every picture (default: the checkpoint's)."""
+        return {}
+
+    def _chat_text(self, prompt: str) -> str:
+        text: str = self.processor.apply_chat_template(self._messages(prompt), add_generation_prompt=True)
+        return text
+
     def _inputs(self, picture: Image.Image, prompt: str) -> Any:
-        text = self.processor.apply_chat_template(self._messages(prompt), add_generation_prompt=True)
-        return self.processor(text=text, images=[picture], return_tensors="pt")
+        """The whole prompt through the processor, as the model card does it."""
+        text = self._chat_text(prompt)
+        return self.processor(text=text, images=[picture], return_tensors="pt", **self._processor_kwargs())
 
     def _generate(
         self, picture: Image.Image, prompt: str, options: GenerationOptions, sink: TokenSink | None
     ) -> list[int]:
-        inputs = self._inputs(picture, prompt)
-        prompt_ids = inputs["input_ids"]
-        if sink is not None:
-            image_tokens = int((prompt_ids == self._image_token_id).sum())
-            sink.set_prompt(prompt_ids.shape[1], image_tokens)
-        config = self._generation_config(options)
-        with torch.inference_mode(), _seeded(options.seed), _interruptible(self.model, sink):
+        split = split_prompt(self._chat_text(prompt), self.image_token)
+        with (
+            torch.inference_mode(), _seeded(options.seed), _interruptible(self.model, sink),
+            threads_by_phase(self.model),
+        ):
+            if split is None:  # a chat template without exactly one picture slot: no reuse
+                inputs, cache = self._inputs(picture, prompt), None
+            else:
+                inputs, cache = self._continuation(picture, split, sink)
+            prompt_ids = inputs["input_ids"]
+            if sink is not None:
+                sink.set_prompt(prompt_ids.shape[1], int((prompt_ids == self._image_token_id).sum()))
+            options = fit_to_context(options, prompt_ids.shape[1], self._context_tokens)
+            config = self._generation_config(options)
             output = self.model.generate(
                 **inputs,
+                past_key_values=cache,
                 generation_config=config,
                 streamer=_SinkStreamer(sink, ChunkDecoder(self._tokenizer)) if sink else None,
                 stopping_criteria=StoppingCriteriaList([_CancelCriterion(sink)]) if sink else None,
@@ -83,6 +136,42 @@ class TransformersVLM(VLM):
         if sink is not None:
             sink.set_finish_reason(_finish_reason(token_ids, config))
         return token_ids
+
+    def _continuation(
+        self, picture: Image.Image, split: SplitPrompt, sink: TokenSink | None
+    ) -> tuple[dict[str, torch.Tensor], Any]:
+        """Inputs for the whole prompt without pixels, and a private copy of the prefix's KV cache."""
+        entry, hit = self._image_work(picture, split.before)
+        if sink is not None:
+            vision, prefill = (0.0, 0.0) if hit else (entry.vision_seconds, entry.prefill_seconds)
+            sink.set_image_work(cache_hit=hit, tiles=entry.tiles, vision_seconds=vision, prefill_seconds=prefill)
+        suffix = self.processor.tokenizer(split.after, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        self._forget_position_state()
+        return continuation_inputs(entry, suffix), entry.fresh_cache()
+
+    def _image_work(self, picture: Image.Image, before: str) -> tuple[PrefixEntry, bool]:
+        """The prefix entry for ``picture`` (from the store, or computed and stored); whether it was stored."""
+        kwargs = self._processor_kwargs()
+        key = (image_digest(picture), before, repr(sorted(kwargs.items())))
+        entry = self.image_cache.get(key)
+        if entry is not None:
+            return entry, True
+        entry = encode_prefix(self.model, self.processor, picture, before + self.image_token, kwargs)
+        self.image_cache.put(key, entry)
+        return entry, False
+
+    def _prepare(self, picture: Image.Image) -> None:
+        split = split_prompt(self._chat_text("?"), self.image_token)
+        if split is not None:
+            with torch.inference_mode(), threads_by_phase(self.model):
+                self._image_work(picture, split.before)
+
+    def _forget_position_state(self) -> None:
+        """Drop position offsets a model keeps between calls (Qwen2-VL's ``rope_deltas``), so that
+        generation derives them from this prompt's ids and image grid, not from the last request."""
+        inner = getattr(self.model, "model", None)
+        if inner is not None and hasattr(inner, "rope_deltas"):
+            inner.rope_deltas = None
 
     def _generation_config(self, options: GenerationOptions) -> GenerationConfig:
         defaults = self.model.generation_config
@@ -109,8 +198,17 @@ def chat_messages(prompt: str) -> list[dict[str, Any]]:
 
 def _load_weights(directory: Path) -> PreTrainedModel:
     with _no_progress_bars():  # a bar per load clutters notebook cells
-        model: PreTrainedModel = AutoModelForImageTextToText.from_pretrained(directory, dtype=torch.float32)
-    return model.eval()
+        model, info = AutoModelForImageTextToText.from_pretrained(
+            directory, dtype=torch.float32, output_loading_info=True
+        )
+    missing = sorted(info["missing_keys"])
+    if missing:  # transformers would fill them with random values and load anyway
+        raise CheckpointError(
+            f"The weights in {str(directory)!r} lack {len(missing)} of the model's tensors (such as {missing[0]!r}): "
+            "they are incomplete or belong to another model. Download the checkpoint again."
+        )
+    loaded: PreTrainedModel = model.eval()
+    return loaded
 
 
 @contextmanager
@@ -155,11 +253,16 @@ class _SinkStreamer(BaseStreamer):  # type: ignore[misc]
         self._sink = sink
         self._decoder = decoder
         self._prompt_seen = False
+        self._prefill_started: float | None = None
 
     def put(self, value: torch.Tensor) -> None:
-        if not self._prompt_seen:  # generate first hands over the prompt
+        if not self._prompt_seen:  # generate first hands over the prompt, then prefills it
             self._prompt_seen = True
+            self._prefill_started = self._sink.elapsed()
             return
+        if self._prefill_started is not None:
+            self._sink.add_prefill_time(self._sink.elapsed() - self._prefill_started)
+            self._prefill_started = None
         for token_id in value.reshape(-1).tolist():
             self._sink.put_token(self._decoder.step(token_id))
 

@@ -20,6 +20,7 @@ from PIL import Image
 from transformers import AutoProcessor
 
 from ..errors import RequestError
+from ..images import check_aspect_ratio
 from ..options import DEFAULT_MAX_NEW_TOKENS, GenerationOptions
 from ..stream import TextStream
 from ._qwen2vl_processor import load_image_only_processor
@@ -29,6 +30,8 @@ from .hf import TransformersVLM
 DEFAULT_MAX_PIXELS = 256 * 28 * 28
 #: The model card's default ``max_pixels`` (up to 16384 image tokens).
 MODEL_CARD_MAX_PIXELS = 12845056
+#: The longest side over the shortest that Qwen2-VL's image processor accepts.
+MAX_ASPECT_RATIO = 200
 
 #: The caption prompt for each language, written in that language.
 CAPTION_PROMPTS: dict[str, str] = {
@@ -46,8 +49,8 @@ class Qwen2VL(TransformersVLM):
     """Qwen2-VL / Qwen2.5-VL instruct checkpoints; default ``qwen2-vl-2b`` from the Hub.
 
     ``max_pixels`` caps the picture size (default 256 * 28 * 28, never above the checkpoint's
-    own cap; pass 12845056 for the model card's default), ``min_pixels`` sets the floor
-    (default: the checkpoint's).
+    own cap; pass 12845056 or ``defaults="card"`` for the model card's default), ``min_pixels``
+    sets the floor (default: the checkpoint's).
 
     >>> model = Qwen2VL("shapes-qwen2vl")
     >>> model.caption("vlm_notebook/assets/red-circle-on-white.png", language="ja")
@@ -66,13 +69,15 @@ class Qwen2VL(TransformersVLM):
         revision: str | None = None,
         max_pixels: int | None = None,
         min_pixels: int | None = None,
+        defaults: str = "cpu",
+        int8: bool = False,
     ):
         for name, value in (("max_pixels", max_pixels), ("min_pixels", min_pixels)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 28 * 28):
                 raise RequestError(f"{name} must be a whole number of pixels, at least 784 (28 x 28), got {value!r}.")
         if max_pixels is not None and min_pixels is not None and min_pixels > max_pixels:
             raise RequestError(f"min_pixels ({min_pixels}) must not exceed max_pixels ({max_pixels}).")
-        super().__init__(model, revision=revision)
+        super().__init__(model, revision=revision, defaults=defaults, int8=int8)
         self._max_pixels = max_pixels
         self._min_pixels = min_pixels
 
@@ -82,7 +87,8 @@ class Qwen2VL(TransformersVLM):
         self.load()
         size = self.processor.image_processor.size
         floor, cap = int(size["shortest_edge"]), int(size["longest_edge"])
-        max_pixels = self._max_pixels if self._max_pixels is not None else min(DEFAULT_MAX_PIXELS, cap)
+        policy = cap if self.defaults == "card" else min(DEFAULT_MAX_PIXELS, cap)
+        max_pixels = self._max_pixels if self._max_pixels is not None else policy
         min_pixels = self._min_pixels if self._min_pixels is not None else min(floor, max_pixels)
         return min_pixels, max_pixels
 
@@ -97,11 +103,13 @@ class Qwen2VL(TransformersVLM):
             return load_image_only_processor(directory)
         return processor
 
-    def _inputs(self, picture: Image.Image, prompt: str) -> Any:
-        text = self.processor.apply_chat_template(self._messages(prompt), add_generation_prompt=True)
+    def _check_request(self, picture: Image.Image, prompt: str) -> None:
+        super()._check_request(picture, prompt)
+        check_aspect_ratio(picture, MAX_ASPECT_RATIO, "Qwen2-VL")
+
+    def _processor_kwargs(self) -> dict[str, Any]:
         min_pixels, max_pixels = self.pixel_range
-        size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
-        return self.processor(text=text, images=[picture], size=size, return_tensors="pt")
+        return {"size": {"shortest_edge": min_pixels, "longest_edge": max_pixels}}
 
     @overload
     def caption(

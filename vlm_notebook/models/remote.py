@@ -24,7 +24,6 @@ import json
 import os
 import socket
 import threading
-from collections.abc import Sequence
 from functools import partial
 from typing import Any, Literal, overload
 
@@ -171,9 +170,6 @@ class RemoteVLM(VLM):
     def _generate(
         self, picture: Image.Image, prompt: str, options: GenerationOptions, sink: TokenSink | None
     ) -> list[int]:
-        raise NotImplementedError("RemoteVLM receives text, not token ids: it answers through _respond.")
-
-    def _decode(self, token_ids: Sequence[int]) -> str:
         raise NotImplementedError("RemoteVLM receives text, not token ids: it answers through _respond.")
 
     def _stream_answer(self, body: dict[str, Any], exchange: _Exchange, sink: TokenSink) -> bool:

@@ -16,6 +16,9 @@ from .hf import TransformersVLM
 class SmolVLM(TransformersVLM):
     """SmolVLM / SmolVLM2 instruct checkpoints; default ``smolvlm-256m`` from the Hub.
 
+    ``defaults="cpu"`` (the default) shows the vision encoder one tile per picture;
+    ``defaults="card"`` restores the model card's image sizes (many tiles per photo).
+
     >>> model = SmolVLM("shapes-smolvlm")
     >>> model.caption("vlm_notebook/assets/red-circle-on-white.png")
     'A red circle on a white background.'
@@ -25,6 +28,21 @@ class SmolVLM(TransformersVLM):
     default_model = "smolvlm-256m"
     default_prompt = "Describe this image."
     caption_options = ("prompt",)
+
+    def _processor_kwargs(self) -> dict[str, Any]:
+        """On a CPU (``defaults="cpu"``), one tile: the longest edge is cut to the vision encoder's
+        tile size, so a photo costs one encoder pass instead of the model card's 13 for a 640x480
+        photo: SmolVLM-256M's first token after 3.3 s instead of 45 s on a shared 2-core CPU
+        (``benchmarks/results/cpu_speed_smolvlm.md``; about 1.8 s on a quiet one). Fine detail
+        (small text) may need more tiles: ``defaults="card"`` keeps the checkpoint's own sizes
+        (its longest edge, then tiles of ``max_image_size``)."""
+        if self.defaults == "card":
+            return {}
+        image_processor = self.processor.image_processor
+        tile, longest = _edge(image_processor.max_image_size), _edge(image_processor.size)
+        if tile is None or longest is None or longest <= tile:
+            return {}
+        return {"size": {"longest_edge": tile}}
 
     def _load_processor(self, directory: Path) -> Any:
         if _model_type(directory) == "smolvlm" and not _has_modules("torchvision", "num2words"):
@@ -62,6 +80,12 @@ class SmolVLM(TransformersVLM):
         options = GenerationOptions(max_new_tokens, temperature, top_p, seed)
         text = clean_question(prompt) if prompt is not None else self.default_prompt
         return self._respond(image, text, options, stream)
+
+
+def _edge(size: Any) -> int | None:
+    """The ``longest_edge`` of a processor size setting (a dict or transformers' SizeDict)."""
+    value = size.get("longest_edge") if isinstance(size, dict) else getattr(size, "longest_edge", None)
+    return int(value) if value is not None else None
 
 
 def _model_type(directory: Path) -> str | None:
