@@ -23,6 +23,8 @@ CHECKPOINTS_DIR = Path(__file__).parent / "checkpoints"
 FAMILIES: dict[str, str] = {
     "smolvlm": "vlm_notebook.models.smolvlm:SmolVLM",
     "qwen2vl": "vlm_notebook.models.qwen2vl:Qwen2VL",
+    "moondream": "vlm_notebook.models.moondream:Moondream",
+    "remote": "vlm_notebook.models.remote:RemoteVLM",
 }
 
 #: ``model_type`` in a checkpoint's config.json -> family name
@@ -31,6 +33,7 @@ MODEL_TYPES: dict[str, str] = {
     "smolvlm": "smolvlm",
     "qwen2_vl": "qwen2vl",
     "qwen2_5_vl": "qwen2vl",
+    "moondream1": "moondream",
 }
 
 
@@ -70,12 +73,14 @@ _HUB_MODELS = [
     ("qwen2-vl-7b", "qwen2vl", "Qwen/Qwen2-VL-7B-Instruct", "Qwen2-VL 7B"),
     ("qwen2.5-vl-3b", "qwen2vl", "Qwen/Qwen2.5-VL-3B-Instruct", "Qwen2.5-VL 3B"),
     ("qwen2.5-vl-7b", "qwen2vl", "Qwen/Qwen2.5-VL-7B-Instruct", "Qwen2.5-VL 7B"),
+    ("moondream2", "moondream", "vikhyatk/moondream2", "Moondream 2 (release 2025-06-21), native"),
 ]
 
 #: (name, family, description) of the checkpoints shipped in ``CHECKPOINTS_DIR/name``
 _SHIPPED_MODELS = [
     ("shapes-smolvlm", "smolvlm", "tiny SmolVLM trained on shapes, offline"),
     ("shapes-qwen2vl", "qwen2vl", "tiny Qwen2-VL trained on shapes, English and Japanese"),
+    ("shapes-moondream", "moondream", "tiny Moondream 2 trained on shapes: captions, answers, detect, point"),
 ]
 
 
@@ -96,6 +101,9 @@ def known_models(family: str | None = None) -> list[ModelEntry]:
 def resolve(name: str, family: str | None = None) -> ModelEntry:
     """Find what ``name`` means: a short name, a known Hub id, a directory, or (given a family) any Hub id."""
     entry = _ENTRIES.get(name) or next((e for e in _ENTRIES.values() if e.source == name), None)
+    if entry is None and name.startswith(REMOTE_PREFIX):
+        parse_remote_name(name)  # refuses a malformed name with the expected form
+        entry = ModelEntry(name, "remote", name, "a model on an OpenAI-compatible server")
     if entry is None and Path(name).expanduser().is_dir():
         directory = Path(name).expanduser().resolve()
         entry = ModelEntry(name, family_of_directory(directory), str(directory))
@@ -118,6 +126,21 @@ def get_model(name: str) -> VLM:
     family_class = getattr(importlib.import_module(module_name), class_name)
     model: VLM = family_class(name)
     return model
+
+
+#: ``remote:<model>@<base_url>`` names a model on an OpenAI-compatible server (``RemoteVLM``)
+REMOTE_PREFIX = "remote:"
+
+
+def parse_remote_name(name: str) -> tuple[str, str]:
+    """``(model, base_url)`` of ``remote:<model>@<base_url>``; the model may itself contain "@"."""
+    model, _, base_url = name.removeprefix(REMOTE_PREFIX).rpartition("@")
+    if not name.startswith(REMOTE_PREFIX) or not model or not base_url.startswith(("http://", "https://")):
+        raise UnknownModelError(
+            f"{name!r} is not a remote model name: write remote:<model>@<base_url>, "
+            "for example remote:Qwen/Qwen2-VL-2B-Instruct@http://localhost:8000/v1."
+        )
+    return model, base_url
 
 
 def family_of_directory(directory: Path) -> str:

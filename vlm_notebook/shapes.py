@@ -187,3 +187,23 @@ def draw(scene: Scene, size: int = 64, rng: random.Random | None = None) -> Draw
     _paint(big, scene.shape, _scaled(box, _SUPERSAMPLE), scene.colour)
     image = big.resize((size, size), Image.Resampling.BOX)
     return Drawing(image=image, box=_scaled(box, 1 / size))
+
+
+#: Moondream's caption lengths; ``caption_of_length(scene, "normal")`` is ``caption(scene)``.
+CAPTION_LENGTHS: tuple[str, ...] = ("short", "normal", "long")
+
+
+def caption_of_length(scene: Scene, length: str) -> str:
+    """The exact English caption of a scene at one of Moondream's lengths.
+
+    ``"short"``: ``"A red circle."``; ``"normal"``: :func:`caption`; ``"long"``: the normal
+    caption followed by a sentence about the picture as a whole.
+    """
+    noun = f"{scene.colour} {scene.shape}"
+    if length == "short":
+        return f"{_article(noun)} {noun}."
+    if length == "normal":
+        return caption(scene)
+    if length == "long":
+        return f"{caption(scene)} The {noun} is the only shape in the picture; the rest is plain {scene.background}."
+    raise ValueError(f"unknown caption length {length!r}; known: {', '.join(CAPTION_LENGTHS)}")

@@ -1,4 +1,4 @@
-"""Command line: ``python -m vlm_notebook.training smolvlm|qwen2vl [--out DIR] [--steps N] [--seed S]``
+"""Command line: ``python -m vlm_notebook.training smolvlm|qwen2vl|moondream [--out DIR] [--steps N] [--seed S]``
 (also ``--vision-steps N`` and ``--threads N``; the defaults rebuild the shipped checkpoint).
 
 ``smolvlm`` trains the tiny SmolVLM (English), ``qwen2vl`` the tiny Qwen2-VL (English and
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from vlm_notebook import shapes
-from vlm_notebook.training import card, evaluate, qwen2vl, smolvlm
+from vlm_notebook.training import card, evaluate, moondream, qwen2vl, smolvlm
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = PACKAGE_DIR / "checkpoints" / "shapes-smolvlm"
@@ -34,6 +34,10 @@ QWEN2VL_STEPS = 2000
 QWEN2VL_VISION_STEPS = 2000
 QWEN2VL_THREADS = 1  # on a shared 2-core machine one thread was 7x faster than two
 QWEN2VL_PER_SCENE = 1  # random-position pictures per scene in the evaluation
+MOONDREAM_OUT = PACKAGE_DIR / "checkpoints" / "shapes-moondream"
+MOONDREAM_STEPS = 2400
+MOONDREAM_VISION_STEPS = 1000
+MOONDREAM_THREADS = 1
 EVAL_SEED_OFFSET = 10_000  # random-position evaluation pictures use seed + this
 ASSET_SCENES = (
     shapes.Scene("circle", "red", "white"),
@@ -54,7 +58,7 @@ def _machine() -> str:
 def _command(args: argparse.Namespace) -> str:
     command = f"python -m vlm_notebook.training {args.family} --steps {args.steps} --seed {args.seed}"
     command += f" --vision-steps {args.vision_steps} --threads {args.threads}"
-    default_out = QWEN2VL_OUT if args.family == "qwen2vl" else DEFAULT_OUT
+    default_out = {"qwen2vl": QWEN2VL_OUT, "moondream": MOONDREAM_OUT}.get(args.family, DEFAULT_OUT)
     return command if Path(args.out).resolve() == default_out else f"{command} --out {args.out}"
 
 
@@ -127,6 +131,31 @@ def run_qwen2vl(args: argparse.Namespace) -> dict[str, Any]:
     return record
 
 
+def run_moondream(args: argparse.Namespace) -> dict[str, Any]:
+    """Train the tiny Moondream, save it, reload and evaluate every task; write the record and the card."""
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    recipe = moondream.Recipe()
+    trained = moondream.train_model(args.steps, args.vision_steps, args.seed, recipe, _log)
+    moondream.save(trained.tokenizer, trained.net, out)
+    _log(f"saved to {out}; evaluating the saved directory")
+    started = time.perf_counter()
+    record: dict[str, Any] = {
+        "name": out.name, "family": args.family, "command": _command(args), "seed": args.seed,
+        "steps": args.steps, "vision_steps": args.vision_steps, "threads": args.threads,
+        "train_seconds": round(trained.vision.seconds + trained.text.seconds, 1),
+        "vision_seconds": round(trained.vision.seconds, 1), "text_seconds": round(trained.text.seconds, 1),
+        "final_vision_loss": _mean_tail(trained.vision.losses), "final_text_loss": _mean_tail(trained.text.losses),
+        "parameters": sum(p.numel() for p in trained.net.parameters()), "recipe": recipe.as_dict(),
+        "machine": _machine(), "versions": card.versions(),
+    }
+    record["evaluation"] = moondream.evaluate_dir(out, random_seed=args.seed + EVAL_SEED_OFFSET)
+    record["eval_seconds"] = round(time.perf_counter() - started, 1)
+    card.write_record(out, record)
+    (out / "README.md").write_text(moondream.model_card(record), encoding="utf-8")
+    return record
+
+
 def write_assets(directory: Path = ASSETS_DIR) -> list[Path]:
     """Save canonical drawings of a few scenes as small PNGs, e.g. ``red-circle-on-white.png``."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -157,6 +186,14 @@ def _parser() -> argparse.ArgumentParser:
     qwen.add_argument(
         "--threads", type=int, default=QWEN2VL_THREADS, help="torch CPU threads (fixed for repeatability)"
     )
+    moon = commands.add_parser("moondream", help="train and save the tiny shapes-moondream (captions, detect, point)")
+    moon.add_argument("--out", default=str(MOONDREAM_OUT), help="output directory")
+    moon.add_argument("--steps", type=int, default=MOONDREAM_STEPS, help="training steps")
+    moon.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed")
+    moon.add_argument("--vision-steps", type=int, default=MOONDREAM_VISION_STEPS, help="vision pretraining steps")
+    moon.add_argument(
+        "--threads", type=int, default=MOONDREAM_THREADS, help="torch CPU threads (fixed for repeatability)"
+    )
     assets = commands.add_parser("assets", help="write example pictures")
     assets.add_argument("--out", default=str(ASSETS_DIR), help="output directory")
     return parser
@@ -169,7 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for path in write_assets(Path(args.out)):
             _log(str(path))
         return 0
-    record = run_qwen2vl(args) if args.family == "qwen2vl" else run_smolvlm(args)
+    runs = {"qwen2vl": run_qwen2vl, "moondream": run_moondream}
+    record = runs.get(args.family, run_smolvlm)(args)
     for name in ("canonical", "random"):
         score = record["evaluation"][name]
         _log(f"{name}: {score['exact']}/{score['total']} exact")

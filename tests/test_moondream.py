@@ -1,0 +1,255 @@
+"""Moondream 2, native: the full-size module tree against the published checkpoint's manifest,
+and every user-facing behaviour on the shipped tiny ``shapes-moondream``."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from vlm_notebook import registry, shapes
+from vlm_notebook.errors import CheckpointError, CheckpointNotAvailableError, RequestError
+from vlm_notebook.models import Moondream
+from vlm_notebook.models.moondream import EncodedImage, MoondreamConfig
+from vlm_notebook.models.moondream.inference import image_embeddings
+from vlm_notebook.models.moondream.network import build_on_meta
+from vlm_notebook.models.moondream.text import prefix_causal_mask
+from vlm_notebook.training.moondream import TinySizes, build_config, build_network, build_tiny_tokenizer, iou, save
+
+MANIFEST = Path(__file__).parent / "data" / "moondream2-2025-06-21.tsv"
+SCENES = shapes.all_scenes()[::6]  # 12 scenes: every shape, colour and background
+RED_CIRCLE = shapes.Scene("circle", "red", "white")
+
+
+def _manifest() -> dict[str, tuple[int, ...]]:
+    rows = [line.split("\t") for line in MANIFEST.read_text().splitlines() if not line.startswith("#")]
+    return {name: tuple(int(n) for n in shape.split("x")) for name, shape in rows}
+
+
+def test_full_size_module_tree_has_exactly_the_published_tensor_names_and_shapes() -> None:
+    published = _manifest()
+    built = {name: tuple(t.shape) for name, t in build_on_meta(MoondreamConfig()).state_dict().items()}
+    assert sorted(set(published) - set(built)) == [], "tensors of the checkpoint the model would not load"
+    assert sorted(set(built) - set(published)) == [], "tensors the model has that the checkpoint does not"
+    wrong = {name: (built[name], shape) for name, shape in published.items() if built[name] != shape}
+    assert wrong == {}, "tensors whose shape differs from the published one"
+    assert sum(torch.Size(s).numel() for s in published.values()) == 1_927_237_104
+
+
+def test_full_size_defaults_are_the_published_release() -> None:
+    config = MoondreamConfig()
+    assert config.prefix_len == 730  # BOS + 27 x 27 image tokens, attended both ways
+    assert config.text.rotary_dim == 32
+    assert config.tokenizer.template("query") == ([1, 15381, 2], [3])
+    model = Moondream()
+    assert (model.entry.source, model.revision) == ("vikhyatk/moondream2", "2025-06-21")
+    assert Moondream(revision="main").revision == "main"
+
+
+@pytest.fixture(scope="module")
+def model() -> Moondream:
+    loaded = Moondream("shapes-moondream")
+    loaded.load()
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def red_circle(model: Moondream) -> EncodedImage:
+    return model.encode_image(shapes.draw(RED_CIRCLE).image)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("scene", shapes.all_scenes(), ids=str)
+def test_captions_are_exact_at_every_length(model: Moondream, scene: shapes.Scene) -> None:
+    encoded = model.encode_image(shapes.draw(scene).image)
+    for length in shapes.CAPTION_LENGTHS:
+        assert model.caption(encoded, length=length) == shapes.caption_of_length(scene, length)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("scene", SCENES, ids=str)
+def test_answers_are_exact(model: Moondream, scene: shapes.Scene) -> None:
+    encoded = model.encode_image(shapes.draw(scene).image)
+    for question, answer in shapes.questions(scene):
+        assert model.query(encoded, question) == answer
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("seed", range(8))
+def test_detect_finds_the_drawn_shape_and_point_falls_inside_it(model: Moondream, seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    scene = rng.choice(shapes.all_scenes())
+    drawing = shapes.draw(scene, 64, rng)  # random position and size
+    boxes = model.detect(drawing.image, scene.shape)
+    assert len(boxes) == 1
+    box = boxes[0]
+    assert iou((box["x_min"], box["y_min"], box["x_max"], box["y_max"]), drawing.box) >= 0.5
+    points = model.point(drawing.image, scene.shape)
+    assert len(points) == 1
+    x0, y0, x1, y1 = drawing.box
+    assert x0 <= points[0]["x"] <= x1 and y0 <= points[0]["y"] <= y1
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("request_kind", ["caption long", "japanese answer"])
+def test_streamed_text_equals_the_whole_answer(model: Moondream, red_circle: EncodedImage, request_kind: str) -> None:
+    picture = shapes.draw(RED_CIRCLE).image
+    if request_kind == "caption long":
+        whole = model.caption(picture, length="long")
+        stream = model.caption(picture, length="long", stream=True)
+    else:
+        question = "What colour is the shape? Answer in Japanese."
+        whole = model.query(red_circle, question)
+        stream = model.query(red_circle, question, stream=True)
+    chunks = list(stream)
+    assert "".join(chunks) == whole and all(chunks)
+    assert stream.stats.finish_reason == "stop"
+    assert stream.stats.image_tokens == 64 and stream.stats.time_to_first_token is not None
+
+
+@pytest.fixture
+def vision_calls(model: Moondream) -> Iterator[list[int]]:
+    calls: list[int] = []
+    model.image_cache.clear()
+    handle = model.network.vision.patch_emb.register_forward_hook(lambda *args: calls.append(1))
+    yield calls
+    handle.remove()
+
+
+@pytest.mark.timeout(60)
+def test_questions_on_an_encoded_image_do_not_run_the_vision_encoder_again(
+    model: Moondream, vision_calls: list[int]
+) -> None:
+    encoded = model.encode_image(shapes.draw(RED_CIRCLE).image)
+    assert len(vision_calls) == 1
+    assert model.query(encoded, "What shape is it?") == "A circle."
+    assert model.query(encoded, "What colour is the background?") == "White."
+    assert "".join(model.caption(encoded, length="short", stream=True)) == "A red circle."
+    assert model.point(encoded, "circle")
+    assert len(vision_calls) == 1, "the encoded image was encoded again"
+    again = model.query(shapes.draw(RED_CIRCLE).image, "What shape is it?", stream=True)
+    assert again.wait(30) == "A circle." and again.stats.image_cache == "hit"
+    assert len(vision_calls) == 1, "the same picture, passed again, was encoded again"
+
+
+@pytest.mark.timeout(60)
+def test_prepare_encodes_ahead_and_a_new_picture_is_encoded_once(model: Moondream, vision_calls: list[int]) -> None:
+    new, ahead = (shapes.draw(RED_CIRCLE, rng=random.Random(seed)).image for seed in (101, 102))
+    first = model.query(new, "What colour is the shape?", stream=True)
+    assert first.wait(30) == "Red." and first.stats.image_cache == "miss"
+    model.prepare(ahead).result(timeout=30)
+    assert len(vision_calls) == 2
+    follow_up = model.query(ahead, "What colour is the shape?", stream=True)
+    assert follow_up.wait(30) == "Red." and follow_up.stats.image_cache == "hit"
+    assert follow_up.stats.vision_seconds == 0.0 and len(vision_calls) == 2
+
+
+@pytest.mark.timeout(60)
+def test_cached_generation_matches_one_full_forward_pass(model: Moondream) -> None:
+    """The KV-cache path (image prefill, then prompt) gives the same next-token logits as running
+    BOS, image and prompt at once with the prefix mask (the way the model was trained)."""
+    net, picture = model.network, shapes.draw(RED_CIRCLE).image
+    prompt = model._query_ids("What shape is it?")
+    with torch.inference_mode():
+        image, _ = image_embeddings(net, picture)
+        bos = net.text.embed(torch.tensor([net.config.tokenizer.bos_id]))
+        x = torch.cat([bos, image, net.text.embed(torch.tensor(prompt))])[None]
+        full = net.text.logits(net.text(x, 0, mask=prefix_causal_mask(x.shape[1], net.config.prefix_len)))[0, -1]
+        from vlm_notebook.models.moondream.inference import _prefill
+
+        _, hidden = _prefill(net, model.encode_image(picture), torch.tensor([prompt]), 1, None)
+        cached = net.text.logits(hidden)[0, -1]
+    torch.testing.assert_close(cached, full, rtol=1e-4, atol=1e-4)
+
+
+def test_caption_length_is_an_option_front_ends_can_pass(model: Moondream) -> None:
+    picture = shapes.draw(RED_CIRCLE).image
+    assert Moondream.caption_options == ("length",)
+    assert model.caption_with(picture, options={"length": "short"}) == "A red circle."
+    with pytest.raises(RequestError, match="no caption option prompt"):
+        model.caption_with(picture, options={"prompt": "Describe"})
+
+
+def test_registry_knows_the_family() -> None:
+    assert isinstance(registry.get_model("shapes-moondream"), Moondream)
+    assert registry.resolve("moondream2").source == "vikhyatk/moondream2"
+    assert registry.resolve("vikhyatk/moondream2").family == "moondream"
+
+
+def test_bad_requests_get_clear_errors_and_the_model_keeps_working(
+    model: Moondream, red_circle: EncodedImage
+) -> None:
+    with pytest.raises(RequestError, match="short, normal, long"):
+        model.caption(red_circle, length="medium")
+    with pytest.raises(RequestError, match="Name the object"):
+        model.detect(red_circle, "  ")
+    with pytest.raises(RequestError, match="max_objects"):
+        model.point(red_circle, "circle", max_objects=0)
+    with pytest.raises(RequestError, match="empty"):
+        model.query(red_circle, "")
+    assert model.caption(red_circle, length="short") == "A red circle."
+
+
+def test_weights_that_do_not_fit_the_config_are_refused(model: Moondream, tmp_path: Path) -> None:
+    source, target = Path(model.entry.source), tmp_path / "changed"
+    shutil.copytree(source, target)
+    config = json.loads((target / "config.json").read_text())
+    config["config"]["text"]["n_layers"] = 2
+    (target / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="do not fit"):
+        Moondream(str(target)).load()
+
+
+def test_an_encoded_image_from_a_model_of_another_shape_is_refused(
+    model: Moondream, red_circle: EncodedImage, tmp_path: Path
+) -> None:
+    sizes = TinySizes(text_layers=1)
+    tokenizer = build_tiny_tokenizer()
+    torch.manual_seed(0)
+    save(tokenizer, build_network(build_config(tokenizer, sizes), sizes), tmp_path / "other")
+    other = Moondream(str(tmp_path / "other"))
+    with pytest.raises(RequestError, match="different model"):
+        other.query(red_circle, "What shape is it?")
+    assert model.query(red_circle, "What shape is it?") == "A circle."
+
+
+def test_text_that_spells_a_special_token_is_refused(model: Moondream, red_circle: EncodedImage) -> None:
+    with pytest.raises(RequestError, match="reserves"):
+        model.query(red_circle, "What shape is it?<|endoftext|>")
+    with pytest.raises(RequestError, match="reserves"):
+        model.detect(red_circle, "<|coord|>")
+
+
+def test_hub_checkpoint_not_in_the_cache_gives_an_error_naming_the_download() -> None:
+    model = Moondream("vikhyatk/moondream2", revision="0000000000000000000000000000000000000000")
+    with pytest.raises(CheckpointNotAvailableError, match="hf download vikhyatk/moondream2"):
+        model.load()
+    assert not model.loaded
+
+
+@pytest.mark.parametrize("damage", ["cut weights", "no weights", "bad tokenizer"])
+def test_a_damaged_checkpoint_gives_a_clear_error_and_a_later_good_load_works(
+    model: Moondream, tmp_path: Path, damage: str
+) -> None:
+    target = tmp_path / "damaged"
+    shutil.copytree(Path(model.entry.source), target)
+    weights, tokenizer = target / "model.safetensors", target / "tokenizer.json"
+    if damage == "cut weights":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif damage == "no weights":
+        weights.unlink()
+    else:
+        tokenizer.write_text("{not json")
+    damaged = Moondream(str(target))
+    with pytest.raises(CheckpointError, match="download the checkpoint again"):
+        damaged.load()
+    assert not damaged.loaded
+    shutil.copytree(Path(model.entry.source), target, dirs_exist_ok=True)
+    assert damaged.caption(shapes.draw(RED_CIRCLE).image, length="short") == "A red circle."

@@ -1,0 +1,163 @@
+"""Running the network: encode a picture once, then answer from its cached prefix.
+
+1. ``encode``: crops -> vision encoder -> projection; BOS + image tokens through the text
+   model with full attention among them (the prefix), keeping their keys and values.
+2. ``generate_text``: copy the prefix into a cache sized for the request, prefill the prompt
+   tokens (causal after the prefix), then decode one token at a time until EOS.
+3. ``locate``: like 2, but after the prompt the region model reads coordinates (and sizes)
+   off the hidden states and feeds them back as embeddings, one object at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from ...errors import RequestError
+from ...options import GenerationOptions
+from .cache import EncodedImage, KVCache
+from .crops import overlap_crops, stitch
+from .network import MoondreamNetwork
+from .text import continuation_mask
+
+Check = Callable[[], None]
+TokenCallback = Callable[[int], None]
+
+
+def image_embeddings(
+    net: MoondreamNetwork, picture: Image.Image, check: Check | None = None
+) -> tuple[torch.Tensor, int]:
+    """(image tokens, text dim) embeddings of an RGB picture, and the number of crops encoded."""
+    config = net.config.vision
+    crops = overlap_crops(picture, config)
+    if check is not None:
+        check()
+    features = net.vision.encode(crops.pixels)  # (N, grid * grid, enc_dim)
+    local = features[1:].view(-1, config.grid, config.grid, config.enc_dim)
+    stitched = stitch(local, crops.tiling, config.overlap_margin)
+    return net.vision.project(features[0], stitched), crops.pixels.shape[0]
+
+
+def encode(net: MoondreamNetwork, picture: Image.Image, check: Check | None = None) -> EncodedImage:
+    """Vision pass and image prefill, once; the result answers any number of requests."""
+    embeddings, crops = image_embeddings(net, picture, check)
+    bos = net.text.embed(torch.tensor([[net.config.tokenizer.bos_id]]))
+    prefix = torch.cat([bos, embeddings[None]], dim=1)  # (1, 1 + image tokens, dim)
+    text = net.config.text
+    cache = KVCache(text.n_layers, text.n_kv_heads, text.head_dim, prefix.shape[1])
+    net.text(prefix, 0, mask=None, cache=cache, between_layers=check)  # the prefix attends both ways
+    return EncodedImage(cache=cache, size=picture.size, crops=crops)
+
+
+def _prefill(
+    net: MoondreamNetwork, encoded: EncodedImage, prompt: torch.Tensor, extra: int, check: Check | None
+) -> tuple[KVCache, torch.Tensor]:
+    """A fresh cache (prefix + prompt + ``extra`` positions) and the prompt's hidden states."""
+    limit = net.config.text.max_context
+    needed = encoded.tokens + prompt.shape[1] + extra
+    if encoded.tokens + prompt.shape[1] >= limit:
+        raise RequestError(
+            f"The prompt is too long: the image and prompt take {encoded.tokens + prompt.shape[1]} of the model's "
+            f"{limit} positions. Ask a shorter question."
+        )
+    cache = encoded.cache.extended(min(needed, limit))
+    mask = continuation_mask(cache.length, prompt.shape[1])
+    hidden = net.text(net.text.embed(prompt), cache.length, mask=mask, cache=cache, between_layers=check)
+    return cache, hidden[:, -1:]
+
+
+@dataclass
+class Sampler:
+    """Greedy, or temperature with nucleus (top-p) sampling from a seeded generator."""
+
+    options: GenerationOptions
+    banned: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        self._generator = torch.Generator()
+        if self.options.seed is not None:
+            self._generator.manual_seed(self.options.seed)
+        else:
+            self._generator.seed()
+
+    def __call__(self, logits: torch.Tensor) -> int:
+        logits = logits.reshape(-1).clone()
+        if self.banned:
+            logits[list(self.banned)] = float("-inf")
+        if self.options.greedy:
+            return int(logits.argmax())
+        probs = torch.softmax(logits / self.options.temperature, dim=-1)
+        ordered, order = probs.sort(descending=True)
+        ordered[(ordered.cumsum(0) - ordered) > self.options.top_p] = 0.0
+        choice = torch.multinomial(ordered / ordered.sum(), 1, generator=self._generator)
+        return int(order[choice])
+
+
+@dataclass
+class TextResult:
+    token_ids: list[int]
+    finish_reason: str  # "stop", "length" or "cancelled"
+
+
+def generate_text(
+    net: MoondreamNetwork,
+    encoded: EncodedImage,
+    prompt_ids: list[int],
+    options: GenerationOptions,
+    on_token: TokenCallback | None = None,
+    cancelled: Callable[[], bool] | None = None,
+    check: Check | None = None,
+) -> TextResult:
+    """Token ids of the answer to ``prompt_ids`` (EOS not included)."""
+    tokens = net.config.tokenizer
+    sample = Sampler(options, banned=(tokens.answer_id,))
+    cache, hidden = _prefill(net, encoded, torch.tensor([prompt_ids]), options.max_new_tokens, check)
+    token = sample(net.text.logits(hidden))
+    generated: list[int] = []
+    while token != tokens.eos_id:
+        if cancelled is not None and cancelled():
+            return TextResult(generated, "cancelled")
+        generated.append(token)
+        if on_token is not None:
+            on_token(token)
+        if len(generated) >= options.max_new_tokens or cache.length >= cache.capacity:
+            return TextResult(generated, "length")
+        hidden = net.text(net.text.embed(torch.tensor([[token]])), cache.length, cache=cache)
+        token = sample(net.text.logits(hidden))
+    return TextResult(generated, "stop")
+
+
+def _step(net: MoondreamNetwork, cache: KVCache, embedding: torch.Tensor) -> torch.Tensor:
+    """Feed one embedding (dim,) and return its hidden state (1, 1, dim)."""
+    hidden: torch.Tensor = net.text(embedding.view(1, 1, -1), cache.length, cache=cache)
+    return hidden
+
+
+def locate(
+    net: MoondreamNetwork, encoded: EncodedImage, prompt_ids: list[int], with_size: bool, max_objects: int
+) -> list[dict[str, float]]:
+    """Objects found after ``prompt_ids``: boxes (``with_size``) or points, normalised to 0..1.
+
+    Per object: the hidden state gives x; x fed back gives y; y fed back gives the size (for
+    boxes); the last one fed back says, as a token, whether another object follows (not EOS).
+    """
+    region, eos = net.region, net.config.tokenizer.eos_id
+    per_object = 3 if with_size else 2
+    cache, hidden = _prefill(net, encoded, torch.tensor([prompt_ids]), per_object * max_objects, None)
+    found: list[dict[str, float]] = []
+    while int(net.text.logits(hidden).argmax()) != eos and len(found) < max_objects:
+        x = region.coord_value(region.decode_coord(hidden).argmax(-1)).view(1, 1)
+        hidden = _step(net, cache, region.encode_coord(x))
+        y = region.coord_value(region.decode_coord(hidden).argmax(-1)).view(1, 1)
+        hidden = _step(net, cache, region.encode_coord(y))
+        if not with_size:
+            found.append({"x": float(x), "y": float(y)})
+            continue
+        size = region.size_value(region.decode_size(hidden).argmax(-1)).view(1, 2)
+        hidden = _step(net, cache, region.encode_size(size))
+        cx, cy, w, h = float(x), float(y), float(size[0, 0]), float(size[0, 1])
+        found.append({"x_min": cx - w / 2, "y_min": cy - h / 2, "x_max": cx + w / 2, "y_max": cy + h / 2})
+    return found

@@ -1,0 +1,233 @@
+"""``Moondream``: Moondream 2 implemented natively (no remote code), fp32, streaming."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any, Literal, overload
+
+import torch
+from PIL import Image
+from tokenizers import Tokenizer
+
+from ... import registry
+from ...cache import PrefixCache, image_digest
+from ...decoding import ChunkDecoder
+from ...errors import CheckpointError, RequestError
+from ...hub import checkpoint_directory
+from ...images import load_image
+from ...options import DEFAULT_MAX_NEW_TOKENS, GenerationOptions, clean_question
+from ...stream import TextStream, TokenSink
+from ..base import VLM, join_stream
+from .cache import EncodedImage
+from .checkpoint import load_network, load_tokenizer, read_config
+from .inference import encode, generate_text, locate
+from .network import MoondreamNetwork
+
+HUB_ID = "vikhyatk/moondream2"
+PINNED_REVISION = "2025-06-21"  # the release this implementation follows
+CAPTION_LENGTHS: tuple[str, ...] = ("short", "normal", "long")
+DEFAULT_MAX_OBJECTS = 50
+KEPT_IMAGES = 4  # encoded pictures kept per model for follow-up questions (~290 MB each at full size)
+
+Length = Literal["short", "normal", "long"]
+
+
+class Moondream(VLM):
+    """Moondream 2 (``vikhyatk/moondream2`` at revision 2025-06-21 unless ``revision`` is given).
+
+    >>> model = Moondream("shapes-moondream")
+    >>> model.caption("vlm_notebook/assets/red-circle-on-white.png", length="short")
+    'A red circle.'
+
+    ``encode_image`` runs the vision encoder and the image prefill once; pass its result to
+    ``query``, ``caption``, ``detect`` or ``point`` in place of the picture to reuse them.
+    """
+
+    family = "moondream"
+    default_model = "moondream2"
+    caption_options = ("length",)
+
+    network: MoondreamNetwork
+    tokenizer: Tokenizer
+
+    def __init__(self, model: str | None = None, *, revision: str | None = None):
+        super().__init__(model, revision=revision)
+        #: Encoded recent pictures, by content (bounded; ``image_cache.clear()`` empties it).
+        self.image_cache: PrefixCache[EncodedImage] = PrefixCache(max_entries=KEPT_IMAGES)
+        if revision is None and self.entry.source == HUB_ID:
+            self.revision = PINNED_REVISION
+
+    def _load(self) -> None:
+        directory = checkpoint_directory(self.entry.source, self.revision, shipped=self.entry.shipped)
+        family = registry.family_of_directory(directory)
+        if family != self.family:
+            raise CheckpointError(f"{str(directory)!r} holds a {family} checkpoint, not a {self.family} one.")
+        config, raw = read_config(directory)
+        tokenizer = load_tokenizer(directory, raw)
+        self.network, self.tokenizer = load_network(directory, config), tokenizer
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def encode_image(self, image: Any) -> EncodedImage:
+        """Vision pass and image prefill of ``image``, done once, reusable across requests."""
+        if isinstance(image, EncodedImage):
+            return self._checked(image)
+        picture = load_image(image)
+        self.load()
+        with self._generation_lock:
+            return self._encoded_picture(picture)[0]
+
+    @overload
+    def caption(
+        self, image: Any, length: str = ..., *, stream: Literal[False] = False, max_new_tokens: int = ...,
+        temperature: float = ..., top_p: float = ..., seed: int | None = ...,
+    ) -> str: ...
+
+    @overload
+    def caption(
+        self, image: Any, length: str = ..., *, stream: Literal[True], max_new_tokens: int = ...,
+        temperature: float = ..., top_p: float = ..., seed: int | None = ...,
+    ) -> TextStream: ...
+
+    @overload
+    def caption(
+        self, image: Any, length: str = ..., *, stream: bool, max_new_tokens: int = ...,
+        temperature: float = ..., top_p: float = ..., seed: int | None = ...,
+    ) -> str | TextStream: ...
+
+    def caption(
+        self, image: Any, length: str = "normal", *, stream: bool = False,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, temperature: float = 0.0, top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> str | TextStream:
+        """Describe ``image`` (a picture or an encoded image); ``length`` is short, normal or long."""
+        if length not in CAPTION_LENGTHS:
+            raise RequestError(f"Unknown caption length {length!r}: use one of {', '.join(CAPTION_LENGTHS)}.")
+        options = GenerationOptions(max_new_tokens, temperature, top_p, seed)
+        return self._answer(image, lambda: self._template_ids(f"caption_{length}"), options, stream)
+
+    def detect(self, image: Any, object: str, *, max_objects: int = DEFAULT_MAX_OBJECTS) -> list[dict[str, float]]:
+        """Boxes of every ``object`` in ``image``: dicts of x_min, y_min, x_max, y_max, normalised to 0..1."""
+        return self._locate(image, object, "detect", max_objects)
+
+    def point(self, image: Any, object: str, *, max_objects: int = DEFAULT_MAX_OBJECTS) -> list[dict[str, float]]:
+        """A point (dict of x, y, normalised to 0..1) on every ``object`` in ``image``."""
+        return self._locate(image, object, "point", max_objects)
+
+    # -- the shared generation path -------------------------------------------------------------
+
+    def _respond(self, image: Any, prompt: str, options: GenerationOptions, stream: bool) -> str | TextStream:
+        """``query``: the base class checked the question; images may be encoded images here."""
+        return self._answer(image, lambda: self._query_ids(prompt), options, stream)
+
+    def _answer(
+        self, image: Any, prompt_ids: Callable[[], list[int]], options: GenerationOptions, stream: bool
+    ) -> str | TextStream:
+        """Check the image, load, build the prompt (it needs the tokenizer), then generate."""
+        source = self._checked(image) if isinstance(image, EncodedImage) else load_image(image)
+        self.load()
+        ids: list[int] = prompt_ids()
+        answer = TextStream(partial(self._produce_ids, source, ids, options), self._generation_lock)
+        return answer if stream else join_stream(answer)
+
+    def _produce_ids(
+        self, source: Image.Image | EncodedImage, ids: list[int], options: GenerationOptions, sink: TokenSink
+    ) -> None:
+        self._run(source, ids, options, sink)
+
+    def _run(
+        self, source: Image.Image | EncodedImage, ids: list[int], options: GenerationOptions, sink: TokenSink
+    ) -> list[int]:
+        check = sink.raise_if_cancelled
+        with torch.inference_mode():
+            if isinstance(source, EncodedImage):
+                encoded, seconds, hit = source, 0.0, True
+            else:
+                started = time.perf_counter()
+                encoded, hit = self._encoded_picture(source, check)
+                seconds = 0.0 if hit else time.perf_counter() - started
+            sink.set_prompt(encoded.tokens + len(ids), encoded.tokens - 1)
+            sink.set_image_work(cache_hit=hit, tiles=encoded.crops, vision_seconds=seconds, prefill_seconds=0.0)
+            decoder = ChunkDecoder(self.tokenizer)
+            result = generate_text(
+                self.network, encoded, ids, options,
+                on_token=lambda token: sink.put_token(decoder.step(token)),
+                cancelled=lambda: sink.cancelled,
+                check=check,
+            )
+        if result.finish_reason != "cancelled":
+            sink.set_finish_reason(result.finish_reason)
+        return result.token_ids
+
+    def _generate(
+        self, picture: Image.Image, prompt: str, options: GenerationOptions, sink: TokenSink | None
+    ) -> list[int]:
+        if sink is None:  # every path here streams into a sink; stream=False joins the stream
+            raise TypeError("Moondream generates into a TokenSink")
+        return self._run(picture, self._query_ids(prompt), options, sink)
+
+    def _prepare(self, picture: Image.Image) -> None:
+        """``prepare(image)``: encode the picture ahead, so the next request about it starts from it."""
+        self._encoded_picture(picture)
+
+    def _encoded_picture(
+        self, picture: Image.Image, check: Callable[[], None] | None = None
+    ) -> tuple[EncodedImage, bool]:
+        """The picture's encoding, from the recent ones (True) or made now (False). Call under the model lock."""
+        key = image_digest(picture)
+        encoded = self.image_cache.get(key)
+        if encoded is not None:
+            return encoded, True
+        with torch.inference_mode():
+            encoded = encode(self.network, picture, check)
+        self.image_cache.put(key, encoded)
+        return encoded, False
+
+    def _locate(self, image: Any, object: str, kind: str, max_objects: int) -> list[dict[str, float]]:
+        if not isinstance(object, str) or not object.strip():
+            raise RequestError(f"Name the object to {kind}, e.g. model.{kind}(image, 'face'); got {object!r}.")
+        if isinstance(max_objects, bool) or not isinstance(max_objects, int) or max_objects < 1:
+            raise RequestError(f"max_objects must be a whole number of at least 1, got {max_objects!r}.")
+        source = self._checked(image) if isinstance(image, EncodedImage) else load_image(image)
+        self.load()
+        prefix, suffix = self.network.config.tokenizer.template(kind)
+        ids = prefix + self._text_ids(" " + object.strip()) + suffix
+        with self._generation_lock, torch.inference_mode():
+            encoded = source if isinstance(source, EncodedImage) else self._encoded_picture(source)[0]
+            return locate(self.network, encoded, ids, with_size=kind == "detect", max_objects=max_objects)
+
+    # -- prompts ------------------------------------------------------------------------------
+
+    def _template_ids(self, name: str) -> list[int]:
+        prefix, suffix = self.network.config.tokenizer.template(name)
+        return prefix + suffix
+
+    def _query_ids(self, question: str) -> list[int]:
+        prefix, suffix = self.network.config.tokenizer.template("query")
+        return prefix + self._text_ids(clean_question(question)) + suffix
+
+    def _text_ids(self, text: str) -> list[int]:
+        """The user's text as token ids; text that spells a special token (``<|endoftext|>``...) is refused."""
+        encoding = self.tokenizer.encode(text, add_special_tokens=False)
+        special = {i: t.content for i, t in self.tokenizer.get_added_tokens_decoder().items() if t.special}
+        found = sorted({special[i] for i in encoding.ids if i in special})
+        if found:
+            raise RequestError(
+                f"The text contains {', '.join(map(repr, found))}, which Moondream reserves for its prompt "
+                "markup: remove or reword it."
+            )
+        ids: list[int] = encoding.ids
+        return ids
+
+    def _checked(self, encoded: EncodedImage) -> EncodedImage:
+        """Refuse an encoded image made by a model of another shape (its cache would not fit)."""
+        self.load()
+        text = self.network.config.text
+        keys = encoded.cache.keys
+        if len(keys) != text.n_layers or keys[0].shape[1] != text.n_kv_heads or keys[0].shape[3] != text.head_dim:
+            raise RequestError(
+                "This encoded image was made by a different model; encode the picture with this model's encode_image."
+            )
+        return encoded

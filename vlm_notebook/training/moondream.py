@@ -1,0 +1,487 @@
+"""A tiny Moondream 2 (our native implementation at a small size) trained on the shapes scenes.
+
+The network is ``vlm_notebook.models.moondream``'s, unchanged: overlapping crops (a 64 px
+picture is one global and one local crop), the vision encoder and projection, the Phi-style
+text model with prefix attention, the region model. Only the sizes and the tokenizer (a
+byte-level BPE with Moondream-style special tokens at the same ids) differ from the published
+model. It learns four tasks, in Moondream's prompt templates:
+
+- captions at three lengths (``shapes.caption_of_length``),
+- answers to the English questions of ``shapes.questions``,
+- ``detect``: the shape's box as centre x, centre y and size (width, height) through the
+  region model; asked for a shape that is not there, it answers EOS at once,
+- ``point``: the centre of the shape's box.
+
+Two stages, as for ``shapes-smolvlm``: the vision encoder is pretrained to classify the scene,
+then the whole model trains on all four tasks.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from safetensors.torch import save_file
+from tokenizers import Tokenizer
+from torch import nn
+from torch.nn import functional as F
+
+from vlm_notebook import shapes
+from vlm_notebook.models.moondream.config import (
+    MoondreamConfig,
+    RegionConfig,
+    TextConfig,
+    TokenizerConfig,
+    VisionConfig,
+)
+from vlm_notebook.models.moondream.crops import overlap_crops, stitch
+from vlm_notebook.models.moondream.network import MoondreamNetwork
+from vlm_notebook.models.moondream.text import prefix_causal_mask
+from vlm_notebook.training.loop import Batch, BatchMaker, Logger, TrainConfig, TrainResult, seed_everything, train
+from vlm_notebook.training.tokenizer import build_tokenizer
+from vlm_notebook.training.vision import PooledClassifier, scene_labels
+
+IMAGE_SIZE = 64
+SCENES = shapes.all_scenes()
+
+# Ids 0..9 as in the published tokenizer config: 0 BOS/EOS, 1 and 2 open and close the task
+# name, 3 starts the answer, 5 and 6 stand for a coordinate and a size.
+SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|task|>", "<|task_end|>", "<|answer|>", "<|thinking|>",
+    "<|coord|>", "<|size|>", "<|ground_start|>", "<|ground|>", "<|ground_end|>",
+]
+TASK_WORDS = {"caption": "describe", "query": "query", "detect": "detect", "point": "point"}
+LENGTH_WORDS = {length: f" {length}" for length in shapes.CAPTION_LENGTHS}
+QUESTIONS = [question for question, _ in shapes.questions(SCENES[0])]
+
+
+@dataclass(frozen=True)
+class TinySizes:
+    """Widths and depths of the tiny model."""
+
+    vision_dim: int = 128
+    vision_layers: int = 2
+    vision_heads: int = 4
+    vision_ff: int = 256
+    patch: int = 8
+    overlap_margin: int = 2
+    max_crops: int = 4
+    proj_inner: int = 256
+    text_dim: int = 128
+    text_layers: int = 3
+    text_heads: int = 4
+    text_ff: int = 384
+    max_context: int = 256
+    coord_bins: int = 128
+    size_bins: int = 128
+    region_inner: int = 256
+    fourier_features: int = 64
+    init_std: float = 0.06
+    fourier_std: float = 2.0
+
+
+def english_corpus() -> list[str]:
+    """The ASCII text the BPE learns: task words, questions, answers, object names."""
+    texts = [*TASK_WORDS.values(), *LENGTH_WORDS.values(), *QUESTIONS, *(f" {shape}" for shape in shapes.SHAPES)]
+    for scene in SCENES:
+        texts += [f" {shapes.caption_of_length(scene, length)}" for length in shapes.CAPTION_LENGTHS]
+        texts += [f" {answer}" for _, answer in shapes.questions(scene) if answer.isascii()]
+    return texts
+
+
+def build_tiny_tokenizer() -> Tokenizer:
+    return build_tokenizer(english_corpus(), SPECIAL_TOKENS)
+
+
+def _ids(tokenizer: Tokenizer, text: str) -> list[int]:
+    ids: list[int] = tokenizer.encode(text, add_special_tokens=False).ids
+    return ids
+
+
+def templates(tokenizer: Tokenizer) -> dict[str, dict[str, list[int]]]:
+    """Moondream's template layout ([1] task [2] ... [3]) in the tiny tokenizer's ids."""
+    found = {name: {"prefix": [1, *_ids(tokenizer, word), 2], "suffix": [3]} for name, word in TASK_WORDS.items()}
+    for length, word in LENGTH_WORDS.items():
+        caption = _ids(tokenizer, TASK_WORDS["caption"])
+        found[f"caption_{length}"] = {"prefix": [1, *caption, 2, *_ids(tokenizer, word), 3]}
+    del found["caption"]
+    return found
+
+
+def build_config(tokenizer: Tokenizer, sizes: TinySizes) -> MoondreamConfig:
+    return MoondreamConfig(
+        text=TextConfig(
+            dim=sizes.text_dim, ff_dim=sizes.text_ff, n_layers=sizes.text_layers, vocab_size=tokenizer.get_vocab_size(),
+            max_context=sizes.max_context, n_heads=sizes.text_heads, n_kv_heads=sizes.text_heads,
+        ),
+        vision=VisionConfig(
+            enc_dim=sizes.vision_dim, enc_patch_size=sizes.patch, enc_n_layers=sizes.vision_layers,
+            enc_ff_dim=sizes.vision_ff, enc_n_heads=sizes.vision_heads, proj_out_dim=sizes.text_dim,
+            crop_size=IMAGE_SIZE, max_crops=sizes.max_crops, overlap_margin=sizes.overlap_margin,
+            proj_inner_dim=sizes.proj_inner,
+        ),
+        region=RegionConfig(
+            dim=sizes.text_dim, coord_feat_dim=sizes.fourier_features, coord_out_dim=sizes.coord_bins,
+            size_feat_dim=sizes.fourier_features, size_out_dim=2 * sizes.size_bins, inner_dim=sizes.region_inner,
+        ),
+        tokenizer=TokenizerConfig(templates=templates(tokenizer)),
+    )
+
+
+def build_network(config: MoondreamConfig, sizes: TinySizes) -> MoondreamNetwork:
+    """A randomly initialised network (seed torch first for repeatability)."""
+    net = MoondreamNetwork(config)
+    for name, param in net.named_parameters():
+        if name.endswith("features"):
+            nn.init.normal_(param, std=sizes.fourier_std)
+        elif name.endswith("bias"):
+            nn.init.zeros_(param)
+        elif param.ndim >= 2 and "ln" not in name.split(".")[-2]:
+            nn.init.normal_(param, std=sizes.init_std)
+    return net
+
+
+# -- examples ------------------------------------------------------------------------------
+
+
+@dataclass
+class Example:
+    """One training sequence after BOS and the image: prompt ids, then the targets.
+
+    Text examples: ``answer`` ids (ending in EOS). Region examples: ``box`` (x0, y0, x1, y1)
+    to find, ``with_size`` for detect; ``box`` None means the object is absent (EOS at once).
+    """
+
+    drawing: shapes.Drawing
+    prompt: list[int]
+    answer: list[int] = field(default_factory=list)
+    box: shapes.Box | None = None
+    region: bool = False
+    with_size: bool = False
+
+
+def _drawing(rng: random.Random, scene: shapes.Scene, canonical_fraction: float) -> shapes.Drawing:
+    canonical = rng.random() < canonical_fraction
+    return shapes.draw(scene, IMAGE_SIZE, None if canonical else rng)
+
+
+def make_example(
+    rng: random.Random, tokenizer: Tokenizer, config: MoondreamConfig, canonical_fraction: float
+) -> Example:
+    """A random scene and a random task on it."""
+    scene = rng.choice(SCENES)
+    drawing = _drawing(rng, scene, canonical_fraction)
+    tokens, kind = config.tokenizer, rng.choices(["caption", "query", "detect", "point"], [3, 3, 2, 1])[0]
+    eos = [tokens.eos_id]
+    if kind == "caption":
+        length = rng.choice(shapes.CAPTION_LENGTHS)
+        prompt = tokens.template(f"caption_{length}")[0]
+        return Example(drawing, prompt, _ids(tokenizer, f" {shapes.caption_of_length(scene, length)}") + eos)
+    if kind == "query":
+        question, answer = rng.choice(shapes.questions(scene))
+        prefix, suffix = tokens.template("query")
+        return Example(drawing, prefix + _ids(tokenizer, question) + suffix, _ids(tokenizer, f" {answer}") + eos)
+    present = kind == "point" or rng.random() < 0.75
+    target = scene.shape if present else rng.choice([s for s in shapes.SHAPES if s != scene.shape])
+    prefix, suffix = tokens.template(kind)
+    prompt = prefix + _ids(tokenizer, f" {target}") + suffix
+    return Example(drawing, prompt, box=drawing.box if present else None, region=True, with_size=kind == "detect")
+
+
+# -- the training forward ---------------------------------------------------------------------
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor
+
+
+@dataclass
+class _Targets:
+    """Where (row, position) each head is trained, and on what."""
+
+    token: list[tuple[int, int, int]] = field(default_factory=list)
+    coord: list[tuple[int, int, float]] = field(default_factory=list)
+    size: list[tuple[int, int, float, float]] = field(default_factory=list)
+
+
+class ShapesObjective(nn.Module):
+    """The network plus the training loss of a batch of :class:`Example`."""
+
+    def __init__(self, net: MoondreamNetwork, region_weight: float = 1.0):
+        super().__init__()
+        self.net = net
+        self.region_weight = region_weight
+
+    def image_embeddings(self, drawings: list[shapes.Drawing]) -> torch.Tensor:
+        """(B, image tokens, dim): each picture's crops through the encoder, stitched and projected."""
+        config = self.net.config.vision
+        crops = [overlap_crops(d.image, config) for d in drawings]
+        features = self.net.vision.encode(torch.cat([c.pixels for c in crops]))
+        rows, start = [], 0
+        for c in crops:
+            count = c.pixels.shape[0]
+            local = features[start + 1 : start + count].view(-1, config.grid, config.grid, config.enc_dim)
+            rows.append(self.net.vision.project(features[start], stitch(local, c.tiling, config.overlap_margin)))
+            start += count
+        return torch.stack(rows)
+
+    def _sequence(self, example: Example, row: int, prefix: int, targets: _Targets) -> torch.Tensor:
+        """The embeddings after the prefix for one example; records its targets."""
+        text, region, eos = self.net.text, self.net.region, self.net.config.tokenizer.eos_id
+        last = prefix + len(example.prompt) - 1  # position of the last prompt token
+        if not example.region:
+            ids = example.prompt + example.answer[:-1]
+            targets.token += [(row, last + i, token) for i, token in enumerate(example.answer)]
+            return text.embed(torch.tensor(ids))
+        parts = [text.embed(torch.tensor(example.prompt))]
+        if example.box is None:
+            targets.token.append((row, last, eos))
+            return parts[0]
+        x0, y0, x1, y1 = example.box
+        x, y = (x0 + x1) / 2, (y0 + y1) / 2
+        targets.token.append((row, last, self.net.config.tokenizer.coord_id))
+        targets.coord += [(row, last, x), (row, last + 1, y)]
+        parts += [region.encode_coord(torch.tensor([[x]])), region.encode_coord(torch.tensor([[y]]))]
+        if example.with_size:
+            targets.size.append((row, last + 2, x1 - x0, y1 - y0))
+            parts.append(region.encode_size(torch.tensor([[x1 - x0, y1 - y0]])))
+        targets.token.append((row, last + len(parts) - 1, eos))
+        return torch.cat(parts)
+
+    def forward(self, examples: list[Example]) -> LossOutput:
+        images = self.image_embeddings([e.drawing for e in examples])
+        bos = self.net.text.embed(torch.tensor([self.net.config.tokenizer.bos_id]))
+        prefix, targets = 1 + images.shape[1], _Targets()
+        rows = [
+            torch.cat([bos, images[row], self._sequence(e, row, prefix, targets)]) for row, e in enumerate(examples)
+        ]
+        x = nn.utils.rnn.pad_sequence(rows, batch_first=True)  # right padding: causal, so harmless
+        hidden = self.net.text(x, 0, mask=prefix_causal_mask(x.shape[1], prefix))
+        return LossOutput(self._token_loss(hidden, targets) + self.region_weight * self._region_loss(hidden, targets))
+
+    def _token_loss(self, hidden: torch.Tensor, targets: _Targets) -> torch.Tensor:
+        rows, positions, labels = zip(*targets.token, strict=True)
+        logits = self.net.text.logits(hidden[list(rows), list(positions)])
+        return F.cross_entropy(logits, torch.tensor(labels))
+
+    def _region_loss(self, hidden: torch.Tensor, targets: _Targets) -> torch.Tensor:
+        region, loss = self.net.region, hidden.new_zeros(())
+        if targets.coord:
+            rows, positions, values = zip(*targets.coord, strict=True)
+            logits = region.decode_coord(hidden[list(rows), list(positions)])
+            loss = loss + F.cross_entropy(logits, region.coord_bin(torch.tensor(values)))
+        if targets.size:
+            rows, positions, widths, heights = zip(*targets.size, strict=True)
+            logits = region.decode_size(hidden[list(rows), list(positions)])  # (N, 2, bins)
+            bins = region.size_bin(torch.tensor([widths, heights]).T)  # (N, 2)
+            loss = loss + F.cross_entropy(logits.reshape(-1, region.size_bins), bins.reshape(-1))
+        return loss
+
+
+# -- stages ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _TowerOutput:
+    last_hidden_state: torch.Tensor
+
+
+class _Tower(nn.Module):
+    """The vision encoder seen as a tower for :class:`PooledClassifier`."""
+
+    def __init__(self, net: MoondreamNetwork):
+        super().__init__()
+        self.net = net
+
+    def forward(self, pixel_values: torch.Tensor) -> _TowerOutput:
+        return _TowerOutput(self.net.vision.encode(pixel_values))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides a training run besides the seed and the numbers of steps."""
+
+    sizes: TinySizes = TinySizes()
+    batch_size: int = 32
+    canonical_fraction: float = 0.25
+    vision_lr: float = 1e-3
+    lr: float = 1.5e-3
+    region_weight: float = 0.5  # the region losses (about 4 nats at best) would otherwise swamp the tokens'
+    warmup_steps: int = 100
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Trained:
+    tokenizer: Tokenizer
+    net: MoondreamNetwork
+    vision: TrainResult
+    text: TrainResult
+
+
+def make_batch_maker(tokenizer: Tokenizer, config: MoondreamConfig, recipe: Recipe) -> BatchMaker:
+    def make_batch(rng: random.Random) -> Batch:
+        examples = [make_example(rng, tokenizer, config, recipe.canonical_fraction) for _ in range(recipe.batch_size)]
+        return cast(Batch, {"examples": examples})
+
+    return make_batch
+
+
+def make_vision_batch_maker(config: MoondreamConfig, recipe: Recipe) -> BatchMaker:
+    def make_batch(rng: random.Random) -> Batch:
+        scenes = [rng.choice(SCENES) for _ in range(recipe.batch_size)]
+        drawings = [_drawing(rng, scene, recipe.canonical_fraction) for scene in scenes]
+        pixels = torch.cat([overlap_crops(d.image, config.vision).pixels[:1] for d in drawings])
+        return {"pixel_values": pixels, "labels": torch.tensor([scene_labels(s) for s in scenes])}
+
+    return make_batch
+
+
+def train_model(steps: int, vision_steps: int, seed: int, recipe: Recipe = Recipe(), log: Logger = print) -> Trained:
+    """Stage 1 (``vision_steps``, data seed ``seed``): classify scenes with the vision encoder.
+    Stage 2 (``steps``, data seed ``seed + 1``): all four tasks through the whole network."""
+    seed_everything(seed)
+    tokenizer = build_tiny_tokenizer()
+    config = build_config(tokenizer, recipe.sizes)
+    net = build_network(config, recipe.sizes)
+    classifier = PooledClassifier(_Tower(net), recipe.sizes.vision_dim)
+    stage1 = TrainConfig(steps=vision_steps, lr=recipe.vision_lr, warmup_steps=recipe.warmup_steps, seed=seed)
+    vision = train(classifier, make_vision_batch_maker(config, recipe), stage1, lambda m: log(f"vision {m}"))
+    stage2 = TrainConfig(steps=steps, lr=recipe.lr, warmup_steps=recipe.warmup_steps, seed=seed + 1)
+    objective = ShapesObjective(net, recipe.region_weight)
+    text = train(objective, make_batch_maker(tokenizer, config, recipe), stage2, lambda m: log(f"text {m}"))
+    return Trained(tokenizer, net.eval(), vision, text)
+
+
+def save(tokenizer: Tokenizer, net: MoondreamNetwork, directory: Path) -> None:
+    """config.json (Moondream's ``moondream1`` layout), model.safetensors, tokenizer.json."""
+    directory.mkdir(parents=True, exist_ok=True)
+    root = nn.Module()
+    root.add_module("model", net)  # names as in the published file: model.vision.*, model.text.*, ...
+    tensors = {name: tensor.detach().contiguous() for name, tensor in root.state_dict().items()}
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    config = {"model_type": "moondream1", "config": net.config.to_dict(), "tokenizer_file": "tokenizer.json"}
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    tokenizer.save(str(directory / "tokenizer.json"))
+
+
+# -- evaluation -----------------------------------------------------------------------------
+
+
+def iou(a: shapes.Box, b: shapes.Box) -> float:
+    """Intersection over union of two (x0, y0, x1, y1) boxes."""
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = width * height
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _checks(model: Any, scene: shapes.Scene, drawing: shapes.Drawing) -> dict[str, bool]:
+    """Every task on one drawing (encoded once): task name -> correct."""
+    encoded = model.encode_image(drawing.image)
+    results = {
+        f"caption {length}": model.caption(encoded, length=length) == shapes.caption_of_length(scene, length)
+        for length in shapes.CAPTION_LENGTHS
+    }
+    results.update({question: model.query(encoded, question) == answer for question, answer in shapes.questions(scene)})
+    boxes = model.detect(encoded, scene.shape)
+    results["detect"] = len(boxes) == 1 and iou(tuple(boxes[0].values()), drawing.box) >= 0.5
+    absent = shapes.SHAPES[(shapes.SHAPES.index(scene.shape) + 1) % len(shapes.SHAPES)]
+    results["detect absent shape"] = model.detect(encoded, absent) == []
+    points = model.point(encoded, scene.shape)
+    x0, y0, x1, y1 = drawing.box
+    results["point"] = len(points) == 1 and x0 <= points[0]["x"] <= x1 and y0 <= points[0]["y"] <= y1
+    return results
+
+
+def _score(model: Any, cases: list[tuple[shapes.Scene, shapes.Drawing]]) -> dict[str, Any]:
+    per_task: dict[str, list[bool]] = {}
+    for scene, drawing in cases:
+        for task, ok in _checks(model, scene, drawing).items():
+            per_task.setdefault(task, []).append(ok)
+    exact = sum(sum(oks) for oks in per_task.values())
+    total = sum(len(oks) for oks in per_task.values())
+    return {
+        "exact": exact,
+        "total": total,
+        "accuracy": round(exact / total, 4),
+        "per_prompt": {task: f"{sum(oks)}/{len(oks)}" for task, oks in per_task.items()},
+    }
+
+
+def evaluate_dir(directory: Path, random_seed: int) -> dict[str, Any]:
+    """Load the saved directory through ``Moondream`` and score every task on every scene,
+    canonical drawings and one random-position drawing per scene."""
+    from vlm_notebook.models.moondream import Moondream
+
+    model = Moondream(str(directory))
+    rng = random.Random(random_seed)
+    canonical = [(scene, shapes.draw(scene, IMAGE_SIZE)) for scene in SCENES]
+    placed = [(scene, shapes.draw(scene, IMAGE_SIZE, rng)) for scene in SCENES]
+    return {"canonical": _score(model, canonical), "random": _score(model, placed)}
+
+
+def model_card(record: dict[str, Any]) -> str:
+    """The checkpoint's README.md."""
+    sizes = record["recipe"]["sizes"]
+    lines = [
+        f"# {record['name']}",
+        "",
+        "A tiny Moondream 2: vlm-notebook's native implementation of the 2025-06-21 release",
+        "(`vlm_notebook.models.moondream`: overlapping crops, SigLIP-style vision encoder and projection,",
+        "Phi-style text model with prefix attention, region model) at a small size, trained from scratch",
+        "on synthetic pictures of one coloured shape on a plain background (`vlm_notebook.shapes`: 72 scenes).",
+        "It captions them at three lengths, answers four questions (one in Japanese with an emoji),",
+        "and finds the shape (`detect`, `point`). It was also trained to find nothing when asked for a",
+        "shape that is not there, and has not learnt that well (see the scores). It knows nothing else:",
+        "it is a test and demo model, not a general VLM.",
+        "",
+        "## Format",
+        "",
+        f"- {record['parameters']:,} parameters, fp32 `model.safetensors` with the published tensor names",
+        f"  (`model.vision.*`, `model.text.*`, `model.region.*`); vision {sizes['vision_dim']} wide x"
+        f" {sizes['vision_layers']} layers, patch {sizes['patch']}, 64 px crops (64 image tokens);",
+        f"  text {sizes['text_dim']} wide x {sizes['text_layers']} layers; {sizes['coord_bins']} coordinate bins.",
+        "- `config.json` has Moondream's `moondream1` layout; its `config` entry gives every size and the",
+        "  prompt templates in this checkpoint's token ids. `tokenizer.json`: a byte-level BPE trained on the",
+        "  English text, with Moondream's special-token ids (0 BOS/EOS, 1-2 task, 3 answer, 5 coord, 6 size).",
+        "- Load with `Moondream('shapes-moondream')`, offline.",
+        "",
+        "## How it was made",
+        "",
+        "```",
+        record["command"],
+        "```",
+        "",
+        f"Seed {record['seed']}, batches of {record['recipe']['batch_size']} random scenes and tasks, on"
+        f" {record['machine']} with {record['threads']} torch thread(s); {record['train_seconds']} s of training:",
+        "",
+        f"1. {record['vision_steps']} steps ({record['vision_seconds']} s) pretraining the vision encoder alone"
+        " (linear heads on its mean-pooled output classify shape, colour and background).",
+        f"2. {record['steps']} steps ({record['text_seconds']} s) training the whole network on captions,"
+        " answers (token loss) and boxes and points (region-model losses).",
+        "",
+        "## Accuracy (greedy, loaded from this directory)",
+        "",
+    ]
+    for name, title in (("canonical", "canonical drawings"), ("random", "one random-position drawing per scene")):
+        score = record["evaluation"][name]
+        lines.append(f"- {title}: {score['exact']}/{score['total']} correct ({100 * score['accuracy']:.1f}%)")
+        lines += [f"  - {task}: {count}" for task, count in score["per_prompt"].items()]
+    lines += [
+        "",
+        "Captions and answers count when exact; `detect` when it gives one box with IoU >= 0.5 against",
+        "the drawn box; `point` when it gives one point inside it; an absent shape when `detect` gives none.",
+        "Colours, boxes and points are right everywhere; the shape's name is reliable on canonical drawings",
+        "only (off-centre, resized shapes are often named wrongly), and absent shapes are still \"found\".",
+        "",
+    ]
+    return "\n".join(lines)
