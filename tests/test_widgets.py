@@ -447,3 +447,13 @@ def test_closing_the_widget_stops_its_generation_quietly(
         widget.wait(30)
     assert widget.stats is not None and widget.stats.finish_reason == "cancelled"
     assert capfd.readouterr() == ("", "") and not worker_threads()
+
+
+def test_qwen2vl_languages_match_the_family_and_widgets_offer_each_familys_choices() -> None:
+    from vlm_notebook.models.qwen2vl import CAPTION_PROMPTS
+    from vlm_notebook.widgets import MoondreamWidget, Qwen2VLWidget, VLMWidget
+    from vlm_notebook.widgets._widget import QWEN2VL_LANGUAGES
+
+    assert tuple(CAPTION_PROMPTS) == QWEN2VL_LANGUAGES
+    assert VLMWidget._family_widgets["qwen2vl"] is Qwen2VLWidget
+    assert VLMWidget._family_widgets["moondream"] is MoondreamWidget

@@ -232,7 +232,10 @@ def _side_by_side(prompt: str, call: Callable[..., str | TextStream]) -> None:
 
 
 def _run_models(args: argparse.Namespace) -> int:
-    for entry in registry.known_models():
+    entries = registry.known_models()
+    name_width = max(len(entry.name) for entry in entries)
+    family_width = max(len(entry.family) for entry in entries)
+    for entry in entries:
         where = "shipped, offline" if entry.shipped else entry.source
-        print(f"{entry.name:16} {entry.family:8} {where}")
+        print(f"{entry.name:{name_width}}  {entry.family:{family_width}}  {where}")
     return 0

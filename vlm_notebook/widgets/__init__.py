@@ -7,6 +7,6 @@
 SmolVLMWidget(model='shapes-smolvlm')
 """
 
-from ._widget import SmolVLMWidget, VLMWidget
+from ._widget import MoondreamWidget, Qwen2VLWidget, SmolVLMWidget, VLMWidget
 
-__all__ = ["SmolVLMWidget", "VLMWidget"]
+__all__ = ["MoondreamWidget", "Qwen2VLWidget", "SmolVLMWidget", "VLMWidget"]

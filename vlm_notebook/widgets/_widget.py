@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import threading
 from collections.abc import Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal
@@ -18,10 +19,19 @@ from ..models.base import VLM
 from ..options import DEFAULT_MAX_NEW_TOKENS
 from ..stream import StreamStats, TextStream
 from ._coalesce import DEFAULT_MAX_RATE, set_output_text
-from ._controls import ControlFactory, build_controls, option_values, prompt_control, set_option_values
+from ._controls import (
+    ControlFactory,
+    build_controls,
+    choice_control,
+    option_values,
+    prompt_control,
+    set_option_values,
+)
 from ._run import Run, figures_line, short_message
 
 Mode = Literal["caption", "question"]
+#: Qwen2-VL's caption languages (``Qwen2VL.caption``), kept here so widgets need not import transformers.
+QWEN2VL_LANGUAGES = ("en", "ja", "zh", "ko", "fr", "de", "es")
 
 _BUSY = "A generation is running: wait for it to end, or press Stop."
 _NO_IMAGE = "No image yet: upload one, or pass image= when creating the widget."
@@ -46,7 +56,8 @@ class VLMWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
     ``output`` at most ``max_updates_per_second`` times a second; Stop ends it within a token.
     A second Run while one is going is refused with a message. Errors (an upload that is not an
     image, a model failure) show as a short message and the widget keeps working. Several
-    widgets may share one model: the model serves them one at a time.
+    widgets may share one model: the model serves them one at a time. A picture is handed to
+    ``model.prepare`` the moment it arrives, so its encoding runs while the question is typed.
 
     >>> picture = shapes.draw(shapes.Scene("circle", "red", "white")).image
     >>> widget = VLMWidget(SmolVLM("shapes-smolvlm"), image=picture)
@@ -81,6 +92,8 @@ class VLMWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         self._start_lock = threading.Lock()
         self._message_lock = threading.Lock()
         self._image: Image.Image | None = None
+        #: The model's work on the current picture, started when it arrived (``model.prepare``).
+        self.preparing: Future[None] | None = None
         self._make_controls()
         children = self._layout()
         super().__init__(children=children)
@@ -214,6 +227,9 @@ class VLMWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
     def _use_image(self, picture: Image.Image) -> None:
         self._image = picture
         self.preview.value = _thumbnail_png(picture)
+        # Encode ahead: while the user types a question, the model does the picture's work.
+        # A failure there (say the model cannot load) shows again, as a message, at Run.
+        self.preparing = self.model.prepare(picture)
 
     def _on_mode(self, change: dict[str, Any]) -> None:
         asking = change["new"] == "question"
@@ -303,6 +319,20 @@ class SmolVLMWidget(VLMWidget):
 
     family = "smolvlm"
     option_controls = MappingProxyType({"prompt": prompt_control})
+
+
+class Qwen2VLWidget(VLMWidget):
+    """A widget for Qwen2-VL models, with the caption language as a choice (English by default)."""
+
+    family = "qwen2vl"
+    option_controls = MappingProxyType({"language": choice_control("Language", QWEN2VL_LANGUAGES, "en")})
+
+
+class MoondreamWidget(VLMWidget):
+    """A widget for Moondream, with the caption length as a choice (short, normal, long)."""
+
+    family = "moondream"
+    option_controls = MappingProxyType({"length": choice_control("Length", ("short", "normal", "long"), "normal")})
 
 
 def _thumbnail_png(picture: Image.Image) -> bytes:
