@@ -14,14 +14,6 @@ SCENES = shapes.all_scenes()
 RED_CIRCLE = shapes.Scene("circle", "red", "white")
 
 
-@pytest.fixture(scope="module")
-def shapes_qwen2vl() -> Qwen2VL:
-    """The shipped checkpoint, loaded once for this module."""
-    model = Qwen2VL("shapes-qwen2vl")
-    model.load()
-    return model
-
-
 def picture(scene: shapes.Scene = RED_CIRCLE):  # type: ignore[no-untyped-def]
     return shapes.draw(scene).image
 

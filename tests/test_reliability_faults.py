@@ -19,16 +19,9 @@ from reliability_cases import covers
 from reliability_support import RED_CAPTION, assert_still_answers, generate_threads, picture
 
 from vlm_notebook import shapes
-from vlm_notebook.models import Qwen2VL, SmolVLM
+from vlm_notebook.models import SmolVLM
 from vlm_notebook.models.base import VLM
 from vlm_notebook.stream import TextStream
-
-
-@pytest.fixture(scope="module")
-def shapes_qwen2vl() -> Qwen2VL:
-    model = Qwen2VL("shapes-qwen2vl")
-    model.load()
-    return model
 
 
 @pytest.fixture(params=["smolvlm", "qwen2vl"])

@@ -22,13 +22,6 @@ from vlm_notebook.models.base import VLM
 GREEN_TRIANGLE = shapes.Scene("triangle", "green", "gray")
 
 
-@pytest.fixture(scope="module")
-def shapes_qwen2vl() -> Qwen2VL:
-    model = Qwen2VL("shapes-qwen2vl")
-    model.load()
-    return model
-
-
 @pytest.fixture(params=["smolvlm", "qwen2vl"])
 def model(request: pytest.FixtureRequest, shapes_smolvlm: SmolVLM) -> Iterator[VLM]:
     loaded: VLM = shapes_smolvlm if request.param == "smolvlm" else request.getfixturevalue("shapes_qwen2vl")

@@ -19,13 +19,6 @@ from vlm_notebook.widgets import VLMWidget
 LONG_QUESTION = "What colour is the shape? " * 400  # about 2800 tokens
 
 
-@pytest.fixture(scope="module")
-def shapes_qwen2vl() -> Qwen2VL:
-    model = Qwen2VL("shapes-qwen2vl")
-    model.load()
-    return model
-
-
 @pytest.fixture(params=["smolvlm", "qwen2vl"])
 def model(request: pytest.FixtureRequest, shapes_smolvlm: SmolVLM) -> Iterator[VLM]:
     loaded: VLM = shapes_smolvlm if request.param == "smolvlm" else request.getfixturevalue("shapes_qwen2vl")

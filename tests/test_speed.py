@@ -36,13 +36,6 @@ def picture(scene: shapes.Scene = RED_CIRCLE) -> Image.Image:
     return shapes.draw(scene).image
 
 
-@pytest.fixture(scope="module")
-def shapes_qwen2vl() -> Qwen2VL:
-    model = Qwen2VL("shapes-qwen2vl")
-    model.load()
-    return model
-
-
 @pytest.fixture(params=["smolvlm", "qwen2vl"])
 def model(request: pytest.FixtureRequest, shapes_smolvlm: SmolVLM, shapes_qwen2vl: Qwen2VL) -> TransformersVLM:
     chosen: TransformersVLM = shapes_smolvlm if request.param == "smolvlm" else shapes_qwen2vl
