@@ -128,6 +128,14 @@ def test_prepare_refuses_a_bad_image_at_once_and_the_model_keeps_working(shapes_
 
 
 @pytest.mark.timeout(120)
+def test_prepare_of_a_picture_the_family_cannot_take_fails_its_future_clearly(shapes_qwen2vl: Qwen2VL) -> None:
+    thin = Image.new("RGB", (10000, 10), "white")
+    with pytest.raises(ImageError, match="crop it, or pad it"):
+        shapes_qwen2vl.prepare(thin).result(timeout=60)
+    assert shapes_qwen2vl.caption(picture()) == "A red circle on a white background."
+
+
+@pytest.mark.timeout(120)
 def test_a_prepare_and_questions_from_threads_take_turns(shapes_smolvlm: SmolVLM) -> None:
     shapes_smolvlm.image_cache.clear()
     answers: list[str] = []

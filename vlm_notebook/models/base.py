@@ -105,7 +105,8 @@ class VLM(ABC):
         Families that can reuse it (the transformers ones) encode the picture in the background,
         so a question asked later about the same picture starts from that work. The returned
         future ends when the work is done (``.result(timeout)`` re-raises its error). A bad image
-        is refused here, before anything starts. Generations wait while it runs, as for any other.
+        is refused here, before anything starts; a picture the loaded family cannot take fails the
+        future. Generations wait while it runs, as for any other.
         """
         picture = load_image(image)
         done: Future[None] = Future()
@@ -113,6 +114,7 @@ class VLM(ABC):
         def work() -> None:
             try:
                 self.load()
+                self._check_request(picture, "")  # the family's limits on pictures, as a question would meet them
                 with self._generation_lock:
                     self._prepare(picture)
             except BaseException as error:  # handed to whoever waits on the future
