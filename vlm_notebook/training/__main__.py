@@ -35,9 +35,9 @@ QWEN2VL_VISION_STEPS = 2000
 QWEN2VL_THREADS = 1  # on a shared 2-core machine one thread was 7x faster than two
 QWEN2VL_PER_SCENE = 1  # random-position pictures per scene in the evaluation
 MOONDREAM_OUT = PACKAGE_DIR / "checkpoints" / "shapes-moondream"
-MOONDREAM_STEPS = 2400
+MOONDREAM_STEPS = 4800
 MOONDREAM_VISION_STEPS = 1000
-MOONDREAM_THREADS = 1
+MOONDREAM_THREADS = 2
 EVAL_SEED_OFFSET = 10_000  # random-position evaluation pictures use seed + this
 ASSET_SCENES = (
     shapes.Scene("circle", "red", "white"),

@@ -480,8 +480,8 @@ def model_card(record: dict[str, Any]) -> str:
         "",
         "Captions and answers count when exact; `detect` when it gives one box with IoU >= 0.5 against",
         "the drawn box; `point` when it gives one point inside it; an absent shape when `detect` gives none.",
-        "Colours, boxes and points are right everywhere; the shape's name is reliable on canonical drawings",
-        "only (off-centre, resized shapes are often named wrongly), and absent shapes are still \"found\".",
+        "Where it fails, by the scores above: mostly the shape's name (in captions and answers) on",
+        "off-centre or resized drawings, and shapes that are not there but are still \"found\".",
         "",
     ]
     return "\n".join(lines)
