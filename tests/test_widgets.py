@@ -298,10 +298,12 @@ def test_a_bad_upload_gives_a_message_and_a_good_upload_then_works(
     assert name in widget.message.value and message in widget.message.value
     assert "Traceback" not in widget.message.value
     assert widget.image is None and widget.preview.value == b""
+    assert widget.preview.layout.display == "none", "no empty (broken-looking) preview"
     assert not widget.run() and "No image" in widget.message.value, "the old picture is not used by mistake"
 
     upload(widget, "blue.png", "image/png", png(BLUE_SQUARE))
     assert widget.message.value == "" and bytes(widget.preview.value).startswith(b"\x89PNG")
+    assert widget.preview.layout.display is None, "the preview shows"
     assert widget.run() and widget.wait(30) == shapes_smolvlm.caption(picture(BLUE_SQUARE))
     assert widget.wait(30) == "A blue square on a gray background."
 
@@ -457,3 +459,9 @@ def test_qwen2vl_languages_match_the_family_and_widgets_offer_each_familys_choic
     assert tuple(CAPTION_PROMPTS) == QWEN2VL_LANGUAGES
     assert VLMWidget._family_widgets["qwen2vl"] is Qwen2VLWidget
     assert VLMWidget._family_widgets["moondream"] is MoondreamWidget
+
+
+def test_the_preview_is_hidden_until_there_is_a_picture_and_the_upload_has_a_tooltip(shapes_smolvlm: SmolVLM) -> None:
+    widget = SmolVLMWidget(shapes_smolvlm)
+    assert widget.preview.layout.display == "none" and widget.upload.tooltip
+    widget.close()

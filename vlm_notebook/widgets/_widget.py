@@ -170,8 +170,11 @@ class VLMWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
             )
 
     def _make_controls(self) -> None:
-        self.upload = widgets.FileUpload(accept="image/*", multiple=False, description="Image")
-        self.preview = widgets.Image(format="png", layout=widgets.Layout(width="192px"))
+        self.upload = widgets.FileUpload(
+            accept="image/*", multiple=False, description="Image", tooltip="Choose a picture to ask about"
+        )
+        # Hidden until there is a picture: an empty Image shows the browser's broken-image icon.
+        self.preview = widgets.Image(format="png", layout=widgets.Layout(width="192px", display="none"))
         self.mode = widgets.ToggleButtons(options=[("Caption", "caption"), ("Question", "question")])
         self.question = widgets.Text(placeholder="Ask about the image", description="Question", disabled=True)
         self.options = build_controls(self.model, self._option_factories())
@@ -219,6 +222,7 @@ class VLMWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         except ImageError as error:
             self._image = None
             self.preview.value = b""
+            self.preview.layout.display = "none"
             self._say(f"Cannot use {upload['name']!r}: {error}", error=True)
             return
         self._use_image(picture)
@@ -227,6 +231,7 @@ class VLMWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
     def _use_image(self, picture: Image.Image) -> None:
         self._image = picture
         self.preview.value = _thumbnail_png(picture)
+        self.preview.layout.display = None
         # Encode ahead: while the user types a question, the model does the picture's work.
         # A failure there (say the model cannot load) shows again, as a message, at Run.
         self.preparing = self.model.prepare(picture)
