@@ -14,6 +14,7 @@ import os
 import platform
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,21 +24,37 @@ from vlm_notebook import shapes
 from vlm_notebook.training import card, evaluate, moondream, qwen2vl, smolvlm
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = PACKAGE_DIR / "checkpoints" / "shapes-smolvlm"
 ASSETS_DIR = PACKAGE_DIR / "assets"
-DEFAULT_STEPS = 2500
 DEFAULT_SEED = 0
-DEFAULT_VISION_STEPS = 2000
-DEFAULT_THREADS = 2
-QWEN2VL_OUT = PACKAGE_DIR / "checkpoints" / "shapes-qwen2vl"
-QWEN2VL_STEPS = 2000
-QWEN2VL_VISION_STEPS = 2000
-QWEN2VL_THREADS = 1  # on a shared 2-core machine one thread was 7x faster than two
 QWEN2VL_PER_SCENE = 1  # random-position pictures per scene in the evaluation
-MOONDREAM_OUT = PACKAGE_DIR / "checkpoints" / "shapes-moondream"
-MOONDREAM_STEPS = 4800
-MOONDREAM_VISION_STEPS = 1000
-MOONDREAM_THREADS = 2
+
+
+@dataclass(frozen=True)
+class FamilyDefaults:
+    """What ``python -m vlm_notebook.training FAMILY`` does with no options: rebuild the shipped checkpoint."""
+
+    help: str
+    out: Path
+    steps: int
+    vision_steps: int
+    threads: int
+
+
+#: family -> the settings that rebuilt its shipped checkpoint
+FAMILY_DEFAULTS: dict[str, FamilyDefaults] = {
+    "smolvlm": FamilyDefaults(
+        "train and save the tiny shapes-smolvlm", PACKAGE_DIR / "checkpoints" / "shapes-smolvlm", 2500, 2000, 2
+    ),
+    # on a shared 2-core machine one thread was 7x faster than two
+    "qwen2vl": FamilyDefaults(
+        "train and save the tiny shapes-qwen2vl (English and Japanese)",
+        PACKAGE_DIR / "checkpoints" / "shapes-qwen2vl", 2000, 2000, 1,
+    ),
+    "moondream": FamilyDefaults(
+        "train and save the tiny shapes-moondream (captions, detect, point)",
+        PACKAGE_DIR / "checkpoints" / "shapes-moondream", 4800, 1000, 2,
+    ),
+}
 EVAL_SEED_OFFSET = 10_000  # random-position evaluation pictures use seed + this
 ASSET_SCENES = (
     shapes.Scene("circle", "red", "white"),
@@ -58,7 +75,7 @@ def _machine() -> str:
 def _command(args: argparse.Namespace) -> str:
     command = f"python -m vlm_notebook.training {args.family} --steps {args.steps} --seed {args.seed}"
     command += f" --vision-steps {args.vision_steps} --threads {args.threads}"
-    default_out = {"qwen2vl": QWEN2VL_OUT, "moondream": MOONDREAM_OUT}.get(args.family, DEFAULT_OUT)
+    default_out = FAMILY_DEFAULTS[args.family].out
     return command if Path(args.out).resolve() == default_out else f"{command} --out {args.out}"
 
 
@@ -167,33 +184,21 @@ def write_assets(directory: Path = ASSETS_DIR) -> list[Path]:
     return paths
 
 
+def _add_family(parser: argparse.ArgumentParser, defaults: FamilyDefaults) -> None:
+    parser.add_argument("--out", default=str(defaults.out), help="output directory")
+    parser.add_argument("--steps", type=int, default=defaults.steps, help="training steps")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed")
+    parser.add_argument("--vision-steps", type=int, default=defaults.vision_steps, help="vision pretraining steps")
+    parser.add_argument(
+        "--threads", type=int, default=defaults.threads, help="torch CPU threads (fixed for repeatability)"
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m vlm_notebook.training")
     commands = parser.add_subparsers(dest="family", required=True)
-    smol = commands.add_parser("smolvlm", help="train and save the tiny shapes-smolvlm")
-    smol.add_argument("--out", default=str(DEFAULT_OUT), help="output directory")
-    smol.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="training steps")
-    smol.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed")
-    smol.add_argument("--vision-steps", type=int, default=DEFAULT_VISION_STEPS, help="vision pretraining steps")
-    smol.add_argument(
-        "--threads", type=int, default=DEFAULT_THREADS, help="torch CPU threads (fixed for repeatability)"
-    )
-    qwen = commands.add_parser("qwen2vl", help="train and save the tiny shapes-qwen2vl (English and Japanese)")
-    qwen.add_argument("--out", default=str(QWEN2VL_OUT), help="output directory")
-    qwen.add_argument("--steps", type=int, default=QWEN2VL_STEPS, help="training steps")
-    qwen.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed")
-    qwen.add_argument("--vision-steps", type=int, default=QWEN2VL_VISION_STEPS, help="vision pretraining steps")
-    qwen.add_argument(
-        "--threads", type=int, default=QWEN2VL_THREADS, help="torch CPU threads (fixed for repeatability)"
-    )
-    moon = commands.add_parser("moondream", help="train and save the tiny shapes-moondream (captions, detect, point)")
-    moon.add_argument("--out", default=str(MOONDREAM_OUT), help="output directory")
-    moon.add_argument("--steps", type=int, default=MOONDREAM_STEPS, help="training steps")
-    moon.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed")
-    moon.add_argument("--vision-steps", type=int, default=MOONDREAM_VISION_STEPS, help="vision pretraining steps")
-    moon.add_argument(
-        "--threads", type=int, default=MOONDREAM_THREADS, help="torch CPU threads (fixed for repeatability)"
-    )
+    for family, defaults in FAMILY_DEFAULTS.items():
+        _add_family(commands.add_parser(family, help=defaults.help), defaults)
     assets = commands.add_parser("assets", help="write example pictures")
     assets.add_argument("--out", default=str(ASSETS_DIR), help="output directory")
     return parser
