@@ -49,7 +49,9 @@ def model_card_answer(model: TransformersVLM, image: Image.Image, prompt: str) -
     config = model._generation_config(GenerationOptions())
     with torch.inference_mode():
         output = model.model.generate(**inputs, generation_config=config)
-    return model._decode(output[0, inputs["input_ids"].shape[1]:].tolist())
+    new_ids = output[:, inputs["input_ids"].shape[1]:]
+    text: str = model.processor.batch_decode(new_ids, skip_special_tokens=True)[0]
+    return text.lstrip()  # answers start at their first visible character
 
 
 def caption_prompt(model: TransformersVLM) -> str:

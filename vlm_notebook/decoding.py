@@ -7,8 +7,6 @@ white space (SmolVLM answers after "Assistant:" with a space) is dropped in both
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from tokenizers import Tokenizer
 from tokenizers.decoders import DecodeStream
 
@@ -28,7 +26,3 @@ class ChunkDecoder:
             self._started = bool(piece)
         return piece
 
-
-def decode_text(tokenizer: Tokenizer, token_ids: Sequence[int]) -> str:
-    """The whole answer for ``token_ids``, special tokens and leading white space removed."""
-    return tokenizer.decode(list(token_ids), skip_special_tokens=True).lstrip()

@@ -7,7 +7,7 @@ so shipped checkpoints, user directories and Hub checkpoints all load through th
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,7 +28,7 @@ from transformers.utils import logging as transformers_logging
 from .. import registry
 from ..cache import PrefixCache, PrefixEntry, image_digest
 from ..cpu import quantize_int8, threads_by_phase
-from ..decoding import ChunkDecoder, decode_text
+from ..decoding import ChunkDecoder
 from ..errors import CheckpointError, RequestError
 from ..hub import checkpoint_directory
 from ..options import GenerationOptions, fit_to_context, refuse_special_tokens
@@ -186,9 +186,6 @@ class TransformersVLM(VLM):
             bos_token_id=defaults.bos_token_id,
             **sampling,
         )
-
-    def _decode(self, token_ids: Sequence[int]) -> str:
-        return decode_text(self._tokenizer, token_ids)
 
 
 def chat_messages(prompt: str) -> list[dict[str, Any]]:
