@@ -112,15 +112,30 @@ def test_max_new_tokens_cuts_the_answer(shapes_smolvlm: SmolVLM) -> None:
 
 @pytest.mark.timeout(60)
 def test_cancel_after_three_chunks_ends_within_one_token(shapes_smolvlm: SmolVLM) -> None:
-    stream = shapes_smolvlm.caption(picture(), stream=True)
-    chunks = []
-    for chunk in stream:
-        chunks.append(chunk)
-        if len(chunks) == 3:
-            tokens_at_cancel = stream.stats.tokens
-            stream.cancel()
-    assert stream.stats.tokens <= tokens_at_cancel + 1
-    assert len(chunks) <= 4
+    # The worker makes ~100 tokens a second; hold it before its fourth token until the consumer
+    # has cancelled, so the race between the two threads cannot decide the outcome.
+    cancelled = threading.Event()
+    forwards = 0
+
+    def wait_for_the_cancel(module: torch.nn.Module, args: object) -> None:
+        nonlocal forwards
+        forwards += 1
+        if forwards == 4:
+            cancelled.wait(10)
+
+    handle = shapes_smolvlm.model.lm_head.register_forward_pre_hook(wait_for_the_cancel)
+    try:
+        stream = shapes_smolvlm.caption(picture(), stream=True)
+        chunks = []
+        for chunk in stream:
+            chunks.append(chunk)
+            if len(chunks) == 3:
+                stream.cancel()
+                cancelled.set()
+    finally:
+        handle.remove()
+    assert chunks[:3] == ["A", " red", " circle"]
+    assert stream.stats.tokens <= 4 and len(chunks) <= 4, "generation ends at the next token"
     assert stream.stats.finish_reason == "cancelled"
     assert not stream.running, "the worker thread is gone"
     assert not any(thread.name == "vlm-notebook-generate" for thread in threading.enumerate() if thread.is_alive())
