@@ -276,26 +276,22 @@ def test_the_widget_encodes_an_upload_ahead_so_run_reuses_it(shapes_smolvlm: Smo
 @pytest.mark.timeout(120)
 def test_prefill_uses_the_prefill_threads_and_decoding_the_decode_threads(shapes_smolvlm: SmolVLM) -> None:
     shapes_smolvlm.image_cache.clear()
-    seen: list[tuple[int, int]] = []  # (tokens in the call, torch threads)
+    threads: list[int] = []  # torch's threads at each use of the output layer: once per forward pass
 
-    def record(module: torch.nn.Module, args: object, kwargs: dict[str, object]) -> None:
-        embeds = kwargs.get("inputs_embeds")
-        assert isinstance(embeds, torch.Tensor)
-        seen.append((embeds.shape[1], torch.get_num_threads()))
+    def record(module: torch.nn.Module, args: object) -> None:
+        threads.append(torch.get_num_threads())
 
     before = torch.get_num_threads()
     saved = cpu.thread_policy()
     cpu.set_thread_policy(prefill=2, decode=1)
-    text_model = shapes_smolvlm.model.model.text_model
-    handle = text_model.register_forward_pre_hook(record, with_kwargs=True)
+    handle = shapes_smolvlm.model.lm_head.register_forward_pre_hook(record)
     try:
         assert shapes_smolvlm.caption(picture()) == "A red circle on a white background."
     finally:
         handle.remove()
         cpu.set_thread_policy(prefill=saved.prefill, decode=saved.decode)
-    prefills, decodes = [t for n, t in seen if n > 1], [t for n, t in seen if n == 1]
-    assert len(prefills) == 2, "the prefix (image) and the question's words"
-    assert set(prefills) == {2} and decodes and set(decodes) == {1}
+    prefills, decodes = threads[:2], threads[2:]  # the prefix (image), the question's words, then tokens
+    assert prefills == [2, 2] and decodes and set(decodes) == {1}
     assert torch.get_num_threads() == before, "torch's thread count is put back"
 
 

@@ -7,6 +7,7 @@ so shipped checkpoints, user directories and Hub checkpoints all load through th
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,12 +28,13 @@ from transformers.utils import logging as transformers_logging
 
 from .. import registry
 from ..cache import PrefixCache, PrefixEntry, image_digest
-from ..cpu import quantize_int8, threads_by_phase
+from ..cpu import quantize_int8, thread_policy, threads_by_phase
 from ..decoding import ChunkDecoder
 from ..errors import CheckpointError, RequestError
 from ..hub import checkpoint_directory
 from ..options import GenerationOptions, fit_to_context, refuse_special_tokens
 from ..stream import TokenSink
+from ._decode import LlamaDecoder, decode, llama_text_model
 from ._prefix import SplitPrompt, continuation_inputs, encode_prefix, split_prompt
 from .base import VLM
 
@@ -125,6 +127,9 @@ class TransformersVLM(VLM):
                 sink.set_prompt(prompt_ids.shape[1], int((prompt_ids == self._image_token_id).sum()))
             options = fit_to_context(options, prompt_ids.shape[1], self._context_tokens)
             config = self._generation_config(options)
+            text_model = llama_text_model(self.model) if cache is not None else None
+            if text_model is not None and cache is not None and cache.get_seq_length() < prompt_ids.shape[1]:
+                return self._decode_here(inputs, cache, text_model, options, config, sink)
             output = self.model.generate(
                 **inputs,
                 past_key_values=cache,
@@ -136,6 +141,29 @@ class TransformersVLM(VLM):
         if sink is not None:
             sink.set_finish_reason(_finish_reason(token_ids, config))
         return token_ids
+
+    def _decode_here(
+        self,
+        inputs: dict[str, torch.Tensor],
+        cache: Any,
+        text_model: torch.nn.Module,
+        options: GenerationOptions,
+        config: GenerationConfig,
+        sink: TokenSink | None,
+    ) -> list[int]:
+        """Prefill the words after the cached prefix, then decode with :class:`LlamaDecoder`
+        (same layers, same greedy tokens as ``generate``, less work per token)."""
+        prompt_ids = inputs["input_ids"]
+        started = time.perf_counter()
+        output = self.model(
+            input_ids=prompt_ids[:, cache.get_seq_length():], past_key_values=cache, use_cache=True, logits_to_keep=1
+        )
+        if sink is not None:
+            sink.add_prefill_time(time.perf_counter() - started)
+        torch.set_num_threads(thread_policy().decode)  # threads_by_phase puts the count back afterwards
+        capacity = prompt_ids.shape[1] + options.max_new_tokens
+        decoder = LlamaDecoder(text_model, self.model.lm_head, output.past_key_values, capacity)
+        return decode(output.logits[:, -1], decoder, options, _stop_ids(config), sink, ChunkDecoder(self._tokenizer))
 
     def _continuation(
         self, picture: Image.Image, split: SplitPrompt, sink: TokenSink | None
@@ -235,10 +263,13 @@ def _load_part(part: str, directory: Path, load: Any) -> Any:
         ) from error
 
 
-def _finish_reason(token_ids: list[int], config: GenerationConfig) -> str:
+def _stop_ids(config: GenerationConfig) -> set[int]:
     eos = config.eos_token_id
-    eos_ids = set(eos) if isinstance(eos, list) else {eos}
-    if token_ids and token_ids[-1] in eos_ids:
+    return set(eos) if isinstance(eos, list) else {eos} if eos is not None else set()
+
+
+def _finish_reason(token_ids: list[int], config: GenerationConfig) -> str:
+    if token_ids and token_ids[-1] in _stop_ids(config):
         return "stop"
     return "length" if len(token_ids) >= (config.max_new_tokens or 0) else "stop"
 

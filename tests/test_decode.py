@@ -1,0 +1,93 @@
+"""SmolVLM's own decoding loop (``vlm_notebook.models._decode``) against transformers' modules and ``generate``."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from vlm_notebook import shapes
+from vlm_notebook.models import Qwen2VL, SmolVLM
+from vlm_notebook.models._decode import LlamaDecoder, _sample, llama_text_model
+from vlm_notebook.options import GenerationOptions
+
+
+@pytest.fixture(scope="module")
+def int8_smolvlm() -> SmolVLM:
+    model = SmolVLM("shapes-smolvlm", int8=True)
+    model.load()
+    return model
+
+
+def prefilled(model: SmolVLM, ids: torch.Tensor) -> DynamicCache:
+    text_model = model.model.model.text_model
+    cache = DynamicCache(config=text_model.config)
+    text_model(input_ids=ids, past_key_values=cache, use_cache=True)
+    return cache
+
+
+def transformers_step(model: SmolVLM, cache: DynamicCache, token_id: int) -> torch.Tensor:
+    output = model.model.model.text_model(input_ids=torch.tensor([[token_id]]), past_key_values=cache, use_cache=True)
+    logits: torch.Tensor = model.model.lm_head(output.last_hidden_state[:, -1])
+    return logits
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
+def test_every_step_gives_the_logits_of_transformers_modules(
+    shapes_smolvlm: SmolVLM, int8_smolvlm: SmolVLM, int8: bool
+) -> None:
+    model = int8_smolvlm if int8 else shapes_smolvlm
+    vocabulary = model.model.config.text_config.vocab_size
+    ids = torch.randint(0, vocabulary, (1, 40), generator=torch.Generator().manual_seed(1))
+    steps = 60
+    with torch.inference_mode():
+        theirs = prefilled(model, ids)
+        ours = LlamaDecoder(model.model.model.text_model, model.model.lm_head, prefilled(model, ids), 40 + steps)
+        token_id = 5
+        for _ in range(steps):
+            expected, got = transformers_step(model, theirs, token_id), ours(token_id)
+            assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5), float((got - expected).abs().max())
+            assert int(got.argmax()) == int(expected.argmax())
+            token_id = int(expected.argmax())
+        with pytest.raises(RuntimeError, match="buffers hold 100 tokens"):
+            ours(token_id)
+
+
+@pytest.mark.timeout(300)
+def test_answers_are_generates_answers_token_for_token(shapes_smolvlm: SmolVLM) -> None:
+    config = shapes_smolvlm._generation_config(GenerationOptions())
+    for scene in shapes.all_scenes()[::6]:
+        image = shapes.draw(scene).image
+        for prompt in [SmolVLM.default_prompt, *(question for question, _ in shapes.questions(scene))]:
+            ours = shapes_smolvlm._generate(image, prompt, GenerationOptions(), None)
+            inputs = shapes_smolvlm._inputs(image, prompt)
+            with torch.inference_mode():
+                output = shapes_smolvlm.model.generate(**inputs, generation_config=config)
+            assert ours == output[0, inputs["input_ids"].shape[1] :].tolist(), (scene, prompt)
+
+
+def test_only_llama_text_models_decode_here(shapes_smolvlm: SmolVLM, shapes_qwen2vl: Qwen2VL) -> None:
+    assert llama_text_model(shapes_smolvlm.model) is shapes_smolvlm.model.model.text_model
+    assert llama_text_model(shapes_qwen2vl.model) is None  # Qwen2-VL keeps generate
+
+
+def test_top_p_draws_only_from_the_smallest_set_that_reaches_p() -> None:
+    logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log()
+    torch.manual_seed(0)
+    drawn = Counter(_sample(logits, 1.0, 0.7) for _ in range(4000))
+    assert set(drawn) == {0, 1}
+    assert 0.58 < drawn[0] / 4000 < 0.67, "renormalised within the nucleus: 0.5 / 0.8"
+    assert {_sample(logits, 1.0, 0.5) for _ in range(200)} == {0}, "the first token alone reaches 0.5"
+    assert set(Counter(_sample(logits, 1.0, 1.0) for _ in range(4000))) == {0, 1, 2, 3}
+
+
+def test_temperature_sharpens_and_flattens() -> None:
+    logits = torch.tensor([2.0, 1.0, 0.0])
+    torch.manual_seed(0)
+    cold = Counter(_sample(logits, 0.05, 1.0) for _ in range(1000))
+    hot = Counter(_sample(logits, 100.0, 1.0) for _ in range(3000))
+    assert cold == {0: 1000}
+    assert all(800 < hot[token] < 1200 for token in range(3)), hot
