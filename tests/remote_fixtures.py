@@ -45,21 +45,43 @@ class Served:
 
 @contextlib.contextmanager
 def transformers_serve(directory: Path, log_dir: Path) -> Iterator[Served]:
-    """Start ``transformers serve`` pinned to a checkpoint directory; always stop it (bounded waits)."""
-    port = free_port()
-    log = log_dir / f"serve-{directory.name}-{port}.log"
+    """Start ``transformers serve`` pinned to a checkpoint directory; always stop it (bounded waits).
+
+    The port is free when chosen but another program may take it before the server binds it:
+    then the server exits saying so, and it is started again on another port (three tries)."""
+    for attempt in range(3):
+        port = free_port()
+        log = log_dir / f"serve-{directory.name}-{port}.log"
+        process = _start_serve(directory, port, log)
+        try:
+            _wait_until_healthy(port, process, log)
+        except PortTaken:
+            stop(process)
+            if attempt == 2:
+                raise
+            continue
+        except BaseException:
+            stop(process)
+            raise
+        try:
+            yield Served(f"http://127.0.0.1:{port}/v1", str(directory), process, log)
+        finally:
+            stop(process)
+        return
+
+
+class PortTaken(RuntimeError):
+    """The server could not bind its port: another program took it after it was chosen."""
+
+
+def _start_serve(directory: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     command = [
         sys.executable, str(LAUNCHER), "serve", str(directory), "--device", "cpu", "--dtype", "float32",
         "--host", "127.0.0.1", "--port", str(port),
     ]
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     with log.open("wb") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=environment)
-    try:
-        _wait_until_healthy(port, process, log)
-        yield Served(f"http://127.0.0.1:{port}/v1", str(directory), process, log)
-    finally:
-        stop(process)
+        return subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=environment)
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -76,7 +98,9 @@ def _wait_until_healthy(port: int, process: subprocess.Popen[bytes], log: Path) 
     deadline = time.monotonic() + START_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"transformers serve exited ({process.returncode}):\n{log.read_text()[-3000:]}")
+            text = log.read_text(errors="replace")
+            error = PortTaken if "address already in use" in text.lower() else RuntimeError
+            raise error(f"transformers serve exited ({process.returncode}):\n{text[-3000:]}")
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
                 return

@@ -124,16 +124,24 @@ def test_what_to_caption_must_exist_and_hold_pictures(tmp_path: Path) -> None:
 
 
 class Counter:
-    def __init__(self) -> None:
+    def __init__(self, expected: int) -> None:
         self.lock = threading.Lock()
         self.now = 0
         self.most = 0
+        self.expected = expected
+        self.reached = threading.Event()  # `expected` requests have been in flight at once
 
     def slow_answer(self, handler: Handler) -> None:
         with self.lock:
             self.now += 1
             self.most = max(self.most, self.now)
+            if self.now >= self.expected:
+                self.reached.set()
         try:
+            # On a loaded machine the batch's first requests may start further apart than 0.3 s:
+            # hold them until `expected` are in flight, so the count does not depend on timing.
+            self.reached.wait(10)
+            self.reached.set()  # after a timeout, the assertion on `most` tells: wait only once
             time.sleep(0.3)
             handler.start_events()
             handler.send_event(chunk("A shape.", finish_reason="stop"))
@@ -146,7 +154,7 @@ class Counter:
 @pytest.mark.parametrize("concurrency", [1, 3])
 def test_a_remote_model_has_at_most_concurrency_requests_in_flight(tmp_path: Path, concurrency: int) -> None:
     paths = draw_pictures(tmp_path / "pictures", 9)
-    counter = Counter()
+    counter = Counter(concurrency)
     with tiny_server(counter.slow_answer) as server:
         model = RemoteVLM(base_url=server.base_url, model="any")
         started = time.monotonic()
@@ -157,24 +165,32 @@ def test_a_remote_model_has_at_most_concurrency_requests_in_flight(tmp_path: Pat
     assert {record["caption"] for record in lines_of(tmp_path / "out.jsonl")} == {"A shape."}
 
 
-def endless_answer(handler: Handler) -> None:
-    handler.start_events()
-    handler.send_event(chunk("A"))
-    handler.wait_for_hang_up(30)
-
-
 @pytest.mark.timeout(60)
 def test_ctrl_c_stops_the_requests_in_flight_and_keeps_what_was_done(tmp_path: Path) -> None:
     paths = draw_pictures(tmp_path / "pictures", 4)
+    answering = threading.Semaphore(0)
+    interrupted: list[float] = []
+
+    def endless_answer(handler: Handler) -> None:
+        handler.start_events()
+        handler.send_event(chunk("A"))
+        answering.release()
+        handler.wait_for_hang_up(30)
+
+    def press_ctrl_c() -> None:  # Ctrl-C, a notebook's interrupt, once both requests are being answered
+        # (not after a fixed delay: on a loaded machine the second request may not have started yet)
+        if all(answering.acquire(timeout=10) for _ in range(2)):  # else no stray Ctrl-C: the run fails
+            interrupted.append(time.monotonic())
+            os.kill(os.getpid(), signal.SIGINT)
+
     with tiny_server(endless_answer) as server:
         model = RemoteVLM(base_url=server.base_url, model="any")
-        timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))  # Ctrl-C; a notebook's interrupt
-        timer.start()
-        started = time.monotonic()
+        presser = threading.Thread(target=press_ctrl_c)
+        presser.start()
         with pytest.raises(KeyboardInterrupt):
             caption_batch(model, paths, tmp_path / "out.jsonl", concurrency=2, progress=False)
-        timer.join()
-        assert time.monotonic() - started < 5, "the answers in flight were cut, not waited for"
+        presser.join()
+        assert time.monotonic() - interrupted[0] < 5, "the answers in flight were cut, not waited for"
         assert server.hung_up.wait(3)
         assert len(server.requests) == 2, "nothing new starts after the interrupt"
     assert read_results(tmp_path / "out.jsonl") == {}

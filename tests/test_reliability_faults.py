@@ -43,6 +43,14 @@ def head(model: VLM) -> torch.nn.Module:
     return lm_head
 
 
+def store_the_pictures_work(model: VLM) -> None:
+    """Answer about the picture once, so that its work is stored: that work runs the output layer
+    once, and a later request about it then runs the output layer once per token, as ``head`` says.
+    Without it (a test run alone, or the picture dropped from the store) a hold meant for one token
+    lands on the token before."""
+    assert model.caption_with(picture()) == RED_CAPTION
+
+
 def first_decoder_layer(model: VLM) -> torch.nn.Module:
     """The language model's first layer: it runs in every prefill, the picture's work reused or not."""
     layer = network(model).get_decoder().layers[0]  # type: ignore[operator]
@@ -170,6 +178,7 @@ def test_cancel_during_the_prefill(model: VLM) -> None:
 @covers("cancel-mid-decode")
 @pytest.mark.timeout(60)
 def test_cancel_mid_decode_stops_within_a_token(model: VLM) -> None:
+    store_the_pictures_work(model)
     with held_at_call(head(model), 3) as (reached, release):
         answer = streamed(model)
         assert reached.wait(10), "two tokens made, the third under way"
@@ -185,10 +194,13 @@ def test_cancel_mid_decode_stops_within_a_token(model: VLM) -> None:
 @covers("cancel-mid-decode")
 @pytest.mark.timeout(60)
 def test_leaving_a_with_block_or_dropping_the_stream_ends_the_worker(model: VLM) -> None:
+    store_the_pictures_work(model)  # the first chunk comes before the hold
     with held_at_call(head(model), 2) as (reached, release), streamed(model) as answer:
         assert next(answer)
         assert reached.wait(10)
-        release.set()
+        # Let the worker go on only once leaving the block has cancelled it: released before, it
+        # could finish the whole caption first (a few ms a token) on a loaded machine.
+        threading.Thread(target=lambda: (answer._cancel.wait(10), release.set())).start()
     assert answer.stats.finish_reason == "cancelled" and not answer.running
 
     with held_at_call(head(model), 2) as (reached, release):
@@ -203,11 +215,24 @@ def test_leaving_a_with_block_or_dropping_the_stream_ends_the_worker(model: VLM)
 @covers("cancel-mid-decode")
 @pytest.mark.timeout(60)
 def test_a_ctrl_c_while_iterating_cancels_the_generation(shapes_smolvlm: SmolVLM) -> None:
+    store_the_pictures_work(shapes_smolvlm)
     with held_at_call(head(shapes_smolvlm), 3) as (reached, release):
         answer = streamed(shapes_smolvlm)
+        waiting = threading.Event()
+        get = answer._chunks.get
+
+        def get_and_note_waiting(*args: Any, **kwargs: Any) -> object:
+            # The consumer polls the queue; once the worker is held and the queue is empty, it is
+            # waiting for the third token. Interrupting it sooner, between two chunks, would raise
+            # the KeyboardInterrupt outside the wait, where the stream does not see it.
+            if reached.is_set() and answer._chunks.empty():
+                waiting.set()
+            return get(*args, **kwargs)
+
+        answer._chunks.get = get_and_note_waiting  # type: ignore[method-assign]
 
         def press_ctrl_c() -> None:
-            if reached.wait(10):  # the consumer is waiting for the third token
+            if reached.wait(10) and waiting.wait(10):  # the consumer is waiting for the third token
                 _thread.interrupt_main()
                 answer._cancel.wait(10)  # the interrupted consumer cancels the worker...
                 release.set()  # ...which may then go on, and must stop at once

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +21,6 @@ from remote_fixtures import (
     Handler,
     Served,
     chunk,
-    free_port,
     random_weights_copy,
     tiny_server,
     transformers_serve,
@@ -152,14 +153,18 @@ def test_the_command_line_batch_captions_through_the_server_several_at_a_time(
 
 @pytest.mark.timeout(30)
 def test_no_server_listening_is_a_clear_error_at_once() -> None:
-    base_url = f"http://127.0.0.1:{free_port()}/v1"
-    model = RemoteVLM(base_url=base_url, model="any")
-    started = time.monotonic()
-    with pytest.raises(RemoteError, match=r"Cannot connect to the model server at .*start the server"):
-        model.load()
-    with pytest.raises(RemoteError, match="Cannot connect"):
-        model.caption(RED_CIRCLE)
-    assert time.monotonic() - started < 5
+    # The port stays bound, without listening, for the whole test: connections to it are refused,
+    # and no other process can start listening on it meanwhile (as it could on a port freed at once).
+    with socket.socket() as bound:
+        bound.bind(("127.0.0.1", 0))
+        base_url = f"http://127.0.0.1:{bound.getsockname()[1]}/v1"
+        model = RemoteVLM(base_url=base_url, model="any")
+        started = time.monotonic()
+        with pytest.raises(RemoteError, match=r"Cannot connect to the model server at .*start the server"):
+            model.load()
+        with pytest.raises(RemoteError, match="Cannot connect"):
+            model.caption(RED_CIRCLE)
+        assert time.monotonic() - started < 5
 
 
 @pytest.mark.timeout(30)
@@ -281,9 +286,16 @@ def test_cancel_closes_the_connection_at_once() -> None:
 
 @pytest.mark.timeout(30)
 def test_cancel_while_the_server_has_not_answered_yet_closes_the_connection() -> None:
-    with tiny_server(stall_silently) as server:
+    received = threading.Event()
+
+    def note_and_stall(handler: Handler) -> None:
+        received.set()
+        stall_silently(handler)
+
+    with tiny_server(note_and_stall) as server:
         stream = RemoteVLM(base_url=server.base_url, model="any").caption(RED_CIRCLE, stream=True)
-        time.sleep(0.5)  # the request is sent; the server says nothing
+        # Not a sleep: on a loaded machine the request may not be sent yet when the sleep ends.
+        assert received.wait(10), "the request is sent; the server says nothing"
         stream.cancel()
         assert server.hung_up.wait(3)
         stream.close()

@@ -123,6 +123,7 @@ def test_cancel_after_three_chunks_ends_within_one_token(shapes_smolvlm: SmolVLM
         if forwards == 4:
             cancelled.wait(10)
 
+    shapes_smolvlm.caption(picture())  # store the picture's work: from here on, output layer call N is token N
     handle = shapes_smolvlm.model.lm_head.register_forward_pre_hook(wait_for_the_cancel)
     try:
         stream = shapes_smolvlm.caption(picture(), stream=True)
@@ -161,6 +162,7 @@ def test_an_exception_in_the_forward_pass_reaches_the_consumer(shapes_smolvlm: S
         if calls == 3:
             raise RuntimeError("forward failed")
 
+    shapes_smolvlm.caption(picture())  # store the picture's work: from here on, output layer call N is token N
     handle = shapes_smolvlm.model.lm_head.register_forward_hook(fail_on_third)
     try:
         stream = shapes_smolvlm.caption(picture(), stream=True)

@@ -171,6 +171,8 @@ class _Run:
         assert isinstance(stream, TextStream)
         with self._lock:
             self._streams.add(stream)
+            if self._stopping.is_set():  # stopped between the check above and here: _stop missed it
+                stream.cancel()
         try:
             with stream:
                 text = "".join(stream)
