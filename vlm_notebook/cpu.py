@@ -18,7 +18,8 @@ back afterwards; ``set_thread_policy(prefill=..., decode=...)`` changes them (on
 with many cores, ``decode=physical_cores()`` may be faster). Weights stay fp32 on every CPU:
 bf16 is about 40x slower on CPUs without AMX / AVX-512 BF16 (``has_fast_bf16()``) and changes
 the answers where it is fast. ``quantize_int8`` (``int8=True`` on a model) is opt-in for the
-same reason: about 1.5x faster decoding and 1.4x faster vision encoding here.
+same reason: a decode step reads a quarter of the bytes (SmolVLM-256M: 27 ms against 52 ms in
+fp32 and 62 ms on the model card's path) and vision encoding is about 1.4x faster.
 """
 
 from __future__ import annotations
