@@ -10,7 +10,8 @@ a thread with transformers' ``TextIteratorStreamer``, default settings (torch's 
 count), measured with the card's image sizes (13 tiles) and with one tile. *Ours* is
 ``SmolVLM(directory)`` with the CPU defaults: one tile, prefill on every physical core and
 decoding on one thread with the package's own decoding loop, the picture's work kept for
-follow-up questions; ``int8=True`` is the opt-in quantized variant. Times are seconds from the request; tokens are counted from ids.
+follow-up questions; ``int8=True`` is the opt-in quantized variant. Times are seconds from the
+request; tokens are counted from ids.
 Writes ``results/cpu_speed_smolvlm.md`` and ``.json``. Random weights: only the times count.
 """
 
