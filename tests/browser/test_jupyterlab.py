@@ -204,6 +204,15 @@ class WidgetView:
         self.notebook.expect(self.stop_button, "Stop to be disabled", timeout_ms).to_be_disabled()
         self.notebook.expect(self.run_button, "Run to be enabled", timeout_ms).to_be_enabled()
 
+    def wait_ended(self, reason: str) -> None:
+        """Wait until the figures line says the run ended for ``reason`` ("stop", "cancelled").
+
+        Unlike ``wait_idle``, this cannot pass before the run has even started (a fast model's
+        whole run may fall between two looks at the buttons)."""
+        line = self.area.locator(".widget-label", has_text="tokens/s")
+        ended = re.compile(rf"ended .*\({reason}, ")
+        self.notebook.expect(line, f"the figures to say the run ended ({reason})").to_contain_text(ended)
+
     def figures(self) -> str:
         """The widget's line of figures (time to first token, tokens, how the run ended)."""
         labels = self.area.locator(".widget-label").all_text_contents()
@@ -282,6 +291,7 @@ def test_widget_captions_an_uploaded_picture(notebook: NotebookPage, lab_server:
     widget.watch_output("shapes")
 
     widget.click_run()
+    widget.wait_ended("stop")
     widget.wait_idle()
 
     notebook.expect(widget.area.locator(".widget-output"), "the caption", 10_000).to_have_text(CAPTION)
