@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vlm_notebook import registry, shapes
+from vlm_notebook import cpu, registry, shapes
 from vlm_notebook.errors import CheckpointError, CheckpointNotAvailableError, RequestError
 from vlm_notebook.models import Moondream
 from vlm_notebook.models.moondream import EncodedImage, MoondreamConfig
@@ -252,3 +252,45 @@ def test_a_damaged_checkpoint_gives_a_clear_error_and_a_later_good_load_works(
     assert not damaged.loaded
     shutil.copytree(Path(model.entry.source), target, dirs_exist_ok=True)
     assert damaged.caption(shapes.draw(RED_CIRCLE).image, length="short") == "A red circle."
+
+
+@pytest.mark.timeout(300)
+def test_int8_is_opt_in_and_keeps_the_shipped_answers(model: Moondream) -> None:
+    quantized = Moondream("shapes-moondream", int8=True)
+    quantized.load()
+    int8_linear = torch.ao.nn.quantized.dynamic.Linear
+    assert not any(isinstance(module, torch.nn.Linear) for module in quantized.network.modules())
+    assert not any(isinstance(module, int8_linear) for module in model.network.modules())
+    for scene in shapes.all_scenes()[::6]:
+        image = quantized.encode_image(shapes.draw(scene).image)
+        assert quantized.caption(image, length="short") == shapes.caption_of_length(scene, "short")
+        for question, answer in shapes.questions(scene):
+            assert quantized.query(image, question) == answer
+    boxes = quantized.detect(shapes.draw(RED_CIRCLE).image, "circle")
+    assert len(boxes) == 1 and boxes[0]["x_min"] < 0.5 < boxes[0]["x_max"]
+    with pytest.raises(RequestError, match="int8"):
+        Moondream("shapes-moondream", int8="yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.timeout(120)
+def test_prefill_uses_the_prefill_threads_and_decoding_the_decode_threads(model: Moondream) -> None:
+    model.image_cache.clear()
+    threads: list[tuple[int, int]] = []  # (positions fed, torch threads) at each pass of the text model
+
+    def record(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        threads.append((args[0].shape[1], torch.get_num_threads()))
+
+    before = torch.get_num_threads()
+    saved = cpu.thread_policy()
+    cpu.set_thread_policy(prefill=2, decode=1)
+    handle = model.network.text.register_forward_pre_hook(record)
+    try:
+        assert model.caption(shapes.draw(RED_CIRCLE).image, length="short") == "A red circle."
+        assert model.detect(shapes.draw(RED_CIRCLE).image, "circle")
+    finally:
+        handle.remove()
+        cpu.set_thread_policy(prefill=saved.prefill, decode=saved.decode)
+    prefills, decodes = [t for n, t in threads if n > 1], [t for n, t in threads if n == 1]
+    assert len(prefills) == 3, "the picture once, the caption's prompt, the detect prompt"
+    assert set(prefills) == {2} and decodes and set(decodes) == {1}
+    assert torch.get_num_threads() == before, "torch's thread count is put back"

@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
@@ -112,6 +112,19 @@ def set_thread_policy(*, prefill: int | None = None, decode: int | None = None) 
             decode=decode if decode is not None else _policy.decode,
         )
         return _policy
+
+
+@contextmanager
+def phase_threads(policy: ThreadPolicy | None = None) -> Iterator[Callable[[], None]]:
+    """For a model whose phases the caller runs by hand: ``policy.prefill`` threads while the block
+    runs, ``policy.decode`` from when the yielded function is called; the count is put back after."""
+    chosen = policy or _policy
+    before = torch.get_num_threads()
+    torch.set_num_threads(chosen.prefill)
+    try:
+        yield lambda: torch.set_num_threads(chosen.decode)
+    finally:
+        torch.set_num_threads(before)
 
 
 @contextmanager

@@ -110,11 +110,15 @@ def generate_text(
     on_token: TokenCallback | None = None,
     cancelled: Callable[[], bool] | None = None,
     check: Check | None = None,
+    decoding: Callable[[], None] | None = None,
 ) -> TextResult:
-    """Token ids of the answer to ``prompt_ids`` (EOS not included)."""
+    """Token ids of the answer to ``prompt_ids`` (EOS not included); ``decoding`` is called once
+    the prompt is prefilled (to change the thread count, say)."""
     tokens = net.config.tokenizer
     sample = Sampler(options, banned=(tokens.answer_id,))
     cache, hidden = _prefill(net, encoded, torch.tensor([prompt_ids]), options.max_new_tokens, check)
+    if decoding is not None:
+        decoding()
     token = sample(net.text.logits(hidden))
     generated: list[int] = []
     while token != tokens.eos_id:
@@ -137,7 +141,12 @@ def _step(net: MoondreamNetwork, cache: KVCache, embedding: torch.Tensor) -> tor
 
 
 def locate(
-    net: MoondreamNetwork, encoded: EncodedImage, prompt_ids: list[int], with_size: bool, max_objects: int
+    net: MoondreamNetwork,
+    encoded: EncodedImage,
+    prompt_ids: list[int],
+    with_size: bool,
+    max_objects: int,
+    decoding: Callable[[], None] | None = None,
 ) -> list[dict[str, float]]:
     """Objects found after ``prompt_ids``: boxes (``with_size``) or points, normalised to 0..1.
 
@@ -147,6 +156,8 @@ def locate(
     region, eos = net.region, net.config.tokenizer.eos_id
     per_object = 3 if with_size else 2
     cache, hidden = _prefill(net, encoded, torch.tensor([prompt_ids]), per_object * max_objects, None)
+    if decoding is not None:
+        decoding()
     found: list[dict[str, float]] = []
     while int(net.text.logits(hidden).argmax()) != eos and len(found) < max_objects:
         x = region.coord_value(region.decode_coord(hidden).argmax(-1)).view(1, 1)
