@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from vlm_notebook.stream import TextStream, TokenSink
+from vlm_notebook.stream import StreamStats, TextStream, TokenSink
 
 
 def producer_of(chunks: list[str | None], delay: float = 0.0):
@@ -163,3 +163,11 @@ def test_wait_times_out_on_a_running_stream() -> None:
     stream.close()
     assert not stream.running
 
+
+
+def test_the_summary_shows_the_rate_so_far_while_running_and_the_final_rate_after() -> None:
+    stats = StreamStats(token_times=[0.5, 1.0, 2.0])
+    assert stats.summary() == "TTFT 0.50 s · 3 tokens · 1.5 tokens/s", "3 tokens by 2 s, still running"
+    stats.end_time = 3.0
+    assert stats.summary() == "TTFT 0.50 s · 3 tokens · 1.0 tokens/s"
+    assert StreamStats().summary() == "TTFT - · 0 tokens · - tokens/s"

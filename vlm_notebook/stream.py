@@ -87,9 +87,11 @@ class StreamStats:
         return self.tokens / self.end_time
 
     def summary(self) -> str:
-        """One line a person reads: time to first token, tokens, tokens/s."""
+        """One line a person reads: time to first token, tokens, tokens/s (so far, while it runs)."""
         ttft = self.time_to_first_token
         rate = self.tokens_per_second
+        if rate is None and self.token_times and self.token_times[-1] > 0:  # still running
+            rate = self.tokens / self.token_times[-1]
         first = f"{ttft:.2f} s" if ttft is not None else "-"
         speed = f"{rate:.1f} tokens/s" if rate is not None else "- tokens/s"
         return f"TTFT {first} · {self.tokens} tokens · {speed}"
