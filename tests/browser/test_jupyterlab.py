@@ -40,7 +40,7 @@ pytestmark = pytest.mark.browser
 
 PICTURE = "red-circle-on-white.png"
 CAPTION = "A red circle on a white background."  # shapes-smolvlm's caption of PICTURE
-MAX_TOKENS = 40  # the real-size model's answer, typed into the widget: 40 tokens stream for seconds
+MAX_TOKENS = 120  # the real-size model's answer, typed into the widget: 120 tokens stream for seconds
 SCREENSHOT_AFTER = 10  # texts shown before the mid-stream screenshot
 WAIT_MS = 60_000  # the longest single wait on the page (a model load on a busy machine)
 
