@@ -1,4 +1,5 @@
-"""SmolVLM's own decoding loop (``vlm_notebook.models._decode``) against transformers' modules and ``generate``."""
+"""SmolVLM's own decoding loop (``vlm_notebook.models._decode``) against transformers' modules and
+``generate``, and the token sampler it shares with Moondream."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from transformers import DynamicCache
 
 from vlm_notebook import shapes
 from vlm_notebook.models import Qwen2VL, SmolVLM
-from vlm_notebook.models._decode import LlamaDecoder, _sample, llama_text_model
+from vlm_notebook.models._decode import LlamaDecoder, llama_text_model
 from vlm_notebook.options import GenerationOptions
+from vlm_notebook.sampling import Sampler
 
 
 @pytest.fixture(scope="module")
@@ -74,20 +76,33 @@ def test_only_llama_text_models_decode_here(shapes_smolvlm: SmolVLM, shapes_qwen
     assert llama_text_model(shapes_qwen2vl.model) is None  # Qwen2-VL keeps generate
 
 
+def draws(logits: torch.Tensor, count: int, temperature: float, top_p: float) -> Counter[int]:
+    sample = Sampler(GenerationOptions(temperature=temperature, top_p=top_p, seed=0))
+    return Counter(sample(logits) for _ in range(count))
+
+
 def test_top_p_draws_only_from_the_smallest_set_that_reaches_p() -> None:
     logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log()
-    torch.manual_seed(0)
-    drawn = Counter(_sample(logits, 1.0, 0.7) for _ in range(4000))
+    drawn = draws(logits, 4000, 1.0, 0.7)
     assert set(drawn) == {0, 1}
     assert 0.58 < drawn[0] / 4000 < 0.67, "renormalised within the nucleus: 0.5 / 0.8"
-    assert {_sample(logits, 1.0, 0.5) for _ in range(200)} == {0}, "the first token alone reaches 0.5"
-    assert set(Counter(_sample(logits, 1.0, 1.0) for _ in range(4000))) == {0, 1, 2, 3}
+    assert set(draws(logits, 200, 1.0, 0.5)) == {0}, "the first token alone reaches 0.5"
+    assert set(draws(logits, 4000, 1.0, 1.0)) == {0, 1, 2, 3}
 
 
 def test_temperature_sharpens_and_flattens() -> None:
     logits = torch.tensor([2.0, 1.0, 0.0])
-    torch.manual_seed(0)
-    cold = Counter(_sample(logits, 0.05, 1.0) for _ in range(1000))
-    hot = Counter(_sample(logits, 100.0, 1.0) for _ in range(3000))
+    cold = draws(logits, 1000, 0.05, 1.0)
+    hot = draws(logits, 3000, 100.0, 1.0)
     assert cold == {0: 1000}
     assert all(800 < hot[token] < 1200 for token in range(3)), hot
+
+
+def test_the_same_seed_draws_the_same_tokens_and_banned_ids_are_never_drawn() -> None:
+    logits = torch.zeros(50)
+    options = GenerationOptions(temperature=1.0, seed=3)
+    first, second = Sampler(options, banned=[7]), Sampler(options, banned=[7])
+    picks = [first(logits) for _ in range(500)]
+    assert picks == [second(logits) for _ in range(500)]
+    assert 7 not in picks and len(set(picks)) > 40
+    assert Sampler(GenerationOptions(), banned=[0])(torch.tensor([9.0, 1.0, 2.0])) == 2, "greedy skips a ban"

@@ -24,6 +24,7 @@ from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 
 from ..decoding import ChunkDecoder
 from ..options import GenerationOptions
+from ..sampling import Sampler
 from ..stream import TokenSink
 
 #: Returns the next token's logits (1 x vocabulary) after feeding one token id.
@@ -193,7 +194,7 @@ def decode(
     """Pick tokens from ``first_logits`` onwards, calling ``step`` for the next logits, until a stop
     token, ``options.max_new_tokens`` or a cancel (checked after every token). Returns the ids."""
     stops = set(stop_ids)
-    pick = _picker(options)
+    pick = Sampler(options)
     token_ids: list[int] = []
     logits = first_logits
     while True:
@@ -215,20 +216,3 @@ def decode(
 def _finish(sink: TokenSink | None, reason: str) -> None:
     if sink is not None:
         sink.set_finish_reason(reason)
-
-
-def _picker(options: GenerationOptions) -> Callable[[torch.Tensor], int]:
-    if options.greedy:
-        return lambda logits: int(logits[0].argmax())
-    return lambda logits: _sample(logits[0].float(), options.temperature, options.top_p)
-
-
-def _sample(logits: torch.Tensor, temperature: float, top_p: float) -> int:
-    """A token drawn from ``softmax(logits / temperature)`` cut to its top-p nucleus."""
-    probabilities = torch.softmax(logits / temperature, dim=-1)
-    if top_p < 1.0:
-        ordered, order = probabilities.sort(descending=True)
-        before = ordered.cumsum(0) - ordered  # mass of the tokens ranked above each one
-        ordered[before >= top_p] = 0.0  # the first token always stays
-        probabilities = torch.zeros_like(probabilities).scatter_(0, order, ordered)
-    return int(torch.multinomial(probabilities, 1))

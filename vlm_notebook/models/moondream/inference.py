@@ -18,6 +18,7 @@ from PIL import Image
 
 from ...errors import RequestError
 from ...options import GenerationOptions
+from ...sampling import Sampler
 from .cache import EncodedImage, KVCache
 from .crops import overlap_crops, stitch
 from .network import MoondreamNetwork
@@ -67,33 +68,6 @@ def _prefill(
     mask = continuation_mask(cache.length, prompt.shape[1])
     hidden = net.text(net.text.embed(prompt), cache.length, mask=mask, cache=cache, between_layers=check)
     return cache, hidden[:, -1:]
-
-
-@dataclass
-class Sampler:
-    """Greedy, or temperature with nucleus (top-p) sampling from a seeded generator."""
-
-    options: GenerationOptions
-    banned: tuple[int, ...] = ()
-
-    def __post_init__(self) -> None:
-        self._generator = torch.Generator()
-        if self.options.seed is not None:
-            self._generator.manual_seed(self.options.seed)
-        else:
-            self._generator.seed()
-
-    def __call__(self, logits: torch.Tensor) -> int:
-        logits = logits.reshape(-1).clone()
-        if self.banned:
-            logits[list(self.banned)] = float("-inf")
-        if self.options.greedy:
-            return int(logits.argmax())
-        probs = torch.softmax(logits / self.options.temperature, dim=-1)
-        ordered, order = probs.sort(descending=True)
-        ordered[(ordered.cumsum(0) - ordered) > self.options.top_p] = 0.0
-        choice = torch.multinomial(ordered / ordered.sum(), 1, generator=self._generator)
-        return int(order[choice])
 
 
 @dataclass
