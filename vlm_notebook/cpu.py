@@ -128,11 +128,11 @@ def phase_threads(policy: ThreadPolicy | None = None) -> Iterator[Callable[[], N
 
 
 @contextmanager
-def threads_by_phase(model: torch.nn.Module, policy: ThreadPolicy | None = None) -> Iterator[None]:
+def threads_by_phase(model: torch.nn.Module, policy: ThreadPolicy | None = None) -> Iterator[Callable[[], None]]:
     """While the block runs, ``model`` prefills on ``policy.prefill`` threads and decodes (one new
-    token per call) on ``policy.decode``; torch's thread count is put back afterwards."""
+    token per call) on ``policy.decode``; torch's thread count is put back afterwards. Yields, as
+    ``phase_threads`` does, the switch to decoding threads for steps that bypass ``model``."""
     chosen = policy or _policy
-    before = torch.get_num_threads()
 
     def choose(module: torch.nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
@@ -141,13 +141,12 @@ def threads_by_phase(model: torch.nn.Module, policy: ThreadPolicy | None = None)
         if torch.get_num_threads() != wanted:
             torch.set_num_threads(wanted)
 
-    handle = model.register_forward_pre_hook(choose, with_kwargs=True)
-    torch.set_num_threads(chosen.prefill)
-    try:
-        yield
-    finally:
-        handle.remove()
-        torch.set_num_threads(before)
+    with phase_threads(chosen) as to_decoding:
+        handle = model.register_forward_pre_hook(choose, with_kwargs=True)
+        try:
+            yield to_decoding
+        finally:
+            handle.remove()
 
 
 def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:

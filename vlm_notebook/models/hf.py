@@ -8,7 +8,7 @@ so shipped checkpoints, user directories and Hub checkpoints all load through th
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,7 +28,7 @@ from transformers.utils import logging as transformers_logging
 
 from .. import registry
 from ..cache import PrefixCache, PrefixEntry, image_digest
-from ..cpu import quantize_int8, thread_policy, threads_by_phase
+from ..cpu import quantize_int8, threads_by_phase
 from ..decoding import ChunkDecoder
 from ..errors import CheckpointError, RequestError
 from ..hub import checkpoint_directory
@@ -87,6 +87,8 @@ class TransformersVLM(VLM):
         self._image_token_id = processor.tokenizer.convert_tokens_to_ids(self.image_token)
         self._special_tokens = [t.content for t in processor.tokenizer.added_tokens_decoder.values() if t.special]
         self._context_tokens: int | None = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+        #: The text model when this package's decoding loop can run it (SmolVLM's Llama), else None.
+        self._text_model = llama_text_model(model)
 
     def _check_request(self, picture: Image.Image, prompt: str) -> None:
         refuse_special_tokens(prompt, self._special_tokens)
@@ -116,7 +118,7 @@ class TransformersVLM(VLM):
         split = split_prompt(self._chat_text(prompt), self.image_token)
         with (
             torch.inference_mode(), _seeded(options.seed), _interruptible(self.model, sink),
-            threads_by_phase(self.model),
+            threads_by_phase(self.model) as to_decoding,
         ):
             if split is None:  # a chat template without exactly one picture slot: no reuse
                 inputs, cache = self._inputs(picture, prompt), None
@@ -127,9 +129,8 @@ class TransformersVLM(VLM):
                 sink.set_prompt(prompt_ids.shape[1], int((prompt_ids == self._image_token_id).sum()))
             options = fit_to_context(options, prompt_ids.shape[1], self._context_tokens)
             config = self._generation_config(options)
-            text_model = llama_text_model(self.model) if cache is not None else None
-            if text_model is not None and cache is not None and cache.get_seq_length() < prompt_ids.shape[1]:
-                return self._decode_here(inputs, cache, text_model, options, config, sink)
+            if self._text_model is not None and cache is not None and cache.get_seq_length() < prompt_ids.shape[1]:
+                return self._decode_here(inputs, cache, self._text_model, options, config, sink, to_decoding)
             output = self.model.generate(
                 **inputs,
                 past_key_values=cache,
@@ -150,6 +151,7 @@ class TransformersVLM(VLM):
         options: GenerationOptions,
         config: GenerationConfig,
         sink: TokenSink | None,
+        to_decoding: Callable[[], None],
     ) -> list[int]:
         """Prefill the words after the cached prefix, then decode with :class:`LlamaDecoder`
         (same layers, same greedy tokens as ``generate``, less work per token)."""
@@ -160,7 +162,7 @@ class TransformersVLM(VLM):
         )
         if sink is not None:
             sink.add_prefill_time(time.perf_counter() - started)
-        torch.set_num_threads(thread_policy().decode)  # threads_by_phase puts the count back afterwards
+        to_decoding()
         capacity = prompt_ids.shape[1] + options.max_new_tokens
         decoder = LlamaDecoder(text_model, self.model.lm_head, output.past_key_values, capacity)
         return decode(output.logits[:, -1], decoder, options, _stop_ids(config), sink, ChunkDecoder(self._tokenizer))
