@@ -9,12 +9,12 @@ import _thread
 import gc
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
+from holds import held_at_call, hook
 from reliability_cases import covers
 from reliability_support import RED_CAPTION, assert_still_answers, generate_threads, picture
 
@@ -69,35 +69,6 @@ def wait_for_no_workers(timeout: float = 10) -> None:
     while generate_threads() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not generate_threads(), "every generation thread ended"
-
-
-@contextmanager
-def hook(module: torch.nn.Module, function: Callable[..., None], *, pre: bool = True) -> Iterator[None]:
-    handle = module.register_forward_pre_hook(function) if pre else module.register_forward_hook(function)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-@contextmanager
-def held_at_call(module: torch.nn.Module, call: int) -> Iterator[tuple[threading.Event, threading.Event]]:
-    """Hold the ``call``-th forward of ``module`` (on the worker) until ``release`` is set."""
-    reached, release = threading.Event(), threading.Event()
-    calls = 0
-
-    def hold(module: torch.nn.Module, args: object) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == call:
-            reached.set()
-            release.wait(10)
-
-    with hook(module, hold):
-        try:
-            yield reached, release
-        finally:
-            release.set()
 
 
 class Injected(RuntimeError):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from holds import held_at_call
 
 from vlm_notebook import CheckpointError, CheckpointNotAvailableError, ImageError, RequestError, shapes
 from vlm_notebook.models import SmolVLM
@@ -114,27 +115,15 @@ def test_max_new_tokens_cuts_the_answer(shapes_smolvlm: SmolVLM) -> None:
 def test_cancel_after_three_chunks_ends_within_one_token(shapes_smolvlm: SmolVLM) -> None:
     # The worker makes ~100 tokens a second; hold it before its fourth token until the consumer
     # has cancelled, so the race between the two threads cannot decide the outcome.
-    cancelled = threading.Event()
-    forwards = 0
-
-    def wait_for_the_cancel(module: torch.nn.Module, args: object) -> None:
-        nonlocal forwards
-        forwards += 1
-        if forwards == 4:
-            cancelled.wait(10)
-
     shapes_smolvlm.caption(picture())  # store the picture's work: from here on, output layer call N is token N
-    handle = shapes_smolvlm.model.lm_head.register_forward_pre_hook(wait_for_the_cancel)
-    try:
+    with held_at_call(shapes_smolvlm.model.lm_head, 4) as (_, release):
         stream = shapes_smolvlm.caption(picture(), stream=True)
         chunks = []
         for chunk in stream:
             chunks.append(chunk)
             if len(chunks) == 3:
                 stream.cancel()
-                cancelled.set()
-    finally:
-        handle.remove()
+                release.set()
     assert chunks[:3] == ["A", " red", " circle"]
     assert stream.stats.tokens <= 4 and len(chunks) <= 4, "generation ends at the next token"
     assert stream.stats.finish_reason == "cancelled"

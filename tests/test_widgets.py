@@ -21,6 +21,7 @@ from typing import Any
 import ipywidgets as widgets
 import pytest
 import torch
+from holds import held_at_call
 from PIL import Image
 
 from vlm_notebook import ImageError, RequestError, shapes
@@ -105,27 +106,6 @@ def paced_by_the_front_end(model: SmolVLM, widget: VLMWidget, recorder: OutputRe
     try:
         yield
     finally:
-        handle.remove()
-
-
-@contextmanager
-def paused_before_token(model: SmolVLM, token: int) -> Iterator[tuple[threading.Event, threading.Event]]:
-    """Hold generation just before computing token number ``token``, until ``resume`` is set."""
-    reached, resume = threading.Event(), threading.Event()
-    calls = 0
-
-    def pause(module: torch.nn.Module, args: object) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == token:
-            reached.set()
-            resume.wait(10)
-
-    handle = model.model.lm_head.register_forward_pre_hook(pause)
-    try:
-        yield reached, resume
-    finally:
-        resume.set()
         handle.remove()
 
 
@@ -259,7 +239,7 @@ def test_run_returns_at_once_while_the_model_loads_and_generates() -> None:
 def test_stop_ends_the_generation_within_a_token(shapes_smolvlm: SmolVLM) -> None:
     widget = SmolVLMWidget(shapes_smolvlm, image=picture())
     whole = shapes_smolvlm.caption(picture())
-    with paused_before_token(shapes_smolvlm, 3) as (reached, resume):
+    with held_at_call(shapes_smolvlm.model.lm_head, 3) as (reached, resume):
         assert widget.run()
         assert reached.wait(10), "generation reached its third token"
         widget.stop_button.click()  # the kernel handles the click while the worker generates
@@ -454,7 +434,7 @@ def test_closing_the_widget_stops_its_generation_quietly(
     shapes_smolvlm: SmolVLM, capfd: pytest.CaptureFixture[str]
 ) -> None:
     widget = SmolVLMWidget(shapes_smolvlm, image=picture())
-    with paused_before_token(shapes_smolvlm, 2) as (reached, resume):
+    with held_at_call(shapes_smolvlm.model.lm_head, 2) as (reached, resume):
         assert widget.run()
         assert reached.wait(10)
         widget.close()
