@@ -6,8 +6,11 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before huggingface_hub reads it
 
+from collections.abc import Iterator
+
 import pytest
 
+from vlm_notebook import cpu
 from vlm_notebook.models import Qwen2VL, SmolVLM
 
 
@@ -25,3 +28,14 @@ def shapes_qwen2vl() -> Qwen2VL:
     model = Qwen2VL("shapes-qwen2vl")
     model.load()
     return model
+
+
+@pytest.fixture
+def two_prefill_threads_one_decode() -> Iterator[None]:
+    """The thread policy prefill=2, decode=1 for one test (whatever the machine's cores), then the old one."""
+    saved = cpu.thread_policy()
+    cpu.set_thread_policy(prefill=2, decode=1)
+    try:
+        yield
+    finally:
+        cpu.set_thread_policy(prefill=saved.prefill, decode=saved.decode)

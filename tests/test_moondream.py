@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from holds import hook
 
-from vlm_notebook import cpu, registry, shapes
+from vlm_notebook import registry, shapes
 from vlm_notebook.errors import CheckpointError, CheckpointNotAvailableError, RequestError
 from vlm_notebook.models import Moondream
 from vlm_notebook.models.moondream import EncodedImage, MoondreamConfig
@@ -273,6 +274,7 @@ def test_int8_is_opt_in_and_keeps_the_shipped_answers(model: Moondream) -> None:
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.usefixtures("two_prefill_threads_one_decode")
 def test_prefill_uses_the_prefill_threads_and_decoding_the_decode_threads(model: Moondream) -> None:
     model.image_cache.clear()
     threads: list[tuple[int, int]] = []  # (positions fed, torch threads) at each pass of the text model
@@ -281,15 +283,9 @@ def test_prefill_uses_the_prefill_threads_and_decoding_the_decode_threads(model:
         threads.append((args[0].shape[1], torch.get_num_threads()))
 
     before = torch.get_num_threads()
-    saved = cpu.thread_policy()
-    cpu.set_thread_policy(prefill=2, decode=1)
-    handle = model.network.text.register_forward_pre_hook(record)
-    try:
+    with hook(model.network.text, record):
         assert model.caption(shapes.draw(RED_CIRCLE).image, length="short") == "A red circle."
         assert model.detect(shapes.draw(RED_CIRCLE).image, "circle")
-    finally:
-        handle.remove()
-        cpu.set_thread_policy(prefill=saved.prefill, decode=saved.decode)
     prefills, decodes = [t for n, t in threads if n > 1], [t for n, t in threads if n == 1]
     assert len(prefills) == 3, "the picture once, the caption's prompt, the detect prompt"
     assert set(prefills) == {2} and decodes and set(decodes) == {1}

@@ -15,6 +15,7 @@ from pathlib import Path
 import ipywidgets as widgets
 import pytest
 import torch
+from holds import hook
 from PIL import Image
 
 from vlm_notebook import ImageError, RequestError, cpu, shapes
@@ -274,6 +275,7 @@ def test_the_widget_encodes_an_upload_ahead_so_run_reuses_it(shapes_smolvlm: Smo
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.usefixtures("two_prefill_threads_one_decode")
 def test_prefill_uses_the_prefill_threads_and_decoding_the_decode_threads(shapes_smolvlm: SmolVLM) -> None:
     shapes_smolvlm.image_cache.clear()
     threads: list[int] = []  # torch's threads at each use of the output layer: once per forward pass
@@ -282,14 +284,8 @@ def test_prefill_uses_the_prefill_threads_and_decoding_the_decode_threads(shapes
         threads.append(torch.get_num_threads())
 
     before = torch.get_num_threads()
-    saved = cpu.thread_policy()
-    cpu.set_thread_policy(prefill=2, decode=1)
-    handle = shapes_smolvlm.model.lm_head.register_forward_pre_hook(record)
-    try:
+    with hook(shapes_smolvlm.model.lm_head, record):
         assert shapes_smolvlm.caption(picture()) == "A red circle on a white background."
-    finally:
-        handle.remove()
-        cpu.set_thread_policy(prefill=saved.prefill, decode=saved.decode)
     prefills, decodes = threads[:2], threads[2:]  # the prefix (image), the question's words, then tokens
     assert prefills == [2, 2] and decodes and set(decodes) == {1}
     assert torch.get_num_threads() == before, "torch's thread count is put back"
