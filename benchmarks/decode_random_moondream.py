@@ -25,22 +25,19 @@ from ttft_random_moondream import build_random_checkpoint, checkpoint_dir
 
 from vlm_notebook.cpu import phase_threads, quantize_int8
 from vlm_notebook.models.moondream import EncodedImage, Moondream
-from vlm_notebook.models.moondream.cache import KVCache
-from vlm_notebook.models.moondream.inference import generate_text
+from vlm_notebook.models.moondream.inference import generate_text, prefill_image
 from vlm_notebook.options import GenerationOptions
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "decode_random_moondream.md"
-PREFIX_TOKENS = 730
+IMAGE_TOKENS = 729  # with BOS, a prefix of 730 tokens, as a 640x480 picture gives
 
 
 def random_prefix(model: Moondream) -> EncodedImage:
-    """A prefilled image prefix of random embeddings (what ``encode_image`` would leave)."""
-    text = model.network.config.text
-    embeddings = torch.randn(1, PREFIX_TOKENS, text.dim, generator=torch.Generator().manual_seed(0)) * 0.02
-    cache = KVCache(text.n_layers, text.n_kv_heads, text.head_dim, PREFIX_TOKENS)
+    """A prefilled image prefix of random image embeddings (what ``encode_image`` would leave)."""
+    dim = model.network.config.text.dim
+    embeddings = torch.randn(IMAGE_TOKENS, dim, generator=torch.Generator().manual_seed(0)) * 0.02
     with torch.inference_mode(), phase_threads():
-        model.network.text(embeddings, 0, mask=None, cache=cache)
-    return EncodedImage(cache=cache, size=(640, 480), crops=9)
+        return prefill_image(model.network, embeddings, (640, 480), crops=9)
 
 
 def decode_steps(model: Moondream, tokens: int) -> list[float]:
@@ -77,7 +74,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{datetime.now(UTC).isoformat(timespec='seconds')} · torch {torch.__version__} · "
         f"load average at start {[round(x, 2) for x in load]} · `python benchmarks/decode_random_moondream.py`",
         "",
-        f"A {PREFIX_TOKENS}-token random image prefix, one question, {args.tokens} new tokens, decoding on one thread.",
+        f"A {IMAGE_TOKENS + 1}-token random image prefix, one question, {args.tokens} new tokens, "
+        "decoding on one thread.",
         "Medians of the gaps between tokens. Random weights: only the times count.",
         "",
         "| weights | decode step (ms) | tokens/s | steps measured |",

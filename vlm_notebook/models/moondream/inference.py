@@ -45,12 +45,23 @@ def image_embeddings(
 def encode(net: MoondreamNetwork, picture: Image.Image, check: Check | None = None) -> EncodedImage:
     """Vision pass and image prefill, once; the result answers any number of requests."""
     embeddings, crops = image_embeddings(net, picture, check)
+    return prefill_image(net, embeddings, picture.size, crops, check)
+
+
+def prefill_image(
+    net: MoondreamNetwork,
+    embeddings: torch.Tensor,
+    size: tuple[int, int],
+    crops: int,
+    check: Check | None = None,
+) -> EncodedImage:
+    """BOS and the image's ``embeddings`` (tokens x dim) through the text model, kept as a prefix."""
     bos = net.text.embed(torch.tensor([[net.config.tokenizer.bos_id]]))
     prefix = torch.cat([bos, embeddings[None]], dim=1)  # (1, 1 + image tokens, dim)
     text = net.config.text
     cache = KVCache(text.n_layers, text.n_kv_heads, text.head_dim, prefix.shape[1])
     net.text(prefix, 0, mask=None, cache=cache, between_layers=check)  # the prefix attends both ways
-    return EncodedImage(cache=cache, size=picture.size, crops=crops)
+    return EncodedImage(cache=cache, size=size, crops=crops)
 
 
 def _prefill(
