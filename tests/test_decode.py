@@ -26,12 +26,12 @@ def int8_smolvlm() -> SmolVLM:
 def prefilled(model: SmolVLM, ids: torch.Tensor) -> DynamicCache:
     text_model = model.model.model.text_model
     cache = DynamicCache(config=text_model.config)
-    text_model(input_ids=ids, past_key_values=cache, use_cache=True)
+    text_model(input_ids=ids, cache=cache, use_cache=True)
     return cache
 
 
 def transformers_step(model: SmolVLM, cache: DynamicCache, token_id: int) -> torch.Tensor:
-    output = model.model.model.text_model(input_ids=torch.tensor([[token_id]]), past_key_values=cache, use_cache=True)
+    output = model.model.model.text_model(input_ids=torch.tensor([[token_id]]), cache=cache, use_cache=True)
     logits: torch.Tensor = model.model.lm_head(output.last_hidden_state[:, -1])
     return logits
 

@@ -176,10 +176,10 @@ def test_the_store_keeps_at_most_its_bound_of_pictures(shapes_smolvlm: SmolVLM) 
 def test_the_store_is_bounded_in_bytes() -> None:
     def entry(tokens: int) -> PrefixEntry:
         cache = [(torch.zeros(1, 2, tokens, 8), torch.zeros(1, 2, tokens, 8))]
-        return PrefixEntry(input_ids=torch.zeros(1, tokens, dtype=torch.long), past_key_values=cache)
+        return PrefixEntry(input_ids=torch.zeros(1, tokens, dtype=torch.long), kv_cache=cache)
 
     size = entry(100).nbytes
-    assert size == cache_bytes(entry(100).past_key_values) + 100 * 8
+    assert size == cache_bytes(entry(100).kv_cache) + 100 * 8
     store = PrefixCache(max_entries=10, max_bytes=int(size * 2.5))
     for key in range(4):
         store.put(key, entry(100))
@@ -203,9 +203,9 @@ def test_a_stored_cache_is_never_changed_by_a_generation(shapes_smolvlm: SmolVLM
     shapes_smolvlm.caption(picture())
     (entry,) = [shapes_smolvlm.image_cache.get(key) for key in list(shapes_smolvlm.image_cache._entries)]
     assert entry is not None
-    length = entry.past_key_values.get_seq_length()
+    length = entry.kv_cache.get_seq_length()
     shapes_smolvlm.query(picture(), "What colour is the background?")
-    assert entry.past_key_values.get_seq_length() == length == entry.input_ids.shape[1]
+    assert entry.kv_cache.get_seq_length() == length == entry.input_ids.shape[1]
 
 
 @pytest.fixture(scope="module")

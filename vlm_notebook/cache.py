@@ -45,7 +45,7 @@ class PrefixEntry:
     """
 
     input_ids: torch.Tensor
-    past_key_values: Any
+    kv_cache: Any
     token_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
     image_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
     image_tokens: int = 0
@@ -57,11 +57,11 @@ class PrefixEntry:
     def nbytes(self) -> int:
         """Bytes held by the entry's tensors (the KV cache dominates)."""
         tensors = [self.input_ids, *self.token_inputs.values(), *self.image_inputs.values()]
-        return sum(_tensor_bytes(tensor) for tensor in tensors) + cache_bytes(self.past_key_values)
+        return sum(_tensor_bytes(tensor) for tensor in tensors) + cache_bytes(self.kv_cache)
 
     def fresh_cache(self) -> Any:
         """A private copy of the KV cache: generation appends to it, the stored one stays as it is."""
-        return copy.deepcopy(self.past_key_values)
+        return copy.deepcopy(self.kv_cache)
 
 
 class _Sized(Protocol):
@@ -121,13 +121,13 @@ class PrefixCache(Generic[Entry]):
         return sum(entry.nbytes for entry in self._entries.values())
 
 
-def cache_bytes(past_key_values: Any) -> int:
+def cache_bytes(kv_cache: Any) -> int:
     """Bytes of the key and value tensors of a transformers cache (any layout)."""
-    layers = getattr(past_key_values, "layers", None)
+    layers = getattr(kv_cache, "layers", None)
     if layers is not None:
         return sum(_tensor_bytes(getattr(layer, name, None)) for layer in layers for name in ("keys", "values"))
-    if isinstance(past_key_values, Iterable):
-        return sum(_tensor_bytes(tensor) for layer in past_key_values for tensor in layer)
+    if isinstance(kv_cache, Iterable):
+        return sum(_tensor_bytes(tensor) for layer in kv_cache for tensor in layer)
     return 0
 
 

@@ -60,7 +60,7 @@ def encode_prefix(
     total = time.perf_counter() - started
     return PrefixEntry(
         input_ids=ids,
-        past_key_values=output.past_key_values,
+        kv_cache=output.cache,
         token_inputs=per_token,
         image_inputs=per_image,
         image_tokens=int((ids == processor.tokenizer.convert_tokens_to_ids(processor.image_token)).sum()),

@@ -133,7 +133,7 @@ class TransformersVLM(VLM):
                 return self._decode_here(inputs, cache, self._text_model, options, config, sink, to_decoding)
             output = self.model.generate(
                 **inputs,
-                past_key_values=cache,
+                cache=cache,
                 generation_config=config,
                 streamer=_SinkStreamer(sink, ChunkDecoder(self._tokenizer)) if sink else None,
                 stopping_criteria=StoppingCriteriaList([_CancelCriterion(sink)]) if sink else None,
@@ -158,13 +158,13 @@ class TransformersVLM(VLM):
         prompt_ids = inputs["input_ids"]
         started = time.perf_counter()
         output = self.model(
-            input_ids=prompt_ids[:, cache.get_seq_length():], past_key_values=cache, use_cache=True, logits_to_keep=1
+            input_ids=prompt_ids[:, cache.get_seq_length():], cache=cache, use_cache=True, logits_to_keep=1
         )
         if sink is not None:
             sink.add_prefill_time(time.perf_counter() - started)
         to_decoding()
         capacity = prompt_ids.shape[1] + options.max_new_tokens
-        decoder = LlamaDecoder(text_model, self.model.lm_head, output.past_key_values, capacity)
+        decoder = LlamaDecoder(text_model, self.model.lm_head, output.cache, capacity)
         return decode(output.logits[:, -1], decoder, options, _stop_ids(config), sink, ChunkDecoder(self._tokenizer))
 
     def _continuation(
