@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from vlm_notebook import CheckpointError, RequestError, shapes
+from vlm_notebook.languages import CAPTION_PROMPTS
 from vlm_notebook.models import Qwen2VL, SmolVLM
-from vlm_notebook.models.qwen2vl import CAPTION_PROMPTS, DEFAULT_MAX_PIXELS
+from vlm_notebook.models.qwen2vl import DEFAULT_MAX_PIXELS
 from vlm_notebook.registry import get_model, resolve
 
 SCENES = shapes.all_scenes()

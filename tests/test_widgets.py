@@ -445,7 +445,7 @@ def test_closing_the_widget_stops_its_generation_quietly(
 
 
 def test_qwen2vl_languages_match_the_family_and_widgets_offer_each_familys_choices() -> None:
-    from vlm_notebook.models.qwen2vl import CAPTION_PROMPTS
+    from vlm_notebook.languages import CAPTION_PROMPTS
     from vlm_notebook.widgets import MoondreamWidget, Qwen2VLWidget, VLMWidget
     from vlm_notebook.widgets._widget import QWEN2VL_LANGUAGES
 

@@ -21,6 +21,7 @@ from transformers import AutoProcessor
 
 from ..errors import RequestError
 from ..images import check_aspect_ratio
+from ..languages import caption_prompt
 from ..options import DEFAULT_MAX_NEW_TOKENS, GenerationOptions
 from ..stream import TextStream
 from ._qwen2vl_processor import load_image_only_processor
@@ -32,18 +33,6 @@ DEFAULT_MAX_PIXELS = 256 * 28 * 28
 MODEL_CARD_MAX_PIXELS = 12845056
 #: The longest side over the shortest that Qwen2-VL's image processor accepts.
 MAX_ASPECT_RATIO = 200
-
-#: The caption prompt for each language, written in that language.
-CAPTION_PROMPTS: dict[str, str] = {
-    "en": "Describe this image.",
-    "ja": "この画像を説明してください。",
-    "zh": "请描述这张图片。",
-    "ko": "이 이미지를 설명해 주세요.",
-    "fr": "Décrivez cette image.",
-    "de": "Beschreibe dieses Bild.",
-    "es": "Describe esta imagen.",
-}
-
 
 class Qwen2VL(TransformersVLM):
     """Qwen2-VL / Qwen2.5-VL instruct checkpoints; default ``qwen2-vl-2b`` from the Hub.
@@ -138,10 +127,3 @@ class Qwen2VL(TransformersVLM):
         options = GenerationOptions(max_new_tokens, temperature, top_p, seed)
         return self._respond(image, caption_prompt(language), options, stream)
 
-
-def caption_prompt(language: str) -> str:
-    """The caption prompt written in ``language``; an unknown code is refused with the known ones."""
-    prompt = CAPTION_PROMPTS.get(language) if isinstance(language, str) else None
-    if prompt is None:
-        raise RequestError(f"Unknown caption language {language!r}; known languages: {', '.join(CAPTION_PROMPTS)}.")
-    return prompt

@@ -34,10 +34,10 @@ from PIL import Image
 from .. import registry
 from ..errors import RemoteError, RemoteTimeoutError, RequestError
 from ..images import load_image
+from ..languages import CAPTION_PROMPTS, caption_prompt
 from ..options import DEFAULT_MAX_NEW_TOKENS, GenerationOptions, clean_question
 from ..stream import GenerationCancelled, TextStream, TokenSink
 from .base import VLM
-from .qwen2vl import CAPTION_PROMPTS, caption_prompt
 
 #: Where the API key is looked for when ``api_key`` is not given, in this order.
 API_KEY_VARIABLES = ("VLM_NOTEBOOK_API_KEY", "OPENAI_API_KEY")
