@@ -126,10 +126,12 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     behaviour: Behaviour
     record: TinyServer
+    body: object = None
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length", 0))
         body = json.loads(self.rfile.read(length) or b"{}")
+        self.body = body  # this request's own (record.requests[-1] may be another's when several come at once)
         self.record.requests.append({"headers": dict(self.headers), "body": body, "path": self.path})
         type(self).behaviour(self)
 
