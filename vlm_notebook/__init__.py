@@ -11,6 +11,7 @@ from typing import Any
 from .errors import (
     CheckpointError,
     CheckpointNotAvailableError,
+    DeviceError,
     ImageError,
     RemoteError,
     RemoteTimeoutError,
@@ -36,6 +37,7 @@ def load_ipython_extension(ipython: Any) -> None:
 __all__ = [
     "CheckpointError",
     "CheckpointNotAvailableError",
+    "DeviceError",
     "GenerationOptions",
     "ImageError",
     "RemoteError",

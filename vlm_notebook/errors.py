@@ -32,6 +32,10 @@ class RequestError(VLMError, ValueError):
     """A question or an option that cannot be used: empty question, bad max_new_tokens, unknown option."""
 
 
+class DeviceError(RequestError):
+    """A device this machine does not have, or a model that will not fit in the device's free memory."""
+
+
 class RemoteError(VLMError):
     """A model server that cannot be reached, answers with an error, breaks off or sends what is not the API."""
 

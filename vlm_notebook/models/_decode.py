@@ -68,7 +68,7 @@ class LlamaDecoder:
         self._scaling = float(self._head_dim) ** -0.5
         self._length = cache.get_seq_length()
         self._keys, self._values = _buffers(cache, capacity)
-        self._cos, self._sin = _rotary_table(text_model.rotary_emb.inv_freq, capacity)
+        self._cos, self._sin = _rotary_table(text_model.rotary_emb.inv_freq, capacity, self._keys.dtype)
 
     def __call__(self, token_id: int) -> torch.Tensor:
         position = self._length
@@ -158,7 +158,8 @@ def _buffers(cache: Any, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
     Keys are stored after the rotary embedding, as transformers stores them."""
     first = cache.layers[0].keys
     shape = (len(cache.layers), first.shape[1], capacity, first.shape[3])
-    keys, values = torch.empty(shape, dtype=first.dtype), torch.empty(shape, dtype=first.dtype)
+    keys = torch.empty(shape, dtype=first.dtype, device=first.device)
+    values = torch.empty(shape, dtype=first.dtype, device=first.device)
     length = first.shape[2]
     for index, layer in enumerate(cache.layers):
         keys[index, :, :length] = layer.keys[0]
@@ -166,15 +167,18 @@ def _buffers(cache: Any, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
     return keys, values
 
 
-def _rotary_table(inv_freq: torch.Tensor, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cosines and signed sines of the rotary angles for positions 0..capacity-1.
+def _rotary_table(inv_freq: torch.Tensor, capacity: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosines and signed sines of the rotary angles for positions 0..capacity-1, in ``dtype``.
 
-    The angles are made as transformers makes them; the sines' first half is negated so that
-    rotating is one multiply-add with the halves swapped (see :func:`_rotate`)."""
-    angles = torch.arange(capacity, dtype=torch.float32)[:, None] * inv_freq.float()[None, :]
+    The angles are made as transformers makes them (in fp32, then cast to the model's format);
+    the sines' first half is negated so that rotating is one multiply-add with the halves swapped
+    (see :func:`_rotate`)."""
+    device = inv_freq.device
+    angles = torch.arange(capacity, dtype=torch.float32, device=device)[:, None] * inv_freq.float()[None, :]
     doubled = torch.cat((angles, angles), dim=-1)
-    signs = torch.cat((-torch.ones(inv_freq.shape[0]), torch.ones(inv_freq.shape[0])))
-    return doubled.cos(), doubled.sin() * signs
+    half = inv_freq.shape[0]
+    signs = torch.cat((-torch.ones(half, device=device), torch.ones(half, device=device)))
+    return doubled.cos().to(dtype), (doubled.sin() * signs).to(dtype)
 
 
 def _rotate(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

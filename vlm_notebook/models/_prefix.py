@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from ..cache import PrefixEntry
+from ..runtime import Runtime
 
 _TEXT_KEYS = ("input_ids", "attention_mask")
 
@@ -41,13 +42,18 @@ def split_prompt(text: str, placeholder: str) -> SplitPrompt | None:
 
 
 def encode_prefix(
-    model: Any, processor: Any, picture: Image.Image, prefix_text: str, processor_kwargs: dict[str, Any]
+    model: Any,
+    processor: Any,
+    picture: Image.Image,
+    prefix_text: str,
+    processor_kwargs: dict[str, Any],
+    runtime: Runtime,
 ) -> PrefixEntry:
     """Run the prefix (chat opening and image) through ``model``; return its ids and KV cache.
 
     ``prefix_text`` ends with the image placeholder. Times the vision encoder apart from the rest.
     """
-    inputs = processor(text=prefix_text, images=[picture], return_tensors="pt", **processor_kwargs)
+    inputs = runtime.place(processor(text=prefix_text, images=[picture], return_tensors="pt", **processor_kwargs))
     ids = inputs["input_ids"]
     per_token = {key: value for key, value in inputs.items() if _is_token_input(key, value, ids)}
     per_image = {

@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from functools import partial
-from typing import Any, ClassVar, Literal, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, overload
 
 from PIL import Image
 
@@ -15,7 +15,10 @@ from .. import registry
 from ..errors import RequestError
 from ..images import load_image
 from ..options import DEFAULT_MAX_NEW_TOKENS, GenerationOptions, clean_question
-from ..stream import TextStream, TokenSink
+from ..stream import Producer, TextStream, TokenSink
+
+if TYPE_CHECKING:  # the runtime needs torch; this module must not import it (cheap front ends)
+    from ..runtime import Runtime
 
 
 class VLM(ABC):
@@ -36,6 +39,18 @@ class VLM(ABC):
         self._generation_lock = threading.Lock()
         self._load_lock = threading.Lock()
         self._loaded = False
+        #: Where and in what number format the model runs (None for a model that runs elsewhere).
+        self.runtime: Runtime | None = None
+
+    @property
+    def device(self) -> str | None:
+        """The device the model runs on ("cpu", "cuda:0", "mps"); None when a server runs it."""
+        return self.runtime.device_name if self.runtime is not None else None
+
+    @property
+    def dtype(self) -> str | None:
+        """Its number format ("float32", "bfloat16", "float16", "int8"); None when a server runs it."""
+        return self.runtime.dtype_name if self.runtime is not None else None
 
     @property
     def loaded(self) -> bool:
@@ -96,8 +111,14 @@ class VLM(ABC):
         picture = load_image(image)
         self.load()
         self._check_request(picture, prompt)
-        answer = TextStream(partial(self._produce, picture, prompt, options), self._generation_lock)
+        answer = self._stream(partial(self._produce, picture, prompt, options))
         return answer if stream else join_stream(answer)
+
+    def _stream(self, produce: Producer) -> TextStream:
+        """A stream that runs ``produce`` on the worker thread, one generation at a time per model."""
+        answer = TextStream(produce, self._generation_lock)
+        answer.stats.device, answer.stats.dtype = self.device, self.dtype
+        return answer
 
     def prepare(self, image: Any) -> Future[None]:
         """Start the work on ``image`` that does not need the question; returns at once.

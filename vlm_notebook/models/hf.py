@@ -7,9 +7,11 @@ so shipped checkpoints, user directories and Hub checkpoints all load through th
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,9 +32,10 @@ from .. import registry
 from ..cache import PrefixCache, PrefixEntry, image_digest
 from ..cpu import quantize_int8, threads_by_phase
 from ..decoding import ChunkDecoder
-from ..errors import CheckpointError, RequestError
+from ..errors import CheckpointError, RequestError, VLMError
 from ..hub import checkpoint_directory
 from ..options import GenerationOptions, fit_to_context, refuse_special_tokens
+from ..runtime import Runtime, check_fits, choose_runtime
 from ..stream import TokenSink
 from ._decode import LlamaDecoder, decode, llama_text_model
 from ._prefix import SplitPrompt, continuation_inputs, encode_prefix, split_prompt
@@ -51,18 +54,26 @@ class TransformersVLM(VLM):
     model: PreTrainedModel
 
     def __init__(
-        self, model: str | None = None, *, revision: str | None = None, defaults: str = "cpu", int8: bool = False
+        self,
+        model: str | None = None,
+        *,
+        revision: str | None = None,
+        defaults: str = "cpu",
+        int8: bool = False,
+        device: str = "auto",
+        dtype: str = "auto",
     ):
         """``defaults="cpu"`` sizes pictures for a CPU (see the family); ``"card"`` keeps the model card's.
 
-        ``int8=True`` quantizes every linear layer to int8 on load: faster on a CPU, but the
-        answers may differ from the fp32 model's (so it is off by default).
+        ``device`` and ``dtype`` choose where and in what number format it runs (``vlm_notebook.runtime``;
+        "auto" by default). ``int8=True`` (CPU only) quantizes every linear layer to int8 on load:
+        faster on a CPU, but the answers may differ from the fp32 model's (so it is off by default).
         """
         if defaults not in DEFAULTS:
             raise RequestError(f"defaults must be one of {', '.join(map(repr, DEFAULTS))}, got {defaults!r}.")
-        if not isinstance(int8, bool):
-            raise RequestError(f"int8 must be True or False, got {int8!r}.")
+        runtime = choose_runtime(device, dtype, int8)
         super().__init__(model, revision=revision)
+        self.runtime: Runtime = runtime
         self.defaults = defaults
         self.int8 = int8
         #: The work done for recent pictures (bounded; ``image_cache.clear()`` empties it).
@@ -79,9 +90,7 @@ class TransformersVLM(VLM):
                 f"The checkpoint in {str(directory)!r} has no chat template (chat_template.jinja): "
                 "it is incomplete. Download the checkpoint again."
             )
-        model = _load_part("weights", directory, _load_weights)
-        if self.int8:
-            quantize_int8(model)
+        model = _load_part("weights", directory, partial(_load_weights, runtime=self.runtime))
         self.processor, self.model = processor, model
         self._tokenizer = processor.tokenizer.backend_tokenizer
         self._image_token_id = processor.tokenizer.convert_tokens_to_ids(self.image_token)
@@ -110,14 +119,15 @@ class TransformersVLM(VLM):
     def _inputs(self, picture: Image.Image, prompt: str) -> Any:
         """The whole prompt through the processor, as the model card does it."""
         text = self._chat_text(prompt)
-        return self.processor(text=text, images=[picture], return_tensors="pt", **self._processor_kwargs())
+        inputs = self.processor(text=text, images=[picture], return_tensors="pt", **self._processor_kwargs())
+        return self.runtime.place(inputs)
 
     def _generate(
         self, picture: Image.Image, prompt: str, options: GenerationOptions, sink: TokenSink | None
     ) -> list[int]:
         split = split_prompt(self._chat_text(prompt), self.image_token)
         with (
-            torch.inference_mode(), _seeded(options.seed), _interruptible(self.model, sink),
+            torch.inference_mode(), _seeded(options.generator_seed, self.runtime), _interruptible(self.model, sink),
             threads_by_phase(self.model) as to_decoding,
         ):
             if split is None:  # a chat template without exactly one picture slot: no reuse
@@ -176,6 +186,7 @@ class TransformersVLM(VLM):
             vision, prefill = (0.0, 0.0) if hit else (entry.vision_seconds, entry.prefill_seconds)
             sink.set_image_work(cache_hit=hit, tiles=entry.tiles, vision_seconds=vision, prefill_seconds=prefill)
         suffix = self.processor.tokenizer(split.after, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        suffix = suffix.to(self.runtime.device)
         self._forget_position_state()
         return continuation_inputs(entry, suffix), entry.fresh_cache()
 
@@ -186,7 +197,7 @@ class TransformersVLM(VLM):
         entry = self.image_cache.get(key)
         if entry is not None:
             return entry, True
-        entry = encode_prefix(self.model, self.processor, picture, before + self.image_token, kwargs)
+        entry = encode_prefix(self.model, self.processor, picture, before + self.image_token, kwargs, self.runtime)
         self.image_cache.put(key, entry)
         return entry, False
 
@@ -223,10 +234,11 @@ def chat_messages(prompt: str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
 
 
-def _load_weights(directory: Path) -> PreTrainedModel:
+def _load_weights(directory: Path, runtime: Runtime) -> PreTrainedModel:
+    check_fits(runtime, _weight_bytes(directory, runtime), f"The checkpoint in {str(directory)!r}")
     with _no_progress_bars():  # a bar per load clutters notebook cells
         model, info = AutoModelForImageTextToText.from_pretrained(
-            directory, dtype=torch.float32, output_loading_info=True
+            directory, dtype=runtime.dtype, output_loading_info=True
         )
     missing = sorted(info["missing_keys"])
     if missing:  # transformers would fill them with random values and load anyway
@@ -234,8 +246,22 @@ def _load_weights(directory: Path) -> PreTrainedModel:
             f"The weights in {str(directory)!r} lack {len(missing)} of the model's tensors (such as {missing[0]!r}): "
             "they are incomplete or belong to another model. Download the checkpoint again."
         )
-    loaded: PreTrainedModel = model.eval()
+    loaded: PreTrainedModel = model.to(runtime.device).eval()
+    if runtime.int8:
+        quantize_int8(loaded)
     return loaded
+
+
+def _weight_bytes(directory: Path, runtime: Runtime) -> int:
+    """Bytes the checkpoint's weights take in ``runtime``'s number format (read from safetensors headers)."""
+    from safetensors import safe_open
+
+    elements = 0
+    for path in directory.glob("*.safetensors"):
+        with safe_open(str(path), framework="pt") as weights:
+            for name in weights.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                elements += math.prod(weights.get_slice(name).get_shape())
+    return elements * runtime.dtype.itemsize
 
 
 @contextmanager
@@ -253,7 +279,7 @@ def _load_part(part: str, directory: Path, load: Any) -> Any:
     """Run a transformers loader; turn its failures into a CheckpointError that names the directory."""
     try:
         return load(directory)
-    except CheckpointError:
+    except VLMError:  # already says what to do (a damaged checkpoint, a model too large for the GPU)
         raise
     except ImportError as error:
         raise CheckpointError(f"Loading the {part} of {str(directory)!r} needs a package: {error}") from error
@@ -307,7 +333,7 @@ class _CancelCriterion(StoppingCriteria):  # type: ignore[misc]
         self._sink = sink
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
-        stop = torch.full((input_ids.shape[0],), self._sink.cancelled, dtype=torch.bool)
+        stop = torch.full((input_ids.shape[0],), self._sink.cancelled, dtype=torch.bool, device=input_ids.device)
         return stop  # type: ignore[return-value]
 
 
@@ -331,11 +357,14 @@ def _interruptible(model: torch.nn.Module, sink: TokenSink | None) -> Iterator[N
 
 
 @contextmanager
-def _seeded(seed: int | None) -> Iterator[None]:
-    """Seed torch's generator for one sampled generation (runs under the model's lock)."""
+def _seeded(seed: int | None, runtime: Runtime) -> Iterator[None]:
+    """Seed torch's generators for one sampled generation (runs under the model's lock): ``generate``
+    samples with the global generator of the model's device."""
     if seed is None:
         yield
         return
-    with torch.random.fork_rng():
+    accelerator = runtime.device.type != "cpu"
+    devices = [runtime.device] if accelerator else []
+    with torch.random.fork_rng(devices=devices, device_type=runtime.device.type if accelerator else "cuda"):
         torch.manual_seed(seed)
         yield

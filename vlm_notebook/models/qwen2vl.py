@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Literal, overload
 from PIL import Image
 from transformers import AutoProcessor
 
+from .. import caption_options
 from ..errors import RequestError
 from ..images import check_aspect_ratio
 from ..languages import caption_prompt
@@ -48,7 +49,7 @@ class Qwen2VL(TransformersVLM):
 
     family = "qwen2vl"
     default_model = "qwen2-vl-2b"
-    caption_options = ("language",)
+    caption_options = caption_options.names("qwen2vl")
     image_token: ClassVar[str] = "<|image_pad|>"
 
     def __init__(
@@ -60,13 +61,15 @@ class Qwen2VL(TransformersVLM):
         min_pixels: int | None = None,
         defaults: str = "cpu",
         int8: bool = False,
+        device: str = "auto",
+        dtype: str = "auto",
     ):
         for name, value in (("max_pixels", max_pixels), ("min_pixels", min_pixels)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 28 * 28):
                 raise RequestError(f"{name} must be a whole number of pixels, at least 784 (28 x 28), got {value!r}.")
         if max_pixels is not None and min_pixels is not None and min_pixels > max_pixels:
             raise RequestError(f"min_pixels ({min_pixels}) must not exceed max_pixels ({max_pixels}).")
-        super().__init__(model, revision=revision, defaults=defaults, int8=int8)
+        super().__init__(model, revision=revision, defaults=defaults, int8=int8, device=device, dtype=dtype)
         self._max_pixels = max_pixels
         self._min_pixels = min_pixels
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal, overload
 
+from .. import caption_options
 from ..errors import CheckpointError
 from ..options import DEFAULT_MAX_NEW_TOKENS, GenerationOptions, clean_question
 from ..stream import TextStream
@@ -27,7 +28,7 @@ class SmolVLM(TransformersVLM):
     family = "smolvlm"
     default_model = "smolvlm-256m"
     default_prompt = "Describe this image."
-    caption_options = ("prompt",)
+    caption_options = caption_options.names("smolvlm")
 
     def _processor_kwargs(self) -> dict[str, Any]:
         """On a CPU (``defaults="cpu"``), one tile: the longest edge is cut to the vision encoder's

@@ -11,11 +11,17 @@ class KVCache:
     """Keys and values of every layer for positions ``0 .. length``, in preallocated tensors."""
 
     def __init__(
-        self, n_layers: int, n_kv_heads: int, head_dim: int, capacity: int, device: torch.device | None = None
+        self,
+        n_layers: int,
+        n_kv_heads: int,
+        head_dim: int,
+        capacity: int,
+        device: torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
     ):
         shape = (1, n_kv_heads, capacity, head_dim)
-        self.keys = [torch.zeros(shape, device=device) for _ in range(n_layers)]
-        self.values = [torch.zeros(shape, device=device) for _ in range(n_layers)]
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
         self.length = 0
 
     @property

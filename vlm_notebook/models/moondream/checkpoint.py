@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from tokenizers import Tokenizer
 
 from ...errors import CheckpointError
 from ...hub import checkpoint_directory
+from ...runtime import CPU_FLOAT32, Runtime
 from .config import MoondreamConfig
 from .network import MoondreamCheckpoint, MoondreamNetwork, build_on_meta
 
@@ -29,13 +31,14 @@ def read_config(directory: Path) -> tuple[MoondreamConfig, dict[str, Any]]:
         raise CheckpointError(f"{str(directory)!r} has a Moondream config this version cannot read: {error}") from None
 
 
-def load_network(directory: Path, config: MoondreamConfig) -> MoondreamNetwork:
-    """Build the module tree without memory, then take the file's tensors (as fp32) by name, strictly."""
+def load_network(directory: Path, config: MoondreamConfig, runtime: Runtime = CPU_FLOAT32) -> MoondreamNetwork:
+    """Build the module tree without memory, then take the file's tensors by name, strictly, on
+    the runtime's device and in its number format."""
     path = directory / WEIGHTS_FILE
     if not path.is_file():
         raise CheckpointError(f"{str(directory)!r} has no {WEIGHTS_FILE}: download the checkpoint again.")
     try:
-        tensors = _read_fp32(path)
+        tensors = _read_as(path, runtime)
     except Exception as error:  # safetensors raises its own error types for a cut or corrupt file
         raise CheckpointError(
             f"Cannot read {str(path)!r} ({type(error).__name__}: {error}): the file is damaged or incomplete; "
@@ -52,12 +55,26 @@ def load_network(directory: Path, config: MoondreamConfig) -> MoondreamNetwork:
     return root.model.eval()
 
 
-def _read_fp32(path: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of the file as fp32, converted one at a time (the published file is bf16:
-    never holding all of it twice keeps the peak near the fp32 size, 7.7 GB at full size)."""
+def _read_as(path: Path, runtime: Runtime) -> dict[str, torch.Tensor]:
+    """Every tensor of the file in the runtime's format and on its device, converted one at a time
+    (the published file is bf16: never holding all of it twice keeps the peak near the final size,
+    7.7 GB in fp32 at full size)."""
     with safe_open(str(path), framework="pt") as weights:
         names: list[str] = weights.keys()  # a safetensors file handle is not iterable
-        return {name: weights.get_tensor(name).to(torch.float32) for name in names}
+        return {name: weights.get_tensor(name).to(device=runtime.device, dtype=runtime.dtype) for name in names}
+
+
+def config_weight_bytes(directory: Path, runtime: Runtime) -> int:
+    """Bytes the weights file takes in the runtime's format, read from its header; 0 when the file
+    is absent or unreadable (``load_network`` then says what is wrong with it)."""
+    path = directory / WEIGHTS_FILE
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            names: list[str] = weights.keys()
+            elements: int = sum(math.prod(weights.get_slice(name).get_shape()) for name in names)
+    except Exception:  # safetensors' own error types, or no file
+        return 0
+    return elements * runtime.dtype.itemsize
 
 
 def load_tokenizer(directory: Path, raw_config: dict[str, Any], revision: str | None = None) -> Tokenizer:

@@ -45,7 +45,8 @@ class RegionModel(nn.Module):
 
     def encode_coord(self, coord: torch.Tensor) -> torch.Tensor:
         """(N, 1) coordinates in 0..1 -> (N, dim) embeddings."""
-        return self.coord_encoder(fourier_features(coord, self.coord_features))  # type: ignore[no-any-return]
+        features = fourier_features(coord.to(self.coord_features.dtype), self.coord_features)
+        return self.coord_encoder(features)  # type: ignore[no-any-return]
 
     def decode_coord(self, hidden: torch.Tensor) -> torch.Tensor:
         """Hidden states (..., dim) -> coordinate logits (..., coord_bins)."""
@@ -53,7 +54,8 @@ class RegionModel(nn.Module):
 
     def encode_size(self, size: torch.Tensor) -> torch.Tensor:
         """(N, 2) width and height in 0..1 -> (N, dim) embeddings."""
-        return self.size_encoder(fourier_features(size, self.size_features))  # type: ignore[no-any-return]
+        features = fourier_features(size.to(self.size_features.dtype), self.size_features)
+        return self.size_encoder(features)  # type: ignore[no-any-return]
 
     def decode_size(self, hidden: torch.Tensor) -> torch.Tensor:
         """Hidden states (..., dim) -> size logits (..., 2, size_bins): width, then height."""

@@ -37,9 +37,9 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     every attention score is identical.
     """
     half = cos.shape[-1]
-    real, imaginary, rest = x[..., :half], x[..., half : 2 * half], x[..., 2 * half :]
-    rotated = [real * cos - imaginary * sin, real * sin + imaginary * cos]
-    return torch.cat([*rotated, rest], dim=-1)
+    real, imaginary, rest = x[..., :half].float(), x[..., half : 2 * half].float(), x[..., 2 * half :]
+    rotated = [(real * cos - imaginary * sin).to(x.dtype), (real * sin + imaginary * cos).to(x.dtype)]
+    return torch.cat([*rotated, rest], dim=-1)  # rotated in fp32, kept in the model's format
 
 
 def prefix_causal_mask(length: int, prefix: int, device: torch.device | None = None) -> torch.Tensor:

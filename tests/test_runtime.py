@@ -1,0 +1,125 @@
+"""Where a model runs and in what number format: ``device=`` and ``dtype=`` on every family.
+
+This machine has no GPU: "auto" must pick the CPU and answer exactly as before, and a GPU asked
+for by name must be refused at once with what the machine has. tests/test_gpu.py runs the same
+families on CUDA where there is one.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import pytest
+import torch
+
+from vlm_notebook import get_model, runtime, shapes
+from vlm_notebook.errors import DeviceError, RequestError
+from vlm_notebook.models import Moondream, Qwen2VL, SmolVLM
+from vlm_notebook.models._decode import _buffers, _rotary_table
+from vlm_notebook.runtime import Runtime, choose_runtime
+
+RED_CIRCLE = shapes.Scene("circle", "red", "white")
+FAMILIES = {"shapes-smolvlm": SmolVLM, "shapes-qwen2vl": Qwen2VL, "shapes-moondream": Moondream}
+no_gpu = pytest.mark.skipif(torch.cuda.is_available() or torch.backends.mps.is_available(), reason="a GPU is here")
+
+
+@no_gpu
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("name", FAMILIES)
+def test_auto_picks_the_cpu_here_and_the_shipped_answers_stay_exact(name: str) -> None:
+    model = get_model(name)
+    picture = shapes.draw(RED_CIRCLE).image
+    stream = model.query(picture, "What colour is the shape?", stream=True)
+    assert "".join(stream) == "Red."
+    assert model.device == "cpu" and stream.stats.device == "cpu"
+    assert model.dtype == stream.stats.dtype == runtime.dtype_name_for_cpu()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("name", FAMILIES)
+def test_every_family_answers_in_every_number_format_as_in_float32(name: str, dtype: str) -> None:
+    """The shipped checkpoints' exact answers (pinned in fp32 by the family tests) hold in bf16 and fp16."""
+    scenes = shapes.all_scenes()[::9]
+    answers = {}
+    for number_format in ("float32", dtype):
+        model = FAMILIES[name](name, device="cpu", dtype=number_format)
+        answers[number_format] = [
+            [model.caption(picture), *(model.query(picture, question) for question, _ in shapes.questions(scene))]
+            for picture, scene in ((shapes.draw(scene).image, scene) for scene in scenes)
+        ]
+        assert model.dtype == number_format
+    assert answers[dtype] == answers["float32"]
+
+
+@no_gpu
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("device", ["cuda", "cuda:1", "mps"])
+@pytest.mark.parametrize("name", FAMILIES)
+def test_a_gpu_that_is_not_here_is_refused_when_the_model_is_made(name: str, device: str) -> None:
+    with pytest.raises(DeviceError, match="devices present: cpu") as refused:
+        FAMILIES[name](name, device=device)
+    assert "device='auto'" in str(refused.value)
+
+
+@pytest.mark.parametrize(("device", "dtype"), [("tpu", "auto"), ("cpu", "int4"), (3, "auto"), ("cpu", None)])
+def test_an_unknown_device_or_dtype_is_refused_with_the_choices(device: object, dtype: object) -> None:
+    with pytest.raises(RequestError, match="choose one of"):
+        choose_runtime(device, dtype)
+
+
+def test_int8_keeps_the_rest_in_float32_and_refuses_another_format() -> None:
+    assert choose_runtime("cpu", "auto", int8=True) == Runtime(torch.device("cpu"), torch.float32, int8=True)
+    assert choose_runtime("cpu", "auto", int8=True).dtype_name == "int8"
+    with pytest.raises(RequestError, match="float32"):
+        choose_runtime("cpu", "bfloat16", int8=True)
+
+
+@pytest.mark.parametrize(("fast_bf16", "expected"), [(True, torch.bfloat16), (False, torch.float32)])
+def test_the_cpu_format_follows_the_cpus_bf16_instructions(
+    monkeypatch: pytest.MonkeyPatch, fast_bf16: bool, expected: torch.dtype
+) -> None:
+    monkeypatch.delenv(runtime.CPU_DTYPE_VARIABLE, raising=False)
+    monkeypatch.setattr(runtime, "has_fast_bf16", lambda: fast_bf16)
+    assert runtime.auto_dtype(torch.device("cpu")) == expected
+
+
+def test_the_cpu_format_can_be_set_for_the_process_and_a_bad_value_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "has_fast_bf16", lambda: True)
+    monkeypatch.setenv(runtime.CPU_DTYPE_VARIABLE, "float32")
+    assert runtime.auto_dtype(torch.device("cpu")) == torch.float32
+    monkeypatch.setenv(runtime.CPU_DTYPE_VARIABLE, "fp8")
+    with pytest.raises(RequestError, match=runtime.CPU_DTYPE_VARIABLE):
+        runtime.auto_dtype(torch.device("cpu"))
+
+
+def test_a_remote_model_leaves_the_device_to_its_server() -> None:
+    model = get_model("remote:some-model@http://127.0.0.1:9/v1")
+    assert model.device is None and model.dtype is None
+    with pytest.raises(RequestError, match="runs on its server"):
+        get_model("remote:some-model@http://127.0.0.1:9/v1", device="cuda")
+
+
+# -- every tensor made while answering follows the runtime (checked on the meta device) ----------
+
+
+def test_inputs_are_placed_on_the_device_and_pixels_take_the_number_format() -> None:
+    placed = Runtime(torch.device("meta"), torch.bfloat16).place(
+        {"input_ids": torch.ones(1, 3, dtype=torch.long), "pixel_values": torch.zeros(1, 3, 4, 4), "n": 2}
+    )
+    assert placed["input_ids"].device.type == placed["pixel_values"].device.type == "meta"
+    assert placed["input_ids"].dtype == torch.long and placed["pixel_values"].dtype == torch.bfloat16
+    assert placed["n"] == 2
+
+
+def test_the_decoding_loops_buffers_and_rotary_table_follow_the_cache_and_model() -> None:
+    class Layer:
+        keys = values = torch.empty(1, 3, 5, 8, device="meta", dtype=torch.bfloat16)
+
+    class Cache:
+        layers: ClassVar[list[Layer]] = [Layer(), Layer()]
+
+    keys, values = _buffers(Cache(), capacity=9)
+    assert keys.device.type == values.device.type == "meta" and keys.dtype == torch.bfloat16
+    cos, sin = _rotary_table(torch.ones(4, device="meta"), 9, torch.bfloat16)
+    assert cos.device.type == sin.device.type == "meta" and cos.dtype == torch.bfloat16

@@ -1,0 +1,46 @@
+"""The options each family's ``caption`` takes, declared once as data (no torch).
+
+The command line builds its flags from these, and a family's ``caption_options`` names its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .languages import CAPTION_PROMPTS
+
+
+@dataclass(frozen=True)
+class CaptionOption:
+    """One option of ``caption``: its name, what it does, and its choices and default if it has them."""
+
+    name: str
+    help: str
+    choices: tuple[str, ...] | None = None
+    default: str | None = None
+
+
+PROMPT = CaptionOption("prompt", "what to ask for instead of the family's caption prompt")
+LANGUAGE = CaptionOption("language", "the language to caption in", tuple(CAPTION_PROMPTS), "en")
+CAPTION_LENGTHS: tuple[str, ...] = ("short", "normal", "long")  # Moondream's
+LENGTH = CaptionOption("length", "how long a caption", CAPTION_LENGTHS, "normal")
+
+#: Every caption option, and the families that take each one.
+BY_FAMILY: dict[str, tuple[CaptionOption, ...]] = {
+    "smolvlm": (PROMPT,),
+    "qwen2vl": (LANGUAGE,),
+    "moondream": (LENGTH,),
+    "remote": (PROMPT, LANGUAGE),
+}
+ALL: tuple[CaptionOption, ...] = (PROMPT, LANGUAGE, LENGTH)
+FAMILY_TITLES = {"smolvlm": "SmolVLM", "qwen2vl": "Qwen2-VL", "moondream": "Moondream", "remote": "remote"}
+
+
+def names(family: str) -> tuple[str, ...]:
+    """The caption option names of ``family``."""
+    return tuple(option.name for option in BY_FAMILY[family])
+
+
+def families_taking(option: CaptionOption) -> list[str]:
+    """The families whose caption takes ``option``, by title (for help texts)."""
+    return [FAMILY_TITLES[family] for family, options in BY_FAMILY.items() if option in options]
