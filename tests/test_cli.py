@@ -52,3 +52,58 @@ def test_the_demo_runs_as_a_module() -> None:
     assert "streaming:     A red circle on a white background." in result.stdout
     assert "not streaming: A red circle on a white background." in result.stdout
     assert "赤 🔴" in result.stdout
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(
+    ("argv", "answer"),
+    [
+        (["--model", "shapes-qwen2vl", "--language", "ja"], "白い背景に赤い円。"),
+        (["--model", "shapes-moondream", "--length", "short"], "A red circle."),
+    ],
+    ids=["qwen2vl-language", "moondream-length"],
+)
+def test_caption_takes_every_familys_own_options(
+    argv: list[str], answer: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["caption", str(DEMO_PICTURE), *argv, "--device", "cpu"]) == 0
+    out, err = capsys.readouterr()
+    assert out == answer + "\n"
+    assert "on cpu in" in err
+
+
+def test_an_option_the_family_lacks_is_refused_naming_the_family(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["caption", str(DEMO_PICTURE), "--model", "shapes-smolvlm", "--length", "short"]) == 1
+    assert "SmolVLM has no caption option length" in capsys.readouterr().err
+
+
+def test_a_missing_picture_is_reported_before_the_model_loads(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["caption", "/no/such.png", "--model", "smolvlm-2.2b"]) == 1  # a model that is not even here
+    err = capsys.readouterr().err
+    assert "No image file" in err and "loading" not in err
+
+
+def test_a_gpu_that_is_not_here_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:
+    if __import__("torch").cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    assert main(["caption", str(DEMO_PICTURE), "--model", "shapes-smolvlm", "--device", "cuda"]) == 1
+    err = capsys.readouterr().err
+    assert "no CUDA GPU" in err and "Traceback" not in err
+
+
+@pytest.mark.timeout(120)
+def test_help_answers_without_importing_torch_and_shows_the_defaults() -> None:
+    script = "import sys; from vlm_notebook.cli import main\ntry: main(['caption', '--help'])\n"
+    script += "except SystemExit: pass\nprint('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=110, check=True)
+    assert result.stdout.rstrip().endswith("False")
+    words = " ".join(result.stdout.split())
+    assert "default smolvlm-256m" in words and "default normal" in words and "default auto" in words
+
+
+@pytest.mark.timeout(120)
+def test_output_piped_into_a_reader_that_stops_early_ends_quietly() -> None:
+    command = f"{sys.executable} -m vlm_notebook caption {DEMO_PICTURE} --model shapes-smolvlm | head -c 1"
+    result = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=110, check=False)
+    assert result.stdout == "A"
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr

@@ -1,11 +1,13 @@
-"""The command line: ``python -m vlm_notebook caption|query|demo|models|bench``.
+"""The command line: ``python -m vlm_notebook caption|query|demo|models|bench|batch``.
 
-Answers stream to stdout; figures (time to first token, tokens/s) go to stderr.
+Answers stream to stdout; figures (time to first token, tokens/s) go to stderr. Arguments and
+pictures are checked before anything heavy is imported or loaded, so a mistake is reported at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
@@ -14,9 +16,11 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from . import registry
+from . import caption_options, registry
 from .errors import VLMError
+from .images import load_image
 from .models.base import VLM
+from .options import DEVICE_CHOICES, DTYPE_CHOICES
 from .stream import TextStream
 
 if TYPE_CHECKING:
@@ -43,6 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
     caption = commands.add_parser("caption", help="describe an image")
     caption.add_argument("image", help="path of the image file")
-    caption.add_argument("--prompt", help="what to ask for (default: the family's caption prompt)")
+    _add_caption_options(caption)
     _add_common(caption)
     caption.set_defaults(run=_run_caption)
     query = commands.add_parser("query", help="answer a question about an image")
@@ -74,20 +81,18 @@ def _add_batch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     batch.add_argument("images", nargs="+", help="picture files and folders")
     batch.add_argument("--out", type=Path, required=True, help="the JSONL file of results (appended to)")
-    batch.add_argument("--model", default="smolvlm-256m", help="model name, directory, or remote:<model>@<base_url>")
     batch.add_argument("--concurrency", type=int, help="requests in flight for a remote model (default 4)")
-    batch.add_argument("--prompt", help="caption prompt (SmolVLM, remote)")
-    batch.add_argument("--language", help="caption language, e.g. ja (Qwen2-VL, remote)")
-    batch.add_argument("--max-new-tokens", type=int, default=256)
+    _add_caption_options(batch)
+    _add_model_options(batch, "model name, directory, or remote:<model>@<base_url>")
+    batch.add_argument("--max-new-tokens", type=int, default=256, help="the longest caption, in tokens (default 256)")
     batch.set_defaults(run=_run_batch)
 
 
 def _run_batch(args: argparse.Namespace) -> int:
     from .batch import caption_batch
 
-    options = {name: getattr(args, name) for name in ("prompt", "language") if getattr(args, name) is not None}
     report = caption_batch(
-        _load(args.model), args.images, args.out, concurrency=args.concurrency, options=options,
+        _load(args), args.images, args.out, concurrency=args.concurrency, options=_caption_options(args),
         max_new_tokens=args.max_new_tokens,
     )
     for image, reason in report.failed.items():
@@ -152,29 +157,52 @@ def _save_figures(result: BenchResult, args: argparse.Namespace) -> None:
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="smolvlm-256m", help="model name, Hub id or checkpoint directory")
+    _add_model_options(parser, "model name, Hub id or checkpoint directory")
     parser.add_argument("--no-stream", action="store_true", help="print the whole answer at the end")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="the longest answer, in tokens (default 256)")
+
+
+def _add_model_options(parser: argparse.ArgumentParser, model_help: str) -> None:
+    parser.add_argument("--model", default="smolvlm-256m", help=f"{model_help} (default smolvlm-256m)")
+    parser.add_argument("--device", default="auto", help=f"where it runs: {', '.join(DEVICE_CHOICES)} (default auto)")
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="number format (default auto)")
+
+
+def _add_caption_options(parser: argparse.ArgumentParser) -> None:
+    """A flag for every family's caption options; a family refuses those it does not have."""
+    for option in caption_options.ALL:
+        families = ", ".join(caption_options.families_taking(option))
+        default = f"default {option.default}" if option.default else "default: the family's"
+        parser.add_argument(f"--{option.name}", choices=option.choices, help=f"{option.help} ({families}; {default})")
+
+
+def _caption_options(args: argparse.Namespace) -> dict[str, str]:
+    return {option.name: value for option in caption_options.ALL if (value := getattr(args, option.name)) is not None}
 
 
 def _run_caption(args: argparse.Namespace) -> int:
-    model = _load(args.model)
-    options = {"prompt": args.prompt} if args.prompt is not None else {}
-    _answer(partial(model.caption_with, args.image, options=options, max_new_tokens=args.max_new_tokens), args)
+    picture = load_image(args.image)  # a bad picture is reported before the model loads
+    model = _load(args)
+    call = partial(model.caption_with, picture, options=_caption_options(args), max_new_tokens=args.max_new_tokens)
+    _answer(call, args)
     return 0
 
 
 def _run_query(args: argparse.Namespace) -> int:
-    model = _load(args.model)
+    picture = load_image(args.image)
+    model = _load(args)
     question = " ".join(args.question)
-    _answer(partial(model.query, args.image, question, max_new_tokens=args.max_new_tokens), args)
+    _answer(partial(model.query, picture, question, max_new_tokens=args.max_new_tokens), args)
     return 0
 
 
-def _load(name: str) -> VLM:
-    model = registry.get_model(name)
-    print(f"loading {name} ...", file=sys.stderr, flush=True)
-    return model.load()
+def _load(args: argparse.Namespace) -> VLM:
+    model = registry.get_model(args.model, device=args.device, dtype=args.dtype)
+    print(f"loading {args.model} ...", file=sys.stderr, flush=True)
+    model.load()
+    if model.device is not None:
+        print(f"on {model.device} in {model.dtype}", file=sys.stderr)
+    return model
 
 
 def _answer(call: Callable[..., str | TextStream], args: argparse.Namespace) -> None:
