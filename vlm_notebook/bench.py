@@ -437,48 +437,98 @@ def _cell(value: Any) -> str:
 # --- figures -----------------------------------------------------------------------------------
 
 
+#: Figures are drawn at twice the screen's resolution so that text and points stay sharp.
+FIGURE_SIZE = (7.0, 4.2)
+TIMELINE_SIZE = (7.0, 3.6)
+FIGURE_DPI = 144
+#: Fewer runs than this get no box: a box of two or three values suggests a spread it cannot show.
+_MIN_RUNS_FOR_A_BOX = 5
+
+
 def _title(text: str, random_weights: bool) -> str:
     return f"{text} (random weights)" if random_weights else text
 
 
-def ttft_figure(result: BenchResult, *, figsize: tuple[float, float] = (6, 3.5), dpi: int = 72) -> Figure:
-    """Time to first token per model: a box of the runs with every run drawn as a point."""
+def _titled(axes: Any, text: str, random_weights: bool, detail: str) -> None:
+    """The figure's title, with where and how often it was measured on a smaller second line."""
+    axes.set_title(f"{_title(text, random_weights)}\n", fontsize=11)
+    axes.set_title(detail, fontsize=8, color="dimgray", loc="left")
+
+
+def machine_line(result: BenchResult) -> str:
+    """"AMD EPYC, 2 cores · 5 runs per model after 1 warm-up": what a figure's numbers depend on."""
+    machine = result.machine
+    runs = sorted({len(model.streamed) for model in result.models})
+    warmups = sorted({model.warmup for model in result.models})
+    run_text = "/".join(map(str, runs)) or "0"
+    return (
+        f"{machine.cpu_model}, {machine.cores} cores · {run_text} runs per model "
+        f"after {'/'.join(map(str, warmups)) or '0'} warm-up"
+    )
+
+
+def ttft_figure(result: BenchResult, *, figsize: tuple[float, float] = FIGURE_SIZE, dpi: int = FIGURE_DPI) -> Figure:
+    """Time to first token per model: every run as a point, the median as a bar across them, and a
+    box of the middle half once there are enough runs for one to mean something."""
     figure = Figure(figsize=figsize, dpi=dpi, layout="constrained")
     axes = figure.add_subplot()
     samples = [[r.time_to_first_token for r in m.streamed if r.time_to_first_token is not None] for m in result.models]
     positions = list(range(1, len(samples) + 1))
-    axes.boxplot(samples, positions=positions, widths=0.5, showfliers=False)
+    boxed = [(position, values) for position, values in zip(positions, samples, strict=True)
+             if len(values) >= _MIN_RUNS_FOR_A_BOX]
+    if boxed:
+        axes.boxplot([values for _, values in boxed], positions=[position for position, _ in boxed], widths=0.5,
+                     showfliers=False, medianprops={"color": "black"})
     for position, values in zip(positions, samples, strict=True):
         offsets = [position + 0.15 * ((i % 5) - 2) / 2 for i in range(len(values))]
-        axes.scatter(offsets, values, s=14, alpha=0.7, zorder=3)
-    axes.set_xticks(positions, [m.label for m in result.models])
+        axes.scatter(offsets, values, s=18, alpha=0.75, zorder=3)
+        median = percentile(values, 50)
+        if median is not None:
+            axes.hlines(median, position - 0.3, position + 0.3, color="black", linewidth=1.5, zorder=4)
+    labels = [f"{m.label}\n{len(values)} runs" for m, values in zip(result.models, samples, strict=True)]
+    axes.set_xticks(positions, labels)
     axes.set_ylabel("time to first token (s)")
     axes.set_ylim(bottom=0)
-    axes.set_title(_title("Time to first token per run", result.random_weights))
+    axes.grid(axis="y", alpha=0.3)
+    _titled(axes, "Time to first token: each run, median as a line", result.random_weights, machine_line(result))
     return figure
 
 
-def wait_figure(result: BenchResult, *, figsize: tuple[float, float] = (6, 3.5), dpi: int = 72) -> Figure:
-    """Median wait before anything appears: first text streaming beside the whole answer without."""
+def wait_figure(result: BenchResult, *, figsize: tuple[float, float] = FIGURE_SIZE, dpi: int = FIGURE_DPI) -> Figure:
+    """Median wait before anything appears: first text streaming beside the whole answer without,
+    each bar labelled with its value and spanning the runs' 10th to 90th percentile."""
     figure = Figure(figsize=figsize, dpi=dpi, layout="constrained")
     axes = figure.add_subplot()
-    rows = comparison_rows(result)
-    positions = range(len(rows))
-    streamed = [row["first text streaming (s)"] or 0.0 for row in rows]
-    whole = [row["wait without streaming (s)"] or 0.0 for row in rows]
-    axes.bar([p - 0.2 for p in positions], streamed, width=0.4, label="streaming: first text")
-    axes.bar([p + 0.2 for p in positions], whole, width=0.4, label="not streaming: whole answer")
-    axes.set_xticks(list(positions), [row["model"] for row in rows])
-    axes.set_xlim(-0.7, len(rows) - 0.3)
+    positions = range(len(result.models))
+    series: list[tuple[str, list[list[float | None]], float]] = [
+        ("streaming: first text", [[r.time_to_first_text for r in m.streamed] for m in result.models], -0.2),
+        ("not streaming: whole answer", [[r.end_to_end for r in m.whole] for m in result.models], 0.2),
+    ]
+    for label, per_model, shift in series:
+        present = [[value for value in values if value is not None] for values in per_model]
+        medians = [percentile(values, 50) or 0.0 for values in present]
+        spans = [_span(values, median) for values, median in zip(present, medians, strict=True)]
+        bars = axes.bar([p + shift for p in positions], medians, width=0.4, label=label,
+                        yerr=list(zip(*spans, strict=True)) if spans else None, capsize=3)
+        axes.bar_label(bars, labels=[f"{value:.2f} s" for value in medians], padding=2, fontsize=8)
+    axes.set_xticks(list(positions), [m.label for m in result.models])
+    axes.set_xlim(-0.7, len(result.models) - 0.3)
     axes.set_ylabel("median wait (s)")
-    axes.legend(loc="lower right")
-    axes.set_title(_title("What the user waits for", result.random_weights))
+    axes.margins(y=0.15)
+    figure.legend(loc="outside lower center", ncols=2, frameon=False)
+    _titled(axes, "What the user waits for", result.random_weights, machine_line(result))
     return figure
+
+
+def _span(values: list[float], median: float) -> tuple[float, float]:
+    """How far the 10th and 90th percentiles lie below and above the median (an error bar)."""
+    low, high = percentile(values, 10), percentile(values, 90)
+    return (median - low if low is not None else 0.0, high - median if high is not None else 0.0)
 
 
 def timeline_figure(
     run: StreamedRun, *, label: str = "", random_weights: bool = False,
-    figsize: tuple[float, float] = (6, 3), dpi: int = 72,
+    figsize: tuple[float, float] = TIMELINE_SIZE, dpi: int = FIGURE_DPI,
 ) -> Figure:
     """Tokens generated over time in one streamed run, with the first token and first text marked."""
     figure = Figure(figsize=figsize, dpi=dpi, layout="constrained")
@@ -492,6 +542,7 @@ def timeline_figure(
     axes.set_xlabel("seconds since the request")
     axes.set_ylabel("tokens generated")
     axes.yaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.legend(loc="upper left")
-    axes.set_title(_title(f"Token timeline: {label}" if label else "Token timeline", random_weights))
+    axes.grid(alpha=0.3)
+    figure.legend(loc="outside right upper", frameon=False)
+    _titled(axes, f"Token timeline: {label}" if label else "Token timeline", random_weights, "one streamed run")
     return figure
