@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -107,3 +108,11 @@ def test_output_piped_into_a_reader_that_stops_early_ends_quietly() -> None:
     result = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=110, check=False)
     assert result.stdout == "A"
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
+
+
+def test_batch_into_a_folder_is_refused_before_the_model_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["batch", str(DEMO_PICTURE), "--out", str(tmp_path), "--model", "smolvlm-2.2b"]) == 1
+    err = capsys.readouterr().err
+    assert "is a folder" in err and "loading" not in err and "Traceback" not in err

@@ -29,8 +29,8 @@ from vlm_notebook.batch import (
     retry_wait,
 )
 from vlm_notebook.cli import main
-from vlm_notebook.errors import RemoteError, RemoteTimeoutError, RequestError
-from vlm_notebook.models.remote import RemoteUnavailableError, RemoteVLM
+from vlm_notebook.errors import RemoteError, RemoteTimeoutError, RemoteUnavailableError, RequestError
+from vlm_notebook.models.remote import RemoteVLM
 from vlm_notebook.stream import TextStream
 
 SECRET = "sk-test-0123456789abcdef"

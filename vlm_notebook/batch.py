@@ -31,9 +31,9 @@ from typing import Any, TextIO
 
 from tqdm.auto import tqdm
 
-from .errors import ImageError, RemoteError, RemoteTimeoutError, RequestError
+from .errors import ImageError, RemoteError, RemoteTimeoutError, RemoteUnavailableError, RequestError
 from .models.base import VLM
-from .models.remote import RemoteUnavailableError, RemoteVLM
+from .models.remote import RemoteVLM
 from .options import DEFAULT_MAX_NEW_TOKENS
 from .stream import StreamStats, TextStream
 
@@ -92,7 +92,7 @@ def caption_batch(
     a refused API key, a server down) ends the run and is raised, with every caption finished so
     far in ``out``: run again to resume.
     """
-    out = _output_path(out)
+    out = output_path(out)
     paths = list_images(images)
     in_flight = _in_flight(model, concurrency)
     with _locked(out) as file:
@@ -322,7 +322,7 @@ def _in_flight(model: VLM, concurrency: int | None) -> int:
     return concurrency or DEFAULT_REMOTE_CONCURRENCY
 
 
-def _output_path(out: str | Path) -> Path:
+def output_path(out: str | Path) -> Path:
     """``out`` as a path, refused before any work when no file can be written there."""
     path = Path(out).expanduser()
     if path.is_dir():

@@ -89,10 +89,11 @@ def _add_batch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _run_batch(args: argparse.Namespace) -> int:
-    from .batch import caption_batch
+    from .batch import caption_batch, output_path
 
+    out = output_path(args.out)  # a folder or a missing folder is refused before the model loads
     report = caption_batch(
-        _load(args), args.images, args.out, concurrency=args.concurrency, options=_caption_options(args),
+        _load(args), args.images, out, concurrency=args.concurrency, options=_caption_options(args),
         max_new_tokens=args.max_new_tokens,
     )
     for image, reason in report.failed.items():

@@ -44,5 +44,17 @@ class RemoteError(VLMError):
         self.status_code = status_code  # the server's HTTP status, when it answered with one
 
 
+class RemoteUnavailableError(RemoteError):
+    """The server cannot answer now: busy (429), failing (5xx), unreachable, or the connection dropped.
+
+    Trying again later may work (``caption_batch`` does, a few times); ``retry_after`` is the wait
+    in seconds the server asked for in its Retry-After header, if it did.
+    """
+
+    def __init__(self, message: str, status_code: int | None = None, retry_after: float | None = None):
+        super().__init__(message, status_code)
+        self.retry_after = retry_after
+
+
 class RemoteTimeoutError(RemoteError, TimeoutError):
     """A model server that sent no first token, or nothing more, within the time allowed."""

@@ -41,7 +41,7 @@ import httpx
 from PIL import Image
 
 from .. import caption_options, registry
-from ..errors import RemoteError, RemoteTimeoutError, RequestError
+from ..errors import RemoteError, RemoteTimeoutError, RemoteUnavailableError, RequestError
 from ..images import load_image
 from ..languages import CAPTION_PROMPTS, caption_prompt
 from ..options import DEFAULT_MAX_NEW_TOKENS, GenerationOptions, clean_question
@@ -61,18 +61,6 @@ _TRANSIENT_STATUS = frozenset({408, 425, 429, *range(500, 600)})
 _BEARER = re.compile(r"(?i)\bbearer\s+[^\s\"'\\,;]+")
 
 Progress = Literal["more", "finished", "stop"]
-
-
-class RemoteUnavailableError(RemoteError):
-    """The server cannot answer now: busy (429), failing (5xx), unreachable, or the connection dropped.
-
-    Trying again later may work (``caption_batch`` does, a few times); ``retry_after`` is the wait
-    in seconds the server asked for in its Retry-After header, if it did.
-    """
-
-    def __init__(self, message: str, status_code: int | None = None, retry_after: float | None = None):
-        super().__init__(message, status_code)
-        self.retry_after = retry_after
 
 
 class RemoteVLM(VLM):
