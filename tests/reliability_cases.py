@@ -20,6 +20,7 @@ THEMES = {
     "checkpoints": "Bad checkpoints",
     "generation": "Faults in generation",
     "sessions": "Long sessions",
+    "remote": "Remote servers and batches",
 }
 
 
@@ -65,6 +66,19 @@ CASES: tuple[Case, ...] = (
          "ImageError naming the accepted shapes; channels-first arrays get the transpose that fixes them"),
     Case("numpy-dtype", "images", "numpy arrays of dtype int64, uint16, bool, float outside 0..1, NaN",
          "ImageError naming the accepted dtypes and ranges"),
+    Case("closed-pil-image", "images", "a PIL image used after its `with Image.open(...)` block (a PNG, an "
+         "animated GIF) or after `.close()`, given to a model, to `VLMWidget(model, image=...)` and to `widget.image`",
+         "ImageError: the image was closed; reopen it, `.load()` or `.copy()` it inside the block, or pass the "
+         "path (before: a bare AssertionError, or ValueError 'Operation on closed image')"),
+    Case("empty-array", "images", "numpy arrays with no pixels: float (0, 4, 3) and (4, 0), uint8 (0, 4, 3)",
+         "ImageError: the image has no pixels (before, for floats: numpy's 'zero-size array' ValueError)"),
+    Case("float-pil-image", "images", "a PIL image of mode F holding 0..1, and one holding 0..255",
+         "read as 0..1, as a float numpy array is: the caption of the 8-bit picture; 0..255 is refused with "
+         "ImageError (divide by 255) (before: 0..1 was read as 0..255, a black picture)"),
+    Case("path-strings", "images", "a path with a 300-character file name; `~/name.png`; `http://` and "
+         "`https://` addresses; through the API and `%vlm_caption`",
+         "ImageError saying the name is longer than the file system allows (before: OSError); `~` is expanded "
+         "(the picture in the home folder is captioned); URLs are refused: download the picture first"),
     # Requests -------------------------------------------------------------------------------
     Case("empty-question", "requests", "an empty or white-space-only question, or one of only control characters",
          "RequestError: the question is empty"),
@@ -77,6 +91,10 @@ CASES: tuple[Case, ...] = (
          "max_new_tokens is cut to the room left: never a token past the context; a short answer is unchanged"),
     Case("control-characters", "requests", "a question with NUL, bell, escape, DEL and carriage returns",
          "the control characters are removed (tab and newline stay): the answer of the clean question"),
+    Case("object-control-characters", "requests", "Moondream `detect` and `point` with an object name holding "
+         "NUL, bell, escape and carriage returns; a name of nothing but them",
+         "cleaned as a question is: the boxes and points of the clean name (before: another point, silently); "
+         "RequestError 'Name the object to ...' for the empty name"),
     Case("special-tokens", "requests", "a question spelling the model's markup (`<image>`, `<|im_end|>`, ...)",
          "RequestError naming the tokens, before generating (the processor would see a second picture slot)"),
     Case("max-new-tokens", "requests", "max_new_tokens of 0, -1, 2.5, True, '8'",
@@ -88,6 +106,24 @@ CASES: tuple[Case, ...] = (
          "RequestError naming the family and its options"),
     Case("unknown-language", "requests", "Qwen2-VL captions in 'xx', '', None",
          "RequestError listing the known languages"),
+    Case("huge-seed", "requests", "seed uuid.uuid4().int (about 2**122), 2**64, 7 * 2**64 + 3, -1, with temperature 4",
+         "accepted: local models seed with it modulo 2**64 (as torch does with -1), so 7 * 2**64 + 3 samples "
+         "exactly as seed 3 (before: torch's 'Overflow when unpacking long long')"),
+    Case("tiny-temperature", "requests", "temperature 1e-38, 1e-300 and 5e-324 (the smallest float)",
+         "decoded greedily, since under 1e-5 the sample is the most likely token: the greedy answer, in every "
+         "family (before: torch's 'probability tensor contains inf, nan')"),
+    Case("widget-bad-choice", "requests", "`run(language='xx')` on a Qwen2-VL widget, `run(length='huge')` on a "
+         "Moondream widget, `run(prompt=5)`, `run(question=5)`",
+         "RequestError with the API's own message listing the choices, before any control changes; the next "
+         "run is exact (before: traitlets' TraitError)"),
+    Case("max-new-tokens-zero", "requests", "max_new_tokens 0 through `%vlm_caption --max-new-tokens 0`, "
+         "`widget.run(max_new_tokens=0)` and 0 typed into the widget's box",
+         "refused with the API's message, 'max_new_tokens must be at least 1, got 0', nothing generated "
+         "(before: the magic ran with 256, the widget with 1)"),
+    Case("bad-model-name", "requests", "`get_model` given None, 123, '', '   ' or a 300-character name; "
+         "`SmolVLM(123)`; `%vlm_caption --model` with a 300-character name",
+         "UnknownModelError: a model name is text, the name is empty, or unknown, with the known names "
+         "(before: AttributeError, OSError, or '' read as the current directory)"),
     # Checkpoints ----------------------------------------------------------------------------
     Case("missing-weights", "checkpoints", "a checkpoint directory without model.safetensors",
          "CheckpointError on load naming the weights and the directory"),
@@ -130,12 +166,65 @@ CASES: tuple[Case, ...] = (
          "every stream ends cancelled or finished, no worker thread left, the next answer exact"),
     Case("eight-threads", "generation", "8 threads asking one model at once (captions, questions, streams)",
          "served one at a time (never two forward passes at once); every answer right"),
+    Case("two-consumers", "generation", "one stream iterated by two threads at once; likewise when the model "
+         "fails mid-answer",
+         "each chunk goes to one thread, together they get the whole answer, and both end with it (or both "
+         "get the model's exception) (before: the second thread waited for ever)"),
     # Sessions -------------------------------------------------------------------------------
     Case("200-generations", "sessions", "200 generations on one model, streamed and not",
          "after the first 10, resident memory grows under 16 MB (measured: 2 to 4 MB) and the thread count "
          "returns to its level; every answer and the last one exact"),
     Case("200-widget-runs", "sessions", "200 runs of one widget",
          "the same bounds on memory and threads; every run shows the exact answer"),
+    # Remote servers and batches (tiny servers on 127.0.0.1) ------------------------------------
+    Case("key-in-server-text", "remote", "a server echoing `Bearer <api key>` in an HTTP error, an in-stream "
+         "error event, a chunk that is not a chat-completion chunk, an event that is not JSON; a 401 naming "
+         "another `Bearer` token",
+         "RemoteError with the key and any Bearer token shown as *** (before: the in-stream error and the odd "
+         "chunk showed the key)"),
+    Case("keep-alive-after-first-token", "remote", "after the first token, only `: keep-alive` comments or "
+         "empty chunks for longer than `timeout`; a slow answer longer than `timeout`, with a token every eighth of it",
+         "RemoteTimeoutError after `timeout` ('no more of the answer after 1 tokens'), the connection closed, "
+         "the first token delivered (before: kept alive for ever); the slow answer completes"),
+    Case("server-ignores-max-tokens", "remote", "a server streaming 2001 tokens to a request for 5; one that "
+         "sends 5, then its finish and usage; one that sends 5 and goes silent",
+         "5 tokens, finish reason 'length', the connection closed at the 6th (before: all 2001); the server's "
+         "own finish and usage are kept; silence after the bound ends the answer within 2 s, no error"),
+    Case("bad-base-url", "remote", "base_url with port 'abc' or 99999, no host, a user and password, "
+         "a ?query or #fragment, no scheme",
+         "RequestError saying how to write it, never showing the password (before: httpx's InvalidURL, or "
+         "the password in the model's name)"),
+    Case("invalid-text", "remote", "a server sending invalid UTF-8 bytes, an emoji as two escaped surrogate "
+         "halves in two chunks, a lone half",
+         "U+FFFD for the bad bytes and the lone half, the emoji joined; the batch writes the caption (before: a "
+         "lone half crashed its write with UnicodeEncodeError)"),
+    Case("huge-event", "remote", "a server sending an endless line, an event of 20 MB, an error body of 20 MB",
+         "RemoteError 'an event of more than 1,048,576 characters' once a mebibyte is buffered; the error "
+         "body is read to 64 kB and its message clipped; the connection closed"),
+    Case("batch-transient-failures", "remote", "a remote batch meeting 503, 429, 502 (Retry-After 0, 1 s, a "
+         "date, garbage), connections dropped before or during the answer; one picture always failing; a "
+         "server down for good; an error ending the run while two captions finish",
+         "each picture tried up to 3 times, waiting 1 s doubling or the Retry-After (capped at 30 s); every "
+         "caption kept; what still fails is in `failed`, listed once at the end; 5 failures in a row end the "
+         "run with RemoteError saying to run again (before: one 503 ended the run)"),
+    Case("batch-same-file-twice", "remote", "a second batch run on the output file of a run in progress",
+         "RequestError at once naming the file (the first holds a lock on it); each picture written once"),
+    Case("batch-bad-output", "remote", "out an existing folder, in a missing folder; out a picture, notes, "
+         "or a file with a line that is not a record",
+         "RequestError before any work (the command line shows it, not IsADirectoryError); a file a batch did "
+         "not write is left untouched (before: its last line was cut off)"),
+    Case("batch-crash-tail", "remote", "the output file ending in half a record, or in 4096 zero bytes "
+         "(what a crash can leave)",
+         "the tail is dropped and that picture captioned again; each picture once"),
+    Case("batch-concurrency", "remote", "concurrency 0, -1, True, 2.5, '4', 257, 10**9; concurrency 120",
+         "RequestError: a whole number from 1 to 256, before any work (before: 10**9 was taken, a thread "
+         "and a connection per picture); 120 requests in flight at once (before: httpx's pool held all but "
+         "100 back while their timeout ran)"),
+    Case("odd-answers", "remote", "a server answering 307 to another address; chunks carrying `\"error\": null`",
+         "RemoteError naming the address to use as base_url, the redirect not followed (before: 'did not answer "
+         "with a stream of events'); the chunks are read as the answer (before: 'reported an error: null')"),
+    Case("batch-bad-picture-once", "remote", "a picture that cannot be read, in a batch from the command line",
+         "reported once, after the bar ('failed: <path>: <why>'); the bar shows only the count (before: twice)"),
 )
 
 BY_ID: dict[str, Case] = {case.id: case for case in CASES}

@@ -98,8 +98,14 @@ def test_stats_and_no_stream(shell: InteractiveShell, capsys: pytest.CaptureFixt
         ("junk = b'not a picture'\n%vlm_caption junk", ImageError, "not an image"),
         ("%vlm_query img", RequestError, "question is empty"),
         ("%vlm_caption img --model no-such-model", KeyError, "Unknown model"),
+        ("%vlm_caption img --max-new-tokens 0", RequestError, "max_new_tokens must be at least 1, got 0."),
+        ('%vlm_query img "What shape?" --max-new-tokens 0', RequestError, "max_new_tokens must be at least 1"),
+        ("%vlm_caption https://example.com/cat.jpg", ImageError, "is a URL, and vlm-notebook does not download"),
+        (f"%vlm_caption {'x' * 300}.png", ImageError, "longer than the file system allows"),
+        (f"%vlm_caption img --model {'m' * 300}", KeyError, "Unknown model 'mmm"),
     ],
-    ids=["other-family-option", "unknown-flag", "missing-variable", "unreadable-image", "no-question", "bad-model"],
+    ids=["other-family-option", "unknown-flag", "missing-variable", "unreadable-image", "no-question", "bad-model",
+         "zero-tokens-caption", "zero-tokens-query", "url", "name-too-long", "model-name-too-long"],
 )
 def test_mistakes_are_clear_errors_and_the_next_magic_works(
     shell: InteractiveShell, capsys: pytest.CaptureFixture[str], cell: str, error: type, message: str
@@ -126,3 +132,14 @@ def test_help_lists_the_options(shell: InteractiveShell) -> None:
     assert help_text.startswith("::\n\n  %vlm_caption")
     for option in ("image", "--model", "--prompt", "--length", "--language", "--max-new-tokens", "--stats"):
         assert option in help_text
+
+
+@pytest.mark.timeout(60)
+def test_the_model_list_lines_up_in_columns(shell: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    _, out = run(shell, "%vlm_models", capsys)
+    header, *rows = out.splitlines()
+    starts = [header.index(title) for title in ("family", "loaded", "offline", "source")]
+    assert any(" moondream " in row for row in rows), "the longest family name is among the rows"
+    for row in rows:
+        for start in starts:
+            assert row[start - 1] == " " and row[start] != " ", f"a column starts at {start} in {row!r}"

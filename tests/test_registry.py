@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vlm_notebook import CheckpointError, UnknownModelError, get_model, known_models
+from vlm_notebook import CheckpointError, UnknownModelError, get_model, hub, known_models
 from vlm_notebook.models import SmolVLM
 from vlm_notebook.registry import resolve
 
@@ -60,3 +60,50 @@ def test_a_directory_of_another_family_is_refused(tmp_path: Path) -> None:
 def test_a_directory_without_config_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"config\.json"):
         SmolVLM(str(tmp_path))
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [(None, r"A model name is text \(a short name, a Hub id or a checkpoint directory\), got None"),
+     (123, "got 123"), (b"shapes-smolvlm", "got b'shapes-smolvlm'"), ("", "The model name is empty"),
+     (" \t", "The model name is empty")],
+    ids=["none", "number", "bytes", "empty", "blank"],
+)
+def test_a_name_that_is_not_text_or_is_empty_is_refused_with_the_known_names(name: object, message: str) -> None:
+    for find in (get_model, resolve):
+        with pytest.raises(UnknownModelError, match=message) as caught:
+            find(name)  # type: ignore[arg-type]
+        assert "Known names: smolvlm-256m" in str(caught.value)
+
+
+@pytest.mark.timeout(30)
+def test_an_empty_name_is_never_read_as_the_current_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "idefics3"}))
+    monkeypatch.chdir(tmp_path)  # a checkpoint directory, were "" read as a path
+    with pytest.raises(UnknownModelError, match="empty"):
+        get_model("")
+
+
+@pytest.mark.timeout(30)
+def test_a_checkpoint_directory_may_be_given_as_a_path_object() -> None:
+    shipped = Path(resolve("shapes-smolvlm").source)
+    assert resolve(shipped).name == "shapes-smolvlm"
+    assert isinstance(get_model(shipped), SmolVLM)
+
+
+@pytest.mark.timeout(30)
+def test_a_name_too_long_for_the_file_system_is_an_unknown_model_not_an_os_error() -> None:
+    with pytest.raises(UnknownModelError, match="Unknown model 'nnn"):
+        get_model("n" * 300)
+    assert not hub.is_available_offline("n" * 300)
+    with pytest.raises(CheckpointError, match="is not a Hub repository id"):
+        hub.checkpoint_directory("n" * 300 + "/model")
+
+
+@pytest.mark.timeout(30)
+def test_loading_a_name_that_cannot_be_a_hub_id_says_so() -> None:
+    model = SmolVLM("someone/not a repo")
+    with pytest.raises(CheckpointError, match="'someone/not a repo' is not a Hub repository id"):
+        model.load()
+    assert not model.loaded

@@ -287,3 +287,60 @@ def test_eight_threads_on_one_model_are_served_one_at_a_time(model: VLM) -> None
     assert len(set(scenes)) == 8
     assert answers == expected, "every caller got the right answer for its own picture"
     assert peak == 1, "never two forward passes at once"
+
+
+def read_from_two_threads(answer: TextStream) -> tuple[list[list[str]], list[BaseException]]:
+    """Iterate ``answer`` from two threads at once: the chunks each got, and what each raised."""
+    shares: list[list[str]] = [[], []]
+    raised: list[BaseException] = []
+    both_started = threading.Barrier(2)
+
+    def read(share: list[str]) -> None:
+        both_started.wait(10)
+        try:
+            share.extend(answer)
+        except BaseException as error:  # what each consumer meets is the test's subject
+            raised.append(error)
+
+    readers = [threading.Thread(target=read, args=(share,)) for share in shares]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join(30)
+    assert not any(reader.is_alive() for reader in readers), "both threads ended: neither waits for ever"
+    return shares, raised
+
+
+@covers("two-consumers")
+@pytest.mark.timeout(60)
+def test_two_threads_reading_one_stream_share_the_answer_and_both_end(model: VLM) -> None:
+    expected = list(streamed(model))
+    for _ in range(20):  # which thread gets the end varies from run to run
+        answer = streamed(model)
+        shares, raised = read_from_two_threads(answer)
+        assert not raised
+        assert sorted(shares[0] + shares[1]) == sorted(expected), "every chunk went to exactly one of them"
+        assert all(chunk in expected for share in shares for chunk in share)
+        assert answer.text == RED_CAPTION and answer.stats.finish_reason == "stop"
+    wait_for_no_workers()
+
+
+@covers("two-consumers")
+@pytest.mark.timeout(60)
+def test_two_threads_reading_one_failing_stream_both_get_the_exception(model: VLM) -> None:
+    fault = Injected("forward call 3 failed")
+    calls = 0
+
+    def fail(module: torch.nn.Module, args: object, output: object) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise fault
+
+    store_the_pictures_work(model)
+    with hook(head(model), fail, pre=False):
+        answer = streamed(model)
+        _, raised = read_from_two_threads(answer)
+    assert raised == [fault, fault], "each consumer learns the generation failed"
+    assert answer.stats.finish_reason == "error"
+    wait_for_no_workers()

@@ -16,8 +16,10 @@ from reliability_cases import covers
 from reliability_support import RED_CAPTION, assert_still_answers, encoded, picture
 
 from vlm_notebook import ImageError, load_image, shapes
+from vlm_notebook.magics import VLMMagics
 from vlm_notebook.models import Qwen2VL, SmolVLM
 from vlm_notebook.models.base import VLM
+from vlm_notebook.widgets import VLMWidget
 
 GREEN_TRIANGLE = shapes.Scene("triangle", "green", "gray")
 
@@ -212,10 +214,113 @@ def test_a_numpy_array_of_the_wrong_shape_is_refused(model: VLM, shape: tuple[in
         (np.zeros((8, 8, 3), dtype=np.int64), "uint8 .* or float .*got dtype int64"),
         (np.zeros((8, 8, 3), dtype=np.uint16), "got dtype uint16"),
         (np.zeros((8, 8), dtype=bool), "got dtype bool"),
-        (np.full((8, 8, 3), 255.0), "float numpy image must hold finite values between 0 and 1"),
+        (np.full((8, 8, 3), 255.0), r"A float image \(a float numpy array, .*\) must hold finite values between 0 and"),
         (np.full((8, 8, 3), np.nan), "finite values between 0 and 1"),
     ],
     ids=["int64", "uint16", "bool", "float-0-255", "nan"],
 )
 def test_a_numpy_array_of_the_wrong_dtype_is_refused(model: VLM, array: np.ndarray, message: str) -> None:
     refused(model, array, message)
+
+
+def closed_pictures(tmp_path: Path) -> list[Image.Image]:
+    """The red circle as a PNG and as an animated GIF, each used after its ``with`` block; and a
+    picture after ``close()``."""
+    picture().save(tmp_path / "red.png")
+    frames = [picture(), picture(GREEN_TRIANGLE)]
+    frames[0].save(tmp_path / "two.gif", save_all=True, append_images=frames[1:])
+    with Image.open(tmp_path / "red.png") as unread:
+        pass
+    with Image.open(tmp_path / "two.gif") as animated:
+        animated.load()
+    closed = picture()
+    closed.close()
+    return [unread, animated, closed]
+
+
+CLOSED = r"was closed before vlm-notebook could read its pixels.*reopen it.*or pass the file's path"
+
+
+@covers("closed-pil-image")
+@pytest.mark.timeout(60)
+def test_a_closed_pil_image_is_refused_with_what_to_do(model: VLM, tmp_path: Path) -> None:
+    for closed in closed_pictures(tmp_path):
+        refused(model, closed, CLOSED)
+    assert model.caption_with(tmp_path / "red.png") == RED_CAPTION, "the path, as the message says, works"
+
+
+@covers("closed-pil-image")
+@pytest.mark.timeout(60)
+def test_a_widget_refuses_a_closed_image_and_keeps_working(shapes_smolvlm: SmolVLM, tmp_path: Path) -> None:
+    for closed in closed_pictures(tmp_path):
+        with pytest.raises(ImageError, match=CLOSED):
+            VLMWidget(shapes_smolvlm, image=closed)
+    widget = VLMWidget(shapes_smolvlm, image=picture())
+    for closed in closed_pictures(tmp_path):
+        with pytest.raises(ImageError, match=CLOSED):
+            widget.image = closed
+    assert widget.run() and widget.wait(30) == RED_CAPTION, "the widget kept its picture and works"
+    widget.close()
+    assert_still_answers(shapes_smolvlm)
+
+
+@covers("empty-array")
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("shape", "dtype"), [((0, 4, 3), np.float32), ((4, 0), np.float64), ((0, 4, 3), np.uint8)],
+    ids=["float-rows", "float-columns", "uint8"],
+)
+def test_an_array_without_pixels_is_refused(model: VLM, shape: tuple[int, ...], dtype: type) -> None:
+    refused(model, np.zeros(shape, dtype=dtype), r"The image has no pixels \(\d+x\d+\)")
+
+
+@covers("float-pil-image")
+@pytest.mark.timeout(60)
+def test_a_float_pil_image_is_read_as_0_to_1_like_a_float_array(model: VLM) -> None:
+    gray = picture().convert("L")
+    levels = np.asarray(gray, dtype=np.float32) / 255.0
+    assert model.caption_with(Image.fromarray(levels, mode="F")) == model.caption_with(gray)
+    assert np.array_equal(np.asarray(load_image(Image.fromarray(levels, mode="F"))), np.asarray(load_image(levels)))
+    refused(model, Image.fromarray(levels * 255.0, mode="F"), r"between 0 and 1: divide values of 0\.\.255 by 255")
+
+
+@covers("path-strings")
+@pytest.mark.timeout(60)
+def test_a_path_too_long_for_the_file_system_is_refused(model: VLM, tmp_path: Path) -> None:
+    refused(model, str(tmp_path / ("photo" * 60 + ".png")), "a file or folder name in it is longer than the file")
+
+
+@covers("path-strings")
+@pytest.mark.timeout(60)
+def test_a_path_in_the_home_folder_written_with_a_tilde_is_read(
+    model: VLM, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    picture().save(tmp_path / "red circle.png")
+    assert model.caption_with("~/red circle.png") == RED_CAPTION
+
+
+@covers("path-strings")
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("url", ["http://example.com/photo.jpg", "https://example.com/photo.jpg"])
+def test_a_url_is_refused_with_the_advice_to_download_it(model: VLM, url: str) -> None:
+    refused(model, url, rf"'{url}' is a URL, and vlm-notebook does not download pictures: download it first")
+
+
+@covers("path-strings")
+@pytest.mark.timeout(60)
+def test_the_caption_magic_gives_the_same_refusals_and_reads_a_tilde_path(
+    shapes_smolvlm: SmolVLM, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    magics = VLMMagics(shell=None)
+    magics._models[("smolvlm", shapes_smolvlm.entry.source)] = shapes_smolvlm  # the loaded model, not a new one
+    magics.default_model = "shapes-smolvlm"
+    long_path = str(tmp_path / ("photo" * 60 + ".png"))
+    with pytest.raises(ImageError, match="longer than the file system allows"):
+        magics.vlm_caption(long_path)
+    with pytest.raises(ImageError, match=r"is a URL.*download it first"):
+        magics.vlm_caption("https://example.com/photo.jpg")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    picture().save(tmp_path / "red.png")
+    assert magics.vlm_caption("~/red.png") == RED_CAPTION
+    assert_still_answers(shapes_smolvlm)

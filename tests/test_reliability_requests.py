@@ -4,16 +4,20 @@ and the same loaded model answers the next good request exactly."""
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from reliability_cases import covers
 from reliability_support import RED_CAPTION, assert_still_answers, picture
 
-from vlm_notebook import RequestError
-from vlm_notebook.models import Qwen2VL, SmolVLM
+from vlm_notebook import RequestError, UnknownModelError, get_model
+from vlm_notebook.magics import VLMMagics
+from vlm_notebook.models import Moondream, Qwen2VL, SmolVLM
 from vlm_notebook.models.base import VLM
+from vlm_notebook.options import MIN_SAMPLING_TEMPERATURE, GenerationOptions
 from vlm_notebook.widgets import VLMWidget
 
 LONG_QUESTION = "What colour is the shape? " * 400  # about 2800 tokens
@@ -169,3 +173,163 @@ def test_an_unknown_language_is_refused_with_the_known_ones(shapes_qwen2vl: Qwen
         lambda stream: shapes_qwen2vl.caption_with(picture(), stream=stream, options={"language": language}), message
     )
     assert_still_answers(shapes_qwen2vl)
+
+
+@pytest.fixture(scope="module")
+def shapes_moondream() -> Moondream:
+    model = Moondream("shapes-moondream")
+    model.load()
+    return model
+
+
+def sample(model: VLM, seed: int, stream: bool = False) -> str:
+    """Eight tokens sampled at temperature 4, where the seed decides them (see the test below)."""
+    answer = model.caption_with(picture(), stream=stream, temperature=4.0, seed=seed, max_new_tokens=8)
+    return answer if isinstance(answer, str) else "".join(answer)
+
+
+@covers("huge-seed")
+@pytest.mark.timeout(120)
+def test_a_seed_of_any_size_samples_as_that_seed_modulo_2_to_the_64(model: VLM) -> None:
+    assert len({sample(model, seed) for seed in range(4)}) > 1, "at this temperature the seed matters"
+    assert sample(model, 7 * 2**64 + 3) == sample(model, 3)
+    assert sample(model, 2**64) == sample(model, 0)
+    assert sample(model, -1) == sample(model, 2**64 - 1), "as torch reads a negative seed"
+    big = uuid.uuid4().int
+    assert sample(model, big) == sample(model, big, stream=True) == sample(model, big % 2**64)
+
+
+@covers("tiny-temperature")
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("temperature", [1e-38, 1e-300, 5e-324], ids=["1e-38", "1e-300", "smallest"])
+def test_a_tiny_temperature_gives_the_greedy_answer(model: VLM, temperature: float) -> None:
+    question = "What colour is the shape? Answer in Japanese."
+    greedy = model.query(picture(), question)
+    assert model.query(picture(), question, temperature=temperature, seed=1) == greedy
+    assert "".join(model.query(picture(), question, stream=True, temperature=temperature)) == greedy
+    assert GenerationOptions(temperature=temperature).greedy
+
+
+@covers("tiny-temperature")
+@pytest.mark.timeout(60)
+def test_the_smallest_temperature_that_samples_still_works(model: VLM) -> None:
+    assert not GenerationOptions(temperature=MIN_SAMPLING_TEMPERATURE).greedy
+    assert model.caption_with(picture(), temperature=MIN_SAMPLING_TEMPERATURE, seed=5) == RED_CAPTION
+
+
+@covers("widget-bad-choice")
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("family", "option", "value"),
+    [("qwen2vl", "language", "xx"), ("qwen2vl", "language", None), ("moondream", "length", "huge"),
+     ("moondream", "length", 3)],
+    ids=["language-xx", "language-none", "length-huge", "length-3"],
+)
+def test_a_widget_refuses_a_choice_the_family_lacks_as_the_api_does(
+    request: pytest.FixtureRequest, family: str, option: str, value: Any
+) -> None:
+    model: VLM = request.getfixturevalue(f"shapes_{family}")
+    with pytest.raises(RequestError) as api:
+        model.caption_with(picture(), options={option: value})
+    widget = VLMWidget(model, image=picture())
+    before = widget.options[option].value
+    with pytest.raises(RequestError) as refused:
+        widget.run(max_new_tokens=5, **{option: value})
+    assert str(refused.value) == str(api.value), "the widget says what the API says"
+    assert ", ".join(widget.options[option].options) in str(refused.value), "it lists the choices"
+    assert widget.options[option].value == before and widget.max_new_tokens.value == 256, "no control changed"
+    assert not widget.running
+    assert widget.run() and widget.wait(30) == RED_CAPTION, "the widget still works"
+    widget.close()
+    assert_still_answers(model)
+
+
+@covers("widget-bad-choice")
+@pytest.mark.timeout(60)
+def test_a_widget_refuses_a_question_or_prompt_that_is_not_text(shapes_smolvlm: SmolVLM) -> None:
+    widget = VLMWidget(shapes_smolvlm, image=picture())
+    with pytest.raises(RequestError, match="The caption option prompt must be text, got a int"):
+        widget.run(prompt=5)
+    with pytest.raises(RequestError) as refused:
+        widget.run(5)  # type: ignore[arg-type]
+    with pytest.raises(RequestError) as api:
+        shapes_smolvlm.query(picture(), 5)  # type: ignore[call-overload]
+    assert str(refused.value) == str(api.value) == "The question must be text, got a int."
+    assert widget.mode.value == "caption" and not widget.running
+    assert widget.run(prompt=None) and widget.wait(30) == RED_CAPTION, "None: the family's default prompt"
+    widget.close()
+    assert_still_answers(shapes_smolvlm)
+
+
+def magics_on(model: VLM) -> VLMMagics:
+    """The magics without a notebook, serving ``model`` (already loaded) as the default model."""
+    magics = VLMMagics(shell=None)
+    magics._models[(model.family, model.entry.source)] = model
+    magics.default_model = model.name
+    return magics
+
+
+@covers("max-new-tokens-zero")
+@pytest.mark.timeout(60)
+def test_max_new_tokens_of_0_is_refused_alike_by_the_api_the_magics_and_the_widget(
+    shapes_smolvlm: SmolVLM, tmp_path: Path
+) -> None:
+    message = "max_new_tokens must be at least 1, got 0."
+    with pytest.raises(RequestError) as api:
+        shapes_smolvlm.caption(picture(), max_new_tokens=0)
+    assert str(api.value) == message
+    picture().save(tmp_path / "red.png")
+    magics = magics_on(shapes_smolvlm)
+    calls: list[Callable[[], object]] = [
+        lambda: magics.vlm_caption(f"{tmp_path}/red.png --max-new-tokens 0"),
+        lambda: magics.vlm_query(f"{tmp_path}/red.png 'What shape is it?' --max-new-tokens 0"),
+    ]
+    for call in calls:
+        with pytest.raises(RequestError) as refused:
+            call()
+        assert str(refused.value) == message
+    assert magics.vlm_caption(f"{tmp_path}/red.png --max-new-tokens 3") == shapes_smolvlm.caption(
+        picture(), max_new_tokens=3
+    )
+
+    widget = VLMWidget(shapes_smolvlm, image=picture())
+    with pytest.raises(RequestError) as refused:
+        widget.run(max_new_tokens=0)
+    assert str(refused.value) == message and widget.max_new_tokens.value == 256
+    widget.max_new_tokens.set_state({"value": 0})  # typed into the box: what the browser sends
+    assert widget.max_new_tokens.value == 0, "kept as typed, not turned into 1"
+    assert not widget.run() and widget.message.value == message and not widget.running
+    widget.max_new_tokens.set_state({"value": 3})
+    assert widget.run() and widget.wait(30) == shapes_smolvlm.caption(picture(), max_new_tokens=3)
+    assert widget.message.value == ""
+    widget.close()
+    assert_still_answers(shapes_smolvlm)
+
+
+@covers("bad-model-name")
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [(None, "A model name is text .*got None"), (123, "A model name is text .*got 123"),
+     ("", "The model name is empty"), ("   ", "The model name is empty"), ("m" * 300, "Unknown model 'mmm")],
+    ids=["none", "number", "empty", "blank", "300-characters"],
+)
+def test_a_model_name_that_names_nothing_is_refused_with_the_known_names(name: Any, message: str) -> None:
+    with pytest.raises(UnknownModelError, match=message) as caught:
+        get_model(name)
+    assert "Known names: smolvlm-256m" in str(caught.value) and "shapes-smolvlm" in str(caught.value)
+
+
+@covers("bad-model-name")
+@pytest.mark.timeout(60)
+def test_a_family_class_and_the_magics_refuse_a_name_that_names_nothing(
+    shapes_smolvlm: SmolVLM, tmp_path: Path
+) -> None:
+    with pytest.raises(UnknownModelError, match=r"A model name is text .*got 123.*Known names: smolvlm-256m"):
+        SmolVLM(123)  # type: ignore[arg-type]
+    picture().save(tmp_path / "red.png")
+    magics = magics_on(shapes_smolvlm)
+    with pytest.raises(UnknownModelError, match="Unknown model 'mmm"):
+        magics.vlm_caption(f"{tmp_path}/red.png --model {'m' * 300}")
+    assert magics.vlm_caption(f"{tmp_path}/red.png") == RED_CAPTION
+    assert_still_answers(shapes_smolvlm)

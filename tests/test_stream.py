@@ -171,3 +171,55 @@ def test_the_summary_shows_the_rate_so_far_while_running_and_the_final_rate_afte
     stats.end_time = 3.0
     assert stats.summary() == "TTFT 0.50 s · 3 tokens · 1.0 tokens/s"
     assert StreamStats().summary() == "TTFT - · 0 tokens · - tokens/s"
+
+
+def iterate_from_two_threads(stream: TextStream) -> tuple[list[list[str]], list[BaseException]]:
+    shares: list[list[str]] = [[], []]
+    raised: list[BaseException] = []
+
+    def read(share: list[str]) -> None:
+        try:
+            for chunk in stream:
+                share.append(chunk)
+        except BaseException as error:  # what each thread meets is under test
+            raised.append(error)
+
+    readers = [threading.Thread(target=read, args=(share,)) for share in shares]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join(10)
+    assert not any(reader.is_alive() for reader in readers), "neither thread waits for ever"
+    return shares, raised
+
+
+@pytest.mark.timeout(60)
+def test_two_threads_iterating_one_stream_share_its_chunks_and_both_end() -> None:
+    chunks = [f"{index} " for index in range(40)]
+    for delay in (0.0, 0.001):  # a queue that fills faster than it is read, and one that waits
+        for _ in range(25):
+            stream = TextStream(producer_of(list(chunks), delay=delay))
+            shares, raised = iterate_from_two_threads(stream)
+            assert raised == []
+            assert sorted(shares[0] + shares[1]) == sorted(chunks), "each chunk to exactly one thread"
+            assert all(share == sorted(share, key=chunks.index) for share in shares), "each in order"
+            assert next(stream, None) is None and stream.stats.finish_reason == "stop"
+
+
+@pytest.mark.timeout(60)
+def test_two_threads_iterating_a_failing_stream_both_get_its_exception() -> None:
+    failure = RuntimeError("the model broke")
+
+    def produce(sink: TokenSink) -> None:
+        for chunk in "abcdef":
+            sink.put_token(chunk)
+        raise failure
+
+    for _ in range(25):
+        stream = TextStream(produce)
+        shares, raised = iterate_from_two_threads(stream)
+        assert raised == [failure, failure], "the failure is never hidden behind a plain end"
+        assert "".join(sorted(shares[0] + shares[1])) == "abcdef"
+        with pytest.raises(RuntimeError) as again:
+            next(stream)
+        assert again.value is failure, "a failed stream keeps saying so"

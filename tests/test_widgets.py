@@ -458,3 +458,27 @@ def test_the_preview_is_hidden_until_there_is_a_picture_and_the_upload_has_a_too
     widget = SmolVLMWidget(shapes_smolvlm)
     assert widget.preview.layout.display == "none" and widget.upload.tooltip
     widget.close()
+
+
+@pytest.mark.timeout(60)
+def test_zero_typed_as_max_tokens_is_refused_at_run_with_the_apis_message(shapes_smolvlm: SmolVLM) -> None:
+    widget = SmolVLMWidget(shapes_smolvlm, image=picture())
+    widget.max_new_tokens.set_state({"value": 0})  # as the browser sends what was typed
+    widget.run_button.click()
+    assert widget.message.value == "max_new_tokens must be at least 1, got 0." and not widget.running
+    assert widget.output.outputs == () and widget.stats is None, "nothing started"
+    widget.max_new_tokens.set_state({"value": 2})
+    widget.run_button.click()
+    assert widget.wait(30) == shapes_smolvlm.caption(picture(), max_new_tokens=2) and widget.message.value == ""
+    widget.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_refused_run_changes_no_control(shapes_smolvlm: SmolVLM) -> None:
+    widget = SmolVLMWidget(shapes_smolvlm, image=picture())
+    for bad in ({"max_new_tokens": 0}, {"max_new_tokens": 2.5}, {"prompt": 5}):
+        with pytest.raises(RequestError):
+            widget.run("What shape is it?", **bad)
+    assert widget.mode.value == "caption" and widget.question.value == "" and widget.options["prompt"].value == ""
+    assert widget.max_new_tokens.value == 256 and not widget.running
+    widget.close()

@@ -5,9 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from huggingface_hub import snapshot_download
-from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+)
 
 from .errors import CheckpointError, CheckpointNotAvailableError
+from .registry import is_directory
 
 #: The files a checkpoint needs; nothing else is downloaded (and no Python code ever is).
 CHECKPOINT_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"]
@@ -16,8 +22,8 @@ CHECKPOINT_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"]
 def checkpoint_directory(source: str, revision: str | None = None, *, shipped: bool = False) -> Path:
     """The local directory holding ``source``: the directory itself, or the Hub snapshot of that id."""
     path = Path(source).expanduser()
-    if shipped or path.is_dir():
-        if not path.is_dir():
+    if shipped or is_directory(source):
+        if not is_directory(source):
             raise CheckpointError(f"The checkpoint directory {source!r} does not exist.")
         return path
     return _hub_snapshot(source, revision)
@@ -25,7 +31,7 @@ def checkpoint_directory(source: str, revision: str | None = None, *, shipped: b
 
 def is_available_offline(source: str, revision: str | None = None) -> bool:
     """True when ``source`` is a directory or its Hub snapshot is already in the local cache."""
-    if Path(source).expanduser().is_dir():
+    if is_directory(source):
         return True
     try:
         snapshot_download(source, revision=revision, local_files_only=True, allow_patterns=CHECKPOINT_FILES)
@@ -40,6 +46,8 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
         return Path(cached)
     except LocalEntryNotFoundError:
         pass
+    except HFValidationError as error:
+        raise CheckpointError(f"{repo_id!r} is not a Hub repository id ({error}).") from None
     try:
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=CHECKPOINT_FILES))
     except RepositoryNotFoundError:

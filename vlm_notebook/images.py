@@ -6,6 +6,7 @@ that says what to do.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import warnings
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
 
@@ -26,13 +27,20 @@ MAX_PIXELS = 64_000_000
 def load_image(image: Any, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Return ``image`` as an RGB PIL image, upright as a viewer shows it.
 
-    Accepts a PIL image, a path, raw encoded bytes (PNG, JPEG, ...), or a numpy array of shape
-    (H, W), (H, W, 3) or (H, W, 4) with dtype uint8 (0..255) or float (0..1).
+    Accepts a PIL image, a path (``~`` is expanded; URLs are refused: download the file first),
+    raw encoded bytes (PNG, JPEG, ...), or a numpy array of shape (H, W), (H, W, 3) or (H, W, 4)
+    with dtype uint8 (0..255) or float (0..1). Floats mean 0..1 wherever they come from: a PIL
+    image of mode "F" is read as a float array is.
     """
     if isinstance(image, Image.Image):
-        picture = image
+        picture = _open_pil(image)
+    elif isinstance(image, str) and is_url(image):
+        raise ImageError(
+            f"{_shown(image)} is a URL, and vlm-notebook does not download pictures: download it first "
+            "(for example urllib.request.urlretrieve(url, 'photo.jpg')) and pass the file's path, or pass its bytes."
+        )
     elif isinstance(image, (str, os.PathLike)):
-        picture = _open_path(Path(image), max_pixels)
+        picture = _open_path(Path(image).expanduser(), max_pixels)
     elif isinstance(image, (bytes, bytearray, memoryview)):
         picture = _open_bytes(bytes(image), "the bytes given", max_pixels)
     elif isinstance(image, np.ndarray):
@@ -43,13 +51,54 @@ def load_image(image: Any, max_pixels: int = MAX_PIXELS) -> Image.Image:
             "the encoded bytes of an image file, or a numpy array."
         )
     _check_size(picture, max_pixels)
-    return _to_rgb(picture)
+    try:
+        return _to_rgb(picture)
+    except ImageError:
+        raise
+    except ValueError as error:  # Pillow's "Operation on closed image", from a frame count or a pixel read
+        if "closed" in str(error):
+            raise ImageError(_CLOSED) from None
+        raise ImageError(f"The image cannot be converted to RGB ({error}).") from None
+
+
+def is_url(text: str) -> bool:
+    """True for an http(s) address, which is never read as a file name."""
+    return text.strip().lower().startswith(("http://", "https://"))
+
+
+_CLOSED = (
+    "The PIL image was closed before vlm-notebook could read its pixels (for example, it is used after its "
+    "`with Image.open(...)` block): reopen it, call .load() or .copy() inside the block, or pass the file's path."
+)
+
+
+def _open_pil(picture: Image.Image) -> Image.Image:
+    # Pillow itself fails on such an image with a bare AssertionError, deep in its loader.
+    if isinstance(picture, ImageFile.ImageFile) and picture.tile and picture.fp is None:
+        raise ImageError(_CLOSED)  # opened from a file that was closed before the pixels were read
+    return picture
 
 
 def _open_path(path: Path, max_pixels: int) -> Image.Image:
-    if not path.is_file():
-        raise ImageError(f"No image file at {str(path)!r}: check the path.")
-    return _open_bytes(path.read_bytes(), repr(str(path)), max_pixels)
+    try:
+        if not path.is_file():
+            raise ImageError(f"No image file at {_shown(str(path))}: check the path.")
+        data = path.read_bytes()
+    except OSError as error:
+        hint = (
+            "a file or folder name in it is longer than the file system allows (255 bytes): check the path"
+            if error.errno == errno.ENAMETOOLONG
+            else f"{error.strerror or error}"
+        )
+        raise ImageError(f"Cannot read an image file at {_shown(str(path))}: {hint}.") from None
+    return _open_bytes(data, _shown(str(path)), max_pixels)
+
+
+def _shown(text: str, limit: int = 120) -> str:
+    """``text`` quoted for a message, its middle cut when it is long (a path of thousands of characters)."""
+    if len(text) <= limit:
+        return repr(text)
+    return repr(text[: limit // 2] + "…" + text[-limit // 4 :])
 
 
 def _open_bytes(data: bytes, what: str, max_pixels: int) -> Image.Image:
@@ -105,11 +154,16 @@ def _from_array(array: np.ndarray) -> Image.Image:
             f"A numpy image must have shape (H, W), (H, W, 3) or (H, W, 4), channels last; got {array.shape}"
             + (": move the channels last with array.transpose(1, 2, 0)." if _channels_first(array) else ".")
         )
+    if array.size == 0:  # before min() and max(), which have nothing to reduce
+        raise ImageError(f"The image has no pixels ({array.shape[1]}x{array.shape[0]}).")
     if array.dtype == np.uint8:
         return Image.fromarray(np.ascontiguousarray(array))
     if np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all() or array.min() < 0.0 or array.max() > 1.0:
-            raise ImageError("A float numpy image must hold finite values between 0 and 1.")
+            raise ImageError(
+                "A float image (a float numpy array, or a PIL image of mode F) must hold finite values between "
+                "0 and 1: divide values of 0..255 by 255."
+            )
         return Image.fromarray(np.round(array * 255.0).astype(np.uint8))
     raise ImageError(
         f"A numpy image must be uint8 (0..255) or float (0..1); got dtype {array.dtype}."
@@ -128,6 +182,8 @@ def _to_rgb(picture: Image.Image) -> Image.Image:
         rgba = picture.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
+    if picture.mode == "F":  # 32-bit floats: 0..1, as in a float numpy array (Pillow would read 0..255)
+        return _from_array(np.asarray(picture)).convert("RGB")
     if picture.mode in ("I;16", "I;16B", "I;16L", "I"):
         scaled = np.asarray(picture, dtype=np.float64) / 65535.0
         return Image.fromarray(np.round(np.clip(scaled, 0, 1) * 255).astype(np.uint8)).convert("RGB")

@@ -23,6 +23,7 @@ from traitlets import Integer, Unicode
 
 from . import hub, registry
 from .errors import ImageError, RequestError
+from .images import is_url
 from .models.base import VLM
 from .stream import StreamStats, TextStream
 
@@ -92,7 +93,7 @@ class VLMMagics(Magics):
             model.caption_with,
             self._image(args.image),
             options={name: value for name, value in options.items() if value is not None},
-            max_new_tokens=args.max_new_tokens or self.max_new_tokens,
+            max_new_tokens=self._max_new_tokens(args),
         )
         return self._answer(call, args)
 
@@ -116,7 +117,7 @@ class VLMMagics(Magics):
             model.query,
             self._image(args.image),
             question,
-            max_new_tokens=args.max_new_tokens or self.max_new_tokens,
+            max_new_tokens=self._max_new_tokens(args),
         )
         return self._answer(call, args)
 
@@ -124,12 +125,14 @@ class VLMMagics(Magics):
     def vlm_models(self, line: str = "") -> None:
         """List the known model names: family, whether loaded in this kernel, whether available offline."""
         loaded = {model.entry.name for model in self._models.values()}
-        print(f"{'name':16} {'family':8} {'loaded':7} {'offline':8} source")
+        rows = [("name", "family", "loaded", "offline", "source")]
         for entry in registry.known_models():
             offline = "yes" if hub.is_available_offline(entry.source) else "no"
             source = "shipped with vlm-notebook" if entry.shipped else entry.source
-            mark = "yes" if entry.name in loaded else "no"
-            print(f"{entry.name:16} {entry.family:8} {mark:7} {offline:8} {source}")
+            rows.append((entry.name, entry.family, "yes" if entry.name in loaded else "no", offline, source))
+        widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
+        for row in rows:  # each column as wide as its longest value, so every row lines up
+            print(" ".join(value.ljust(width) for value, width in zip(row[:-1], widths, strict=True)), row[-1])
 
     def model(self, name: str | None = None) -> VLM:
         """The model for ``name`` (default ``default_model``), loaded once per kernel and reused."""
@@ -140,6 +143,11 @@ class VLMMagics(Magics):
             model.load()
             self._models[key] = model
         return self._models[key]
+
+    def _max_new_tokens(self, args: Any) -> int:
+        # Not `args.max_new_tokens or ...`: 0 must reach the model, which refuses it as the API does.
+        value: int = self.max_new_tokens if args.max_new_tokens is None else args.max_new_tokens
+        return value
 
     def _parse(self, magic: Callable[..., Any], line: str) -> Any:
         parser = magic.parser  # type: ignore[attr-defined]
@@ -155,9 +163,9 @@ class VLMMagics(Magics):
         namespace = self.shell.user_ns if self.shell is not None else {}
         if name in namespace:
             return namespace[name]
-        if not Path(name).expanduser().exists():
+        if not is_url(name) and _nothing_at(Path(name).expanduser()):
             raise ImageError(f"No variable or file named {name!r}: define the variable first, or give a file path.")
-        return Path(name).expanduser()
+        return name  # load_image opens it, or says why not (a URL, a name too long for the file system)
 
     def _answer(self, call: Callable[..., str | TextStream], args: Any) -> Answer:
         stream = call(stream=True)
@@ -175,6 +183,15 @@ class VLMMagics(Magics):
             print(stream.stats.summary())
         sys.stdout.flush()
         return Answer(text, stream.stats, self.shell.execution_count if self.shell is not None else None)
+
+
+def _nothing_at(path: Path) -> bool:
+    """True when the file system says nothing is there; a path it cannot look up at all (a name over
+    255 bytes) is left to ``load_image``, which says what is wrong with it."""
+    try:
+        return not path.exists()
+    except (OSError, ValueError):
+        return False
 
 
 def _unquote(text: str) -> str:

@@ -10,11 +10,21 @@ from dataclasses import dataclass, replace
 from .errors import RequestError
 
 DEFAULT_MAX_NEW_TOKENS = 256
+#: Temperatures below this decode greedily. Their sample is the most likely token anyway, and
+#: dividing logits by them overflows float32 to inf, which makes sampling fail (vLLM does the same).
+MIN_SAMPLING_TEMPERATURE = 1e-5
+#: torch's generators take 64-bit seeds; any whole number is reduced modulo this (see ``generator_seed``).
+SEED_MODULUS = 2**64
 
 
 @dataclass(frozen=True)
 class GenerationOptions:
-    """Greedy decoding unless ``temperature`` > 0; ``seed`` makes sampling repeatable."""
+    """Greedy decoding unless ``temperature`` > 0; ``seed`` makes sampling repeatable.
+
+    A temperature under ``MIN_SAMPLING_TEMPERATURE`` (1e-5) decodes greedily. ``seed`` may be any
+    whole number (``uuid.uuid4().int`` too): local models seed with it modulo 2**64, as torch does
+    with negative seeds, so seeds that differ by a multiple of 2**64 give the same sample.
+    """
 
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     temperature: float = 0.0
@@ -39,7 +49,12 @@ class GenerationOptions:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < MIN_SAMPLING_TEMPERATURE
+
+    @property
+    def generator_seed(self) -> int | None:
+        """The seed for a torch generator: ``seed`` modulo 2**64 (torch refuses 2**64 and above)."""
+        return None if self.seed is None else self.seed % SEED_MODULUS
 
 
 def clean_question(question: str) -> str:
@@ -89,3 +104,8 @@ def fit_to_context(options: GenerationOptions, prompt_tokens: int, context_token
             f"shorten it by at least {1 - room} tokens, or use a smaller picture."
         )
     return replace(options, max_new_tokens=min(options.max_new_tokens, room))
+
+#: ``device=`` values; ``vlm_notebook.runtime`` resolves them when a model is made.
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+#: ``dtype=`` values.
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import CheckpointError, UnknownModelError
+from .errors import CheckpointError, RequestError, UnknownModelError
 
 if TYPE_CHECKING:
     from .models.base import VLM
@@ -98,13 +99,14 @@ def known_models(family: str | None = None) -> list[ModelEntry]:
     return [entry for entry in _ENTRIES.values() if family in (None, entry.family)]
 
 
-def resolve(name: str, family: str | None = None) -> ModelEntry:
+def resolve(name: str | os.PathLike[str], family: str | None = None) -> ModelEntry:
     """Find what ``name`` means: a short name, a known Hub id, a directory, or (given a family) any Hub id."""
+    name = _checked_name(name, family)
     entry = _ENTRIES.get(name) or next((e for e in _ENTRIES.values() if e.source == name), None)
     if entry is None and name.startswith(REMOTE_PREFIX):
         parse_remote_name(name)  # refuses a malformed name with the expected form
         entry = ModelEntry(name, "remote", name, "a model on an OpenAI-compatible server")
-    if entry is None and Path(name).expanduser().is_dir():
+    if entry is None and is_directory(name):
         directory = Path(name).expanduser().resolve()
         entry = ModelEntry(name, family_of_directory(directory), str(directory))
     if entry is None and family is not None and _looks_like_hub_id(name):
@@ -119,12 +121,21 @@ def resolve(name: str, family: str | None = None) -> ModelEntry:
     return entry
 
 
-def get_model(name: str) -> VLM:
-    """Build (without loading) the model ``name`` refers to, whatever its family."""
+def get_model(name: str | os.PathLike[str], *, device: str = "auto", dtype: str = "auto") -> VLM:
+    """Build (without loading) the model ``name`` refers to, whatever its family, to run on ``device``
+    in ``dtype`` (see ``vlm_notebook.runtime``). A remote model runs where its server runs: for it
+    both stay "auto"."""
     entry = resolve(name)
     module_name, class_name = FAMILIES[entry.family].split(":")
     family_class = getattr(importlib.import_module(module_name), class_name)
-    model: VLM = family_class(name)
+    if entry.family == "remote":
+        if (device, dtype) != ("auto", "auto"):
+            raise RequestError(
+                f"{name!r} runs on its server, which chooses the device and number format: leave device "
+                "and dtype as 'auto' (or start the server with the settings you want)."
+            )
+        return family_class(name)  # type: ignore[no-any-return]
+    model: VLM = family_class(name, device=device, dtype=dtype)
     return model
 
 
@@ -162,12 +173,40 @@ def family_of_directory(directory: Path) -> str:
     return MODEL_TYPES[model_type]
 
 
+def _checked_name(name: object, family: str | None) -> str:
+    """``name`` as text; a name that is not text, or is empty, is refused before it can mean anything
+    (an empty path is the current directory)."""
+    if isinstance(name, os.PathLike):
+        name = os.fspath(name)
+    if not isinstance(name, str):
+        raise UnknownModelError(
+            f"A model name is text (a short name, a Hub id or a checkpoint directory), got {name!r}. "
+            + _known(family)
+        )
+    if not name.strip():
+        raise UnknownModelError(f"The model name is empty. {_known(family)}")
+    return name
+
+
+def is_directory(name: str) -> bool:
+    """Whether ``name`` (``~`` expanded) is a directory; False for what no file system could hold
+    (a component over 255 bytes, a NUL), which ``Path.is_dir`` would raise OSError for."""
+    try:
+        return Path(name).expanduser().is_dir()
+    except (OSError, ValueError):
+        return False
+
+
 def _looks_like_hub_id(name: str) -> bool:
     parts = name.split("/")
     return len(parts) == 2 and all(parts) and not name.startswith((".", "~"))
 
 
 def _unknown_message(name: str, family: str | None) -> str:
-    names = ", ".join(entry.name for entry in known_models(family))
     hint = "" if family else " For another Hub checkpoint, pass its id to its family's class: SmolVLM('org/name')."
-    return f"Unknown model {name!r}. Known names: {names}; or give a checkpoint directory.{hint}"
+    return f"Unknown model {name!r}. {_known(family)}{hint}"
+
+
+def _known(family: str | None) -> str:
+    names = ", ".join(entry.name for entry in known_models(family))
+    return f"Known names: {names}; or give a checkpoint directory."

@@ -5,7 +5,10 @@ Contract:
 - Generation runs on a worker thread; creating a stream returns at once.
 - Iterating yields text chunks as tokens are generated: one chunk per token that completes
   at least one character, never part of a UTF-8 character, never an empty string.
-- An exception raised by the producer is re-raised, as the same object, to the consumer.
+- An exception raised by the producer is re-raised, as the same object, to the consumer, and
+  again on every later ``next()`` (a stream that failed never looks finished).
+- Several threads may iterate one stream: each chunk goes to one of them, and every one of them
+  ends (StopIteration, or the producer's exception) when the generation does: none waits for ever.
 - ``cancel()`` asks the producer to stop; generation ends at the next token. A KeyboardInterrupt
   while iterating cancels the worker before it propagates. Leaving a ``with`` block, exhausting
   the stream, or dropping it cancels and ends the worker thread.
@@ -49,6 +52,8 @@ class StreamStats:
     image_cache: str | None = None  # "hit": the image's work was reused; "miss": done now
     vision_seconds: float | None = None  # vision encoder time of this request (0 on a hit)
     prefill_seconds: float | None = None  # language-model prefill time of this request
+    device: str | None = None  # where the model ran ("cpu", "cuda:0"); None for a remote model
+    dtype: str | None = None  # its number format ("float32", "bfloat16", "int8")
 
     @property
     def decode_seconds(self) -> float | None:
@@ -120,6 +125,7 @@ class TokenSink:
         self._chunks = chunks
         self._cancel = cancel
         self._started = time.perf_counter()
+        self._failure: _Failure | None = None
         self.text_parts: list[str] = []
 
     def elapsed(self) -> float:
@@ -165,7 +171,7 @@ class TokenSink:
 
     def _fail(self, error: BaseException) -> None:
         self._stats.finish_reason = "error"
-        self._chunks.put(_Failure(error))
+        self._failure = _Failure(error)  # sent by _end, in place of _END
 
     def _end(self) -> None:
         stats = self._stats
@@ -174,7 +180,9 @@ class TokenSink:
         elif stats.finish_reason is None:
             stats.finish_reason = "stop"
         stats.end_time = self.elapsed()
-        self._chunks.put(_END)
+        # One item ends the queue, never two: a consumer that puts it back for another thread must
+        # not leave a different one ahead of it (an _END after the failure would hide the failure).
+        self._chunks.put(self._failure or _END)
 
 
 Producer = Callable[[TokenSink], None]
@@ -188,7 +196,7 @@ class TextStream(Iterator[str]):
         self._cancel = threading.Event()
         self._chunks: queue.Queue[object] = queue.Queue()
         self._sink = TokenSink(self.stats, self._chunks, self._cancel)
-        self._done = False
+        self._ended: object | None = None  # _END or a _Failure, once a consumer met it (or close() ran)
         self._error: list[BaseException] = []
         self._thread = threading.Thread(
             target=_work,
@@ -216,7 +224,8 @@ class TextStream(Iterator[str]):
         """Cancel and wait for the worker thread to end."""
         self.cancel()
         self._thread.join()
-        self._done = True
+        if self._ended is None:
+            self._ended = _END  # iteration stops here, whatever chunks are left unread
 
     def wait(self, timeout: float | None = None) -> str:
         """Block until generation ends; return the whole text or raise the worker's exception."""
@@ -231,23 +240,23 @@ class TextStream(Iterator[str]):
         return self
 
     def __next__(self) -> str:
-        if self._done:
-            raise StopIteration
-        try:
-            item = self._next_item()
-        except BaseException:  # KeyboardInterrupt while waiting: stop the worker first
-            self.close()
-            raise
-        if item is _END:
+        ended = self._ended
+        if ended is None:
+            try:
+                item = self._next_item()
+            except BaseException:  # KeyboardInterrupt while waiting: stop the worker first
+                self.close()
+                raise
+            if isinstance(item, str):
+                return item
+            # The end, or the producer's failure: put back for another thread waiting on the queue
+            # (it would wait for ever), and kept, so every later call meets it too.
+            self._chunks.put(item)
             self._thread.join()
-            self._done = True
-            raise StopIteration
-        if isinstance(item, _Failure):
-            self._thread.join()
-            self._done = True
-            raise item.error
-        assert isinstance(item, str)
-        return item
+            self._ended = ended = item
+        if isinstance(ended, _Failure):
+            raise ended.error
+        raise StopIteration
 
     def _next_item(self) -> object:
         while True:

@@ -32,11 +32,35 @@ def text_control(label: str, placeholder: str = "") -> ControlFactory:
     return build
 
 
-def choice_control(label: str, choices: Sequence[str], default: str) -> ControlFactory:
-    """An option with a few fixed values (Moondream's caption length: short, normal, long)."""
+class Choice(widgets.Dropdown):  # type: ignore[misc]  # ipywidgets is untyped
+    """A Dropdown whose value, set from Python, is checked as the family's API checks it.
+
+    A value outside the choices is refused with a RequestError naming them (traitlets' own
+    TraitError would say nothing a user can act on): ``check``'s, the family's own check, so that
+    the widget says what the API says, or else "Unknown caption <label> ...: use one of ...".
+    """
+
+    def __init__(self, label: str, choices: Sequence[str], default: str, check: Callable[[Any], object] | None) -> None:
+        super().__init__(options=tuple(choices), value=default, description=label, style=_WIDE)
+        self._check = check
+
+    def refuse_unless_a_choice(self, value: Any) -> None:
+        if value in self.options:
+            return
+        if self._check is not None:
+            self._check(value)  # raises the family's RequestError
+        choices = ", ".join(self.options)
+        raise RequestError(f"Unknown caption {self.description.lower()} {value!r}: use one of {choices}.")
+
+
+def choice_control(
+    label: str, choices: Sequence[str], default: str, check: Callable[[Any], object] | None = None
+) -> ControlFactory:
+    """An option with a few fixed values (Moondream's caption length: short, normal, long); ``check``
+    is the family's own check of a value, which refuses one outside ``choices`` (see ``Choice``)."""
 
     def build(model: VLM) -> Any:
-        return widgets.Dropdown(options=tuple(choices), value=default, description=label, style=_WIDE)
+        return Choice(label, choices, default, check)
 
     return build
 
@@ -58,7 +82,8 @@ def option_values(controls: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def set_option_values(controls: Mapping[str, Any], values: Mapping[str, Any], model: VLM) -> None:
-    """Put ``values`` into their controls; an option the family does not have is refused."""
+    """Put ``values`` into their controls; an option the family does not have, or a value it does not
+    take, is refused with a RequestError before any control changes."""
     unknown = sorted(set(values) - set(controls))
     if unknown:
         allowed = ", ".join(controls) or "none"
@@ -66,7 +91,17 @@ def set_option_values(controls: Mapping[str, Any], values: Mapping[str, Any], mo
             f"{type(model).__name__} has no caption option {', '.join(unknown)}; its options: {allowed}."
         )
     for name, value in values.items():
-        controls[name].value = value
+        _refuse_unless_it_fits(name, controls[name], value)
+    for name, value in values.items():
+        free_text = isinstance(controls[name], widgets.Text)
+        controls[name].value = "" if free_text and value is None else value  # None: the family's default
+
+
+def _refuse_unless_it_fits(name: str, control: Any, value: Any) -> None:
+    if isinstance(control, Choice):
+        control.refuse_unless_a_choice(value)
+    elif isinstance(control, widgets.Text) and not isinstance(value, (str, type(None))):
+        raise RequestError(f"The caption option {name} must be text, got a {type(value).__name__}.")
 
 
 def _fallback(name: str) -> ControlFactory:

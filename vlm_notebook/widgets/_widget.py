@@ -15,8 +15,9 @@ from PIL import Image
 
 from ..errors import ImageError, RequestError
 from ..images import load_image
+from ..languages import CAPTION_PROMPTS, caption_prompt
 from ..models.base import VLM
-from ..options import DEFAULT_MAX_NEW_TOKENS
+from ..options import DEFAULT_MAX_NEW_TOKENS, GenerationOptions
 from ..stream import StreamStats, TextStream
 from ._coalesce import DEFAULT_MAX_RATE, set_output_text
 from ._controls import (
@@ -30,8 +31,8 @@ from ._controls import (
 from ._run import Run, figures_line, short_message
 
 Mode = Literal["caption", "question"]
-#: Qwen2-VL's caption languages (``Qwen2VL.caption``), kept here so widgets need not import transformers.
-QWEN2VL_LANGUAGES = ("en", "ja", "zh", "ko", "fr", "de", "es")
+#: Qwen2-VL's caption languages (``Qwen2VL.caption``), from the module it reads them from (no transformers).
+QWEN2VL_LANGUAGES = tuple(CAPTION_PROMPTS)
 
 _BUSY = "A generation is running: wait for it to end, or press Stop."
 _NO_IMAGE = "No image yet: upload one, or pass image= when creating the widget."
@@ -87,6 +88,7 @@ class VLMWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         self._check_family(model)
         if not max_updates_per_second > 0:
             raise ValueError(f"max_updates_per_second must be positive, got {max_updates_per_second}.")
+        picture = load_image(image) if image is not None else None  # a bad image is refused before any widget is made
         self.model = model
         self.max_updates_per_second = max_updates_per_second
         self._start_lock = threading.Lock()
@@ -97,8 +99,8 @@ class VLMWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         self._make_controls()
         children = self._layout()
         super().__init__(children=children)
-        if image is not None:
-            self.image = image
+        if picture is not None:
+            self._use_image(picture)
 
     # Python access -----------------------------------------------------------------------------
 
@@ -132,8 +134,10 @@ class VLMWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         """Start a generation, as clicking Run does, and return at once.
 
         ``question`` switches to question mode; ``mode``, ``max_new_tokens`` and the family's
-        caption ``options`` (e.g. ``prompt=``) are put into their controls first. Returns False,
-        with the reason shown in the widget, when a run is going or there is no image.
+        caption ``options`` (e.g. ``prompt=``) are put into their controls first; a value the API
+        would refuse is refused here, as the API refuses it (RequestError), and no control changes.
+        Returns False, with the reason shown in the widget, when a run is going, there is no image,
+        or the Max tokens box holds a number the API refuses (below 1).
         """
         self._apply(question, mode, max_new_tokens, options)
         return self._start()
@@ -178,9 +182,9 @@ class VLMWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         self.mode = widgets.ToggleButtons(options=[("Caption", "caption"), ("Question", "question")])
         self.question = widgets.Text(placeholder="Ask about the image", description="Question", disabled=True)
         self.options = build_controls(self.model, self._option_factories())
-        self.max_new_tokens = widgets.BoundedIntText(
-            value=DEFAULT_MAX_NEW_TOKENS, min=1, max=100_000, description="Max tokens",
-            style={"description_width": "initial"},
+        # Not a BoundedIntText: it would turn 0 into 1 without a word, where the API refuses 0.
+        self.max_new_tokens = widgets.IntText(
+            value=DEFAULT_MAX_NEW_TOKENS, description="Max tokens", style={"description_width": "initial"},
         )
         self.run_button = widgets.Button(description="Run", button_style="primary", icon="play")
         self.stop_button = widgets.Button(description="Stop", icon="stop", disabled=True)
@@ -247,6 +251,10 @@ class VLMWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
     ) -> None:
         if mode not in (None, "caption", "question"):
             raise RequestError(f"mode must be 'caption' or 'question', got {mode!r}.")
+        if question is not None and not isinstance(question, str):
+            raise RequestError(f"The question must be text, got a {type(question).__name__}.")
+        if max_new_tokens is not None:
+            GenerationOptions(max_new_tokens=max_new_tokens)  # the API's own check, and its message
         set_option_values(self.options, options, self.model)
         if question is not None:
             self.question.value = question
@@ -266,6 +274,11 @@ class VLMWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
                 self._say(_NO_IMAGE, error=True)
                 return False
             request = self._request()
+            try:  # typed into the box: refused as the API refuses it, before anything starts
+                GenerationOptions(max_new_tokens=request.max_new_tokens)
+            except RequestError as error:
+                self._say(str(error), error=True)
+                return False
             self._reset_view()
             self._run = Run(lambda: self._open_stream(image, request), self._show, self._finish,
                             self.max_updates_per_second)
@@ -330,7 +343,9 @@ class Qwen2VLWidget(VLMWidget):
     """A widget for Qwen2-VL models, with the caption language as a choice (English by default)."""
 
     family = "qwen2vl"
-    option_controls = MappingProxyType({"language": choice_control("Language", QWEN2VL_LANGUAGES, "en")})
+    option_controls = MappingProxyType(
+        {"language": choice_control("Language", QWEN2VL_LANGUAGES, "en", check=caption_prompt)}
+    )
 
 
 class MoondreamWidget(VLMWidget):
