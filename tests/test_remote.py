@@ -407,6 +407,18 @@ def test_the_request_carries_the_picture_the_prompt_and_the_options(monkeypatch:
     )
 
 
+@pytest.mark.timeout(30)
+def test_a_huge_seed_and_a_tiny_temperature_reach_the_server_as_values_it_takes() -> None:
+    with tiny_server(fail_once) as server:
+        model = RemoteVLM(base_url=server.base_url, model="org/vlm")
+        with pytest.raises(RemoteError):
+            model.query(RED_CIRCLE, "What colour?", temperature=1e-38, seed=2**70 + 5)
+        body = server.requests[-1]["body"]
+    assert isinstance(body, dict)
+    assert body["temperature"] == 0.0  # greedy, as the local models decode it
+    assert 0 <= body["seed"] < 2**63 and body["seed"] == (2**70 + 5) % 2**63
+
+
 def test_bad_arguments_are_refused_with_what_to_write() -> None:
     with pytest.raises(RequestError, match="http:// or https://"):
         RemoteVLM(base_url="localhost:8000/v1", model="m")

@@ -378,6 +378,10 @@ def _shut(connection: socket.socket) -> None:
         connection.shutdown(socket.SHUT_RDWR)
 
 
+#: Seeds a server takes (the OpenAI API's are signed 64-bit); larger ones are reduced modulo this.
+_SERVER_SEEDS = 2**63
+
+
 def _request_body(model: str, picture: Image.Image, prompt: str, options: GenerationOptions) -> dict[str, Any]:
     content = [
         {"type": "image_url", "image_url": {"url": _data_url(picture)}},
@@ -389,11 +393,11 @@ def _request_body(model: str, picture: Image.Image, prompt: str, options: Genera
         "stream": True,
         "stream_options": {"include_usage": True},
         "max_tokens": options.max_new_tokens,
-        "temperature": options.temperature,
+        "temperature": 0.0 if options.greedy else options.temperature,  # a tiny temperature is greedy here too
         "top_p": options.top_p,
     }
     if options.seed is not None:
-        body["seed"] = options.seed
+        body["seed"] = options.seed % _SERVER_SEEDS  # the API's seed is a signed 64-bit integer
     return body
 
 
