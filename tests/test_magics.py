@@ -143,3 +143,14 @@ def test_the_model_list_lines_up_in_columns(shell: InteractiveShell, capsys: pyt
     for row in rows:
         for start in starts:
             assert row[start - 1] == " " and row[start] != " ", f"a column starts at {start} in {row!r}"
+
+
+@pytest.mark.timeout(120)
+def test_the_magics_take_the_device_and_number_format(
+    shell: InteractiveShell, capsys: pytest.CaptureFixture[str]
+) -> None:
+    answer, out = run(shell, "%vlm_caption img --device cpu --dtype bfloat16 --stats", capsys)
+    assert answer == CAPTION and isinstance(answer, Answer) and answer.stats is not None
+    assert (answer.stats.device, answer.stats.dtype) == ("cpu", "bfloat16") and "TTFT" in out
+    error, _ = run(shell, "%vlm_caption img --dtype int4", capsys)
+    assert isinstance(error, RequestError) and "invalid choice" in str(error)

@@ -21,10 +21,11 @@ from IPython.display import publish_display_data
 from IPython.utils.process import arg_split  # type: ignore[attr-defined]
 from traitlets import Integer, Unicode
 
-from . import hub, registry
+from . import caption_options, hub, registry
 from .errors import ImageError, RequestError
 from .images import is_url
 from .models.base import VLM
+from .options import DEVICE_CHOICES, DTYPE_CHOICES
 from .stream import StreamStats, TextStream
 
 
@@ -50,10 +51,23 @@ class Answer(str):
         publish_display_data({"text/plain": str(self)})
 
 
+def _caption_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """A flag for every family's caption options (``caption_options.ALL``); a family refuses those it lacks."""
+    for option in reversed(caption_options.ALL):
+        families = ", ".join(caption_options.families_taking(option))
+        default = f"default {option.default}" if option.default else "default: the family's"
+        function = argument(f"--{option.name}", choices=option.choices, help=f"{option.help} ({families}; {default})")(
+            function
+        )
+    return function
+
+
 def _common_options(function: Callable[..., Any]) -> Callable[..., Any]:
     for decorate in reversed(
         [
             argument("--model", "-m", help="model name, Hub id or checkpoint directory (default: default_model)"),
+            argument("--device", default="auto", help=f"where it runs: {', '.join(DEVICE_CHOICES)} (default auto)"),
+            argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="number format (default auto)"),
             argument("--max-new-tokens", type=int, help="longest answer, in tokens (default: max_new_tokens)"),
             argument("--no-stream", action="store_true", help="show the answer only when it is complete"),
             argument("--stats", action="store_true", help="add a line: time to first token, tokens, tokens/s"),
@@ -74,21 +88,19 @@ class VLMMagics(Magics):
 
     def __init__(self, shell: Any = None, **kwargs: Any):
         super().__init__(shell, **kwargs)
-        self._models: dict[tuple[str, str], VLM] = {}
+        self._models: dict[tuple[str, str, str, str], VLM] = {}
 
     @no_var_expand
     @magic_arguments()
     @argument("image", help="an image file's path, or the name of a variable holding an image, array or bytes")
-    @argument("--prompt", help="what to ask for (SmolVLM)")
-    @argument("--length", choices=["short", "normal", "long"], help="caption length (Moondream)")
-    @argument("--language", help="language of the caption, e.g. en, ja (Qwen2-VL)")
+    @_caption_options
     @_common_options
     @line_magic
     def vlm_caption(self, line: str) -> Answer:
         """Caption IMAGE, streaming the caption into the cell."""
         args = self._parse(self.vlm_caption, line)
-        options = {name: getattr(args, name) for name in ("prompt", "length", "language")}
-        model = self.model(args.model)
+        options = {option.name: getattr(args, option.name) for option in caption_options.ALL}
+        model = self.model(args.model, device=args.device, dtype=args.dtype)
         call = partial(
             model.caption_with,
             self._image(args.image),
@@ -112,7 +124,7 @@ class VLMMagics(Magics):
         if cell is not None and args.question:
             raise RequestError("Give the question either on the %%vlm_query line or in the cell, not both.")
         question = cell if cell is not None else _unquote(" ".join(args.question))
-        model = self.model(args.model)
+        model = self.model(args.model, device=args.device, dtype=args.dtype)
         call = partial(
             model.query,
             self._image(args.image),
@@ -134,12 +146,13 @@ class VLMMagics(Magics):
         for row in rows:  # each column as wide as its longest value, so every row lines up
             print(" ".join(value.ljust(width) for value, width in zip(row[:-1], widths, strict=True)), row[-1])
 
-    def model(self, name: str | None = None) -> VLM:
-        """The model for ``name`` (default ``default_model``), loaded once per kernel and reused."""
+    def model(self, name: str | None = None, *, device: str = "auto", dtype: str = "auto") -> VLM:
+        """The model for ``name`` (default ``default_model``) on ``device`` in ``dtype``, loaded once
+        per kernel and reused."""
         entry = registry.resolve(_unquote(name or self.default_model))
-        key = (entry.family, entry.source)
+        key = (entry.family, entry.source, device, dtype)
         if key not in self._models:
-            model = registry.get_model(entry.name)
+            model = registry.get_model(entry.name, device=device, dtype=dtype)
             model.load()
             self._models[key] = model
         return self._models[key]

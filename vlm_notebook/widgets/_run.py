@@ -100,6 +100,8 @@ def figures_line(run: Run) -> str:
     if stats is None:
         return "" if run.finished_at else "loading the model…"
     line = f"{stats.summary()} · {stats.image_tokens} image tokens"
+    if stats.device is not None:
+        line += f" · {stats.device}, {stats.dtype}"
     if stats.image_cache == "hit":
         line += " (reused)"
     if run.finished_at is None or stats.end_time is None:
