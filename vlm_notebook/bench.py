@@ -438,8 +438,8 @@ def _cell(value: Any) -> str:
 
 
 #: Figures are drawn at twice the screen's resolution so that text and points stay sharp.
-FIGURE_SIZE = (7.0, 4.2)
-TIMELINE_SIZE = (7.0, 3.6)
+FIGURE_SIZE = (7.0, 4.0)
+TIMELINE_SIZE = (7.0, 3.5)
 FIGURE_DPI = 144
 #: Fewer runs than this get no box: a box of two or three values suggests a spread it cannot show.
 _MIN_RUNS_FOR_A_BOX = 5
@@ -510,11 +510,11 @@ def wait_figure(result: BenchResult, *, figsize: tuple[float, float] = FIGURE_SI
         spans = [_span(values, median) for values, median in zip(present, medians, strict=True)]
         bars = axes.bar([p + shift for p in positions], medians, width=0.4, label=label,
                         yerr=list(zip(*spans, strict=True)) if spans else None, capsize=3)
-        axes.bar_label(bars, labels=[f"{value:.2f} s" for value in medians], padding=2, fontsize=8)
+        axes.bar_label(bars, labels=[f"{value:.2f} s" for value in medians], label_type="center", fontsize=8,
+                       color="white", fontweight="bold")
     axes.set_xticks(list(positions), [m.label for m in result.models])
     axes.set_xlim(-0.7, len(result.models) - 0.3)
-    axes.set_ylabel("median wait (s)")
-    axes.margins(y=0.15)
+    axes.set_ylabel("median wait (s); whiskers: 10th-90th percentile", fontsize=9)
     figure.legend(loc="outside lower center", ncols=2, frameon=False)
     _titled(axes, "What the user waits for", result.random_weights, machine_line(result))
     return figure
