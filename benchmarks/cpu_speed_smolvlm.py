@@ -3,7 +3,7 @@
     python benchmarks/cpu_speed_smolvlm.py [--runs N] [--card-runs N] [--max-new-tokens N]
 
 Random weights with the published shape and processor settings of
-HuggingFaceTB/SmolVLM-256M-Instruct (``vlm_notebook.models.published``), a 640x480 picture.
+HuggingFaceTB/SmolVLM-256M-Instruct (``vlm_notebook.random_checkpoints``), a 640x480 picture.
 
 *Baseline* is what the model card does: ``AutoProcessor`` on the whole prompt, ``generate`` on
 a thread with transformers' ``TextIteratorStreamer``, default settings (torch's own thread
@@ -39,7 +39,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, TextIterato
 from vlm_notebook import cpu
 from vlm_notebook.models import SmolVLM
 from vlm_notebook.models.hf import chat_messages
-from vlm_notebook.models.published import random_checkpoint
+from vlm_notebook.random_checkpoints import random_checkpoint
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PICTURE = RESULTS / "red-circle-640x480.png"

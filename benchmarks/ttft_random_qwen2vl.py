@@ -40,8 +40,8 @@ from ttft_random_smolvlm import (
 
 from vlm_notebook.models import Qwen2VL
 from vlm_notebook.models._qwen2vl_processor import ImageOnlyQwen2VLProcessor
-from vlm_notebook.models.published import default_cache_dir
 from vlm_notebook.models.qwen2vl import DEFAULT_MAX_PIXELS, MODEL_CARD_MAX_PIXELS
+from vlm_notebook.random_checkpoints import default_cache_dir
 from vlm_notebook.training.qwen2vl import CHAT_TEMPLATE, build_image_processor
 
 HUB_ID = "Qwen/Qwen2-VL-2B-Instruct"

@@ -32,7 +32,7 @@ import transformers
 from PIL import Image
 
 from vlm_notebook.models import SmolVLM
-from vlm_notebook.models.published import default_cache_dir, published_shape, random_checkpoint
+from vlm_notebook.random_checkpoints import default_cache_dir, published_shape, random_checkpoint
 
 NAME = "smolvlm-256m"
 PROMPT = SmolVLM.default_prompt
@@ -221,7 +221,7 @@ def report(
         "",
         "> **Random weights: the text is meaningless, only the times count.** The checkpoint has the",
         f"> architecture, sizes and processor settings of {shape.hub_id} (built by",
-        "> `vlm_notebook.models.published`), random weights and a stand-in byte-level tokenizer.",
+        "> `vlm_notebook.random_checkpoints`), random weights and a stand-in byte-level tokenizer.",
         "",
         f"- command: `{command}`",
         f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",

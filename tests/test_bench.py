@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 from vlm_notebook import bench
 from vlm_notebook.cli import DEMO_PICTURE, main
-from vlm_notebook.models.published import MARKER_KEY
+from vlm_notebook.random_checkpoints import MARKER_KEY
 
 CAPTION = "A red circle on a white background."
 QUESTION = "What shape is it?"

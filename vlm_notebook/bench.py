@@ -35,7 +35,7 @@ from matplotlib.ticker import MaxNLocator
 from . import registry
 from .hub import checkpoint_directory
 from .models.base import VLM
-from .models.published import MARKER_KEY, random_checkpoint
+from .random_checkpoints import MARKER_KEY, random_checkpoint
 from .stream import TextStream
 
 #: ``--model random:NAME`` means the same-shape random-weight build of the published model NAME.

@@ -6,7 +6,7 @@ MutationObserver in the page records every text the Output shows, so partial tex
 one update are seen however briefly they show.
 
 Two models: the shipped ``shapes-smolvlm``, whose caption of the bundled picture is known, and a
-same-shape random-weight SmolVLM-256M (``vlm_notebook.models.published``; built offline, on first
+same-shape random-weight SmolVLM-256M (``vlm_notebook.random_checkpoints``; built offline, on first
 use), which decodes at the speed of the real model. The tiny model decodes its 9-token caption
 in a few hundredths of a second on an idle machine: the widget, which updates the page at most
 20 times a second, shows one or two partial texts before the caption, and no one can click Stop
@@ -56,7 +56,7 @@ shapes = SmolVLM("shapes-smolvlm")
 shapes.load()
 SmolVLMWidget(shapes)""",
     REAL_SIZE_WIDGET: """\
-from vlm_notebook.models.published import random_checkpoint
+from vlm_notebook.random_checkpoints import random_checkpoint
 real_size = SmolVLM(str(random_checkpoint("smolvlm-256m", image_splitting=False)))
 real_size.load()
 real_size_widget = SmolVLMWidget(real_size)

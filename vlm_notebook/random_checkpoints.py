@@ -6,7 +6,7 @@ so it loads and runs through the same code as the real one and costs the same ti
 while the text it generates is meaningless.
 
     >>> from vlm_notebook.models import SmolVLM
-    >>> from vlm_notebook.models.published import random_checkpoint
+    >>> from vlm_notebook.random_checkpoints import random_checkpoint
     >>> model = SmolVLM(str(random_checkpoint("smolvlm-256m")))
 
 The stand-in tokenizer is byte-level with the published vocabulary size and the published ids of
@@ -40,7 +40,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from ..training.smolvlm import (
+from .models.hf import _no_progress_bars
+from .training.smolvlm import (
     BOS,
     CHAT_TEMPLATE,
     EOS,
@@ -51,7 +52,6 @@ from ..training.smolvlm import (
     ROW_COL_TOKENS,
     UNK,
 )
-from .hf import _no_progress_bars
 
 #: The key in config.json that marks a checkpoint built here; its value is ``True``.
 MARKER_KEY = "vlm_notebook_random_weights"
@@ -401,7 +401,7 @@ def _readme(shape: PublishedShape, source: Mapping[str, Any]) -> str:
     splitting = "on (model-card default)" if source["image_splitting"] else "off (one tile per picture)"
     return f"""# RANDOM WEIGHTS — not {shape.hub_id}
 
-This directory was written by `vlm_notebook.models.published.build_random_checkpoint`.
+This directory was written by `vlm_notebook.random_checkpoints.build_random_checkpoint`.
 It has the architecture, sizes and processor settings of
 [{shape.hub_id}](https://huggingface.co/{shape.hub_id}) but **random weights** (seed {source["seed"]})
 and a stand-in tokenizer. **The text it generates is meaningless; only its times and memory count.**
