@@ -1,25 +1,21 @@
 """CPU settings that respect the user's time: threads per phase, int8 weights, bf16 detection.
 
-Measured with SmolVLM-256M's shape (random weights, fp32) on a 2-core AVX2 machine shared with
-other jobs; ``benchmarks/results/cpu_speed_smolvlm.md`` has the side-by-side run.
+Measured figures are in ``benchmarks/results/`` (``cpu_speed_smolvlm.md`` has the side-by-side
+run, with the machine it ran on); the reasons, which hold across machines:
 
 - The vision encoder and the prefill are large matrix products that gain from every physical
-  core, so they run on ``physical_cores()`` threads (torch's own default here). Under heavy
-  load from other programs one thread was as fast or faster (a 512 px tile: 3.7-4.3 s on one
-  thread against 4.2-5.2 s on two, at a load average of 3-6); on a quiet machine two threads
-  win (about 1.5 s).
-- A decode step is a thousand small operations, memory-bound (it reads every weight once):
-  on one thread a step took 57-116 ms, on two threads 100-150 ms from a worker thread and
-  340-590 ms from the main thread when other programs held a core (each of the step's
-  parallel regions waits for the busy core). So decoding runs on one thread by default.
+  core, so they run on ``physical_cores()`` threads (torch's own default). Under heavy load from
+  other programs one thread can be as fast; on a quiet machine all cores win.
+- A decode step is a thousand small operations, memory-bound (it reads every weight once), and
+  each parallel region waits for every thread, a busy core included. So decoding runs on one
+  thread by default.
 
 Both are process-wide torch settings, changed only while a model of this package works and put
 back afterwards; ``set_thread_policy(prefill=..., decode=...)`` changes them (on an idle machine
-with many cores, ``decode=physical_cores()`` may be faster). Weights stay fp32 on every CPU:
-bf16 is about 40x slower on CPUs without AMX / AVX-512 BF16 (``has_fast_bf16()``) and changes
-the answers where it is fast. ``quantize_int8`` (``int8=True`` on a model) is opt-in for the
-same reason: a decode step reads a quarter of the bytes (SmolVLM-256M: 27 ms against 52 ms in
-fp32 and 62 ms on the model card's path) and vision encoding is about 1.4x faster.
+with many cores, ``decode=physical_cores()`` may be faster). ``has_fast_bf16()`` reads the CPU's
+flags: ``vlm_notebook.runtime`` picks bf16 where it is true and fp32 elsewhere (bf16 matrix
+products are tens of times slower without those instructions). ``quantize_int8`` (``int8=True``
+on a model) is opt-in: a decode step reads a quarter of the bytes, but answers can change.
 """
 
 from __future__ import annotations
