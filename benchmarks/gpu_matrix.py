@@ -1,0 +1,165 @@
+"""Each family at its published shape (random weights) on whatever accelerator is present.
+
+Per family: load time, time to first token for a new picture (cold) and for a follow-up question
+on the same picture, decode tokens/s and peak device memory, in the default settings
+(``device="auto"``, ``dtype="auto"``, the CPU-default picture sizes). torch.compile and CUDA
+graphs are not used by the package yet, so "compile off" is the only setting measured.
+
+    python benchmarks/gpu_matrix.py                        # all three families, results/gpu_matrix.md
+    python benchmarks/gpu_matrix.py --family smolvlm --runs 1 --device cpu    # a quick check anywhere
+
+The random checkpoints are built once (SmolVLM-256M, Qwen2-VL-2B, Moondream 2: about 1, 9 and 4 GB)
+under the cache directory of the other benchmarks. Targets of issue #17 for an H100/H200-class GPU
+are printed beside what was reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmarks build the checkpoints
+
+from ttft_random_moondream import build_random_checkpoint as moondream_checkpoint
+from ttft_random_moondream import checkpoint_dir as moondream_dir
+from ttft_random_qwen2vl import random_checkpoint as qwen2vl_checkpoint
+
+from vlm_notebook import get_model
+from vlm_notebook.models import VLM
+from vlm_notebook.random_checkpoints import random_checkpoint
+
+RESULTS = Path(__file__).resolve().parent / "results"
+QUESTIONS = ("What is in this picture?", "What colour is the background?")
+BUILDERS: dict[str, Callable[[], Path]] = {
+    "smolvlm": lambda: random_checkpoint("smolvlm-256m"),
+    "qwen2vl": lambda: qwen2vl_checkpoint(None),
+    "moondream": lambda: moondream_checkpoint(moondream_dir(None)),
+}
+#: Issue #17's targets on an H100/H200-class GPU: cold TTFT, follow-up TTFT (s), decode tokens/s.
+TARGETS = {"smolvlm": (0.050, 0.020, 300.0), "qwen2vl": (0.060, None, 150.0), "moondream": (0.060, None, 150.0)}
+
+
+@dataclass
+class Row:
+    family: str
+    device: str
+    dtype: str
+    load_seconds: float
+    cold_ttft: float
+    follow_up_ttft: float
+    decode_tokens_per_second: float
+    peak_memory_gib: float | None
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", action="append", choices=list(BUILDERS), help="repeatable (default: all)")
+    parser.add_argument("--device", default="auto", help="as device= (default auto)")
+    parser.add_argument("--runs", type=int, default=5, help="measured runs per figure (median reported)")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=RESULTS / "gpu_matrix", help="writes OUT.md and OUT.json")
+    return parser.parse_args()
+
+
+def picture(seed: int) -> Image.Image:
+    """A 640x480 picture of noise: every run a new one, so a cold run finds nothing stored."""
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (480, 640, 3), dtype=torch.uint8, generator=generator)
+    return Image.fromarray(pixels.numpy())
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def ask(model: VLM, image: Image.Image, question: str, max_new_tokens: int) -> tuple[float, float]:
+    """(time to first token, decode tokens/s) of one streamed answer."""
+    stream = model.query(image, question, stream=True, max_new_tokens=max_new_tokens)
+    for _ in stream:
+        pass
+    synchronize()
+    stats = stream.stats
+    decode = stats.decode_seconds or 0.0
+    rate = (stats.tokens - 1) / decode if stats.tokens > 1 and decode > 0 else 0.0
+    return stats.time_to_first_token or 0.0, rate
+
+
+def measure(family: str, args: argparse.Namespace) -> Row:
+    directory = BUILDERS[family]()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    model = get_model(str(directory), device=args.device).load()
+    synchronize()
+    load_seconds = time.perf_counter() - started
+    ask(model, picture(10_000), QUESTIONS[0], args.max_new_tokens)  # warm-up: allocation, kernels
+    cold, follow, rates = [], [], []
+    for run in range(args.runs):
+        image = picture(run)
+        ttft, rate = ask(model, image, QUESTIONS[0], args.max_new_tokens)
+        cold.append(ttft)
+        rates.append(rate)
+        follow.append(ask(model, image, QUESTIONS[1], args.max_new_tokens)[0])
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+    return Row(family, model.device or "?", model.dtype or "?", load_seconds, statistics.median(cold),
+               statistics.median(follow), statistics.median(rates), peak)
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}), torch {torch.__version__}"
+    return f"{platform.processor() or platform.machine()} CPU, torch {torch.__version__}"
+
+
+def report(rows: list[Row], args: argparse.Namespace) -> str:
+    lines = [
+        "# Each family at its published shape, random weights, default settings",
+        "",
+        f"Machine: {machine()}. Medians of {args.runs} runs after one warm-up; 640x480 noise pictures, "
+        f"{args.max_new_tokens} new tokens; compile off (the package does not compile yet).",
+        "",
+        "| family | device | dtype | load (s) | cold TTFT (ms) | follow-up TTFT (ms) | decode tok/s | peak GiB |"
+        " target cold / follow-up / tok/s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        cold, follow, rate = TARGETS[row.family]
+        follow_text = f"{follow * 1000:.0f}" if follow else "-"
+        target = f"{cold * 1000:.0f} / {follow_text} / {rate:.0f}"
+        peak = f"{row.peak_memory_gib:.2f}" if row.peak_memory_gib is not None else "-"
+        lines.append(
+            f"| {row.family} | {row.device} | {row.dtype} | {row.load_seconds:.1f} | {row.cold_ttft * 1000:.0f} | "
+            f"{row.follow_up_ttft * 1000:.0f} | {row.decode_tokens_per_second:.0f} | {peak} | {target} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    args = parse_args()
+    rows = []
+    for family in args.family or list(BUILDERS):
+        print(f"{family} ...", file=sys.stderr, flush=True)
+        rows.append(measure(family, args))
+    text = report(rows, args)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".md").write_text(text)
+    settings = {name: str(value) for name, value in vars(args).items()}
+    record = {"machine": machine(), "args": settings, "rows": [asdict(row) for row in rows]}
+    args.out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
