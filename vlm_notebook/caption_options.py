@@ -31,9 +31,13 @@ BY_FAMILY: dict[str, tuple[CaptionOption, ...]] = {
     "qwen2vl": (LANGUAGE,),
     "moondream": (LENGTH,),
     "remote": (PROMPT, LANGUAGE),
+    "transformers": (PROMPT,),
 }
 ALL: tuple[CaptionOption, ...] = (PROMPT, LANGUAGE, LENGTH)
-FAMILY_TITLES = {"smolvlm": "SmolVLM", "qwen2vl": "Qwen2-VL", "moondream": "Moondream", "remote": "remote"}
+FAMILY_TITLES = {
+    "smolvlm": "SmolVLM", "qwen2vl": "Qwen2-VL", "moondream": "Moondream", "remote": "remote",
+    "transformers": "any transformers checkpoint",
+}
 
 
 def names(family: str) -> tuple[str, ...]:

@@ -26,6 +26,7 @@ FAMILIES: dict[str, str] = {
     "qwen2vl": "vlm_notebook.models.qwen2vl:Qwen2VL",
     "moondream": "vlm_notebook.models.moondream:Moondream",
     "remote": "vlm_notebook.models.remote:RemoteVLM",
+    "transformers": "vlm_notebook.models.generic:TransformersModel",  # any other image-text-to-text type
 }
 
 #: ``model_type`` in a checkpoint's config.json -> family name
@@ -75,6 +76,17 @@ _HUB_MODELS = [
     ("qwen2.5-vl-3b", "qwen2vl", "Qwen/Qwen2.5-VL-3B-Instruct", "Qwen2.5-VL 3B"),
     ("qwen2.5-vl-7b", "qwen2vl", "Qwen/Qwen2.5-VL-7B-Instruct", "Qwen2.5-VL 7B"),
     ("moondream2", "moondream", "vikhyatk/moondream2", "Moondream 2 (release 2025-06-21), native"),
+    # the generic family: model types transformers knows, no per-family code (revisions not pinned yet)
+    ("qwen3.5-0.8b", "transformers", "Qwen/Qwen3.5-0.8B", "Qwen3.5 0.8B (qwen3_5)"),
+    ("qwen3.5-2b", "transformers", "Qwen/Qwen3.5-2B", "Qwen3.5 2B (qwen3_5)"),
+    ("qwen3-vl-2b", "transformers", "Qwen/Qwen3-VL-2B-Instruct", "Qwen3-VL 2B (qwen3_vl)"),
+    ("qwen3-vl-4b", "transformers", "Qwen/Qwen3-VL-4B-Instruct", "Qwen3-VL 4B (qwen3_vl)"),
+    ("gemma-4-e2b", "transformers", "google/gemma-4-E2B-it", "Gemma 4 E2B (gemma4)"),
+    ("gemma-4-e4b", "transformers", "google/gemma-4-E4B-it", "Gemma 4 E4B (gemma4)"),
+    ("lfm2.5-vl-450m", "transformers", "LiquidAI/LFM2.5-VL-450M", "LFM2.5-VL 450M (lfm2_vl; needs torchvision)"),
+    ("lfm2.5-vl-1.6b", "transformers", "LiquidAI/LFM2.5-VL-1.6B", "LFM2.5-VL 1.6B (lfm2_vl; needs torchvision)"),
+    # FastVLM-0.5B has no name: Apple's repository runs its own code, and the transformers-format
+    # copies are community uploads not checked here; a local copy loads with get_model(directory).
 ]
 
 #: (name, family, description) of the checkpoints shipped in ``CHECKPOINTS_DIR/name``
@@ -115,7 +127,7 @@ def resolve(name: str | os.PathLike[str], family: str | None = None) -> ModelEnt
         raise UnknownModelError(_unknown_message(name, family))
     if family is not None and entry.family != family:
         raise CheckpointError(
-            f"{name!r} is a {entry.family} model, not {family}: "
+            f"{name!r} is a {entry.family} model{_model_type_note(entry)}, not {family}: "
             f"load it with {FAMILIES[entry.family].rsplit(':', 1)[1]}({name!r})."
         )
     return entry
@@ -162,15 +174,44 @@ def family_of_directory(directory: Path) -> str:
             "(it needs config.json, the weights and the processor files)."
         )
     try:
-        model_type = json.loads(config_file.read_text()).get("model_type")
+        config = json.loads(config_file.read_text())
+        model_type = config.get("model_type")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
         raise CheckpointError(f"{str(config_file)!r} is not valid JSON ({error}).") from None
-    if model_type not in MODEL_TYPES:
+    if model_type in MODEL_TYPES:
+        return MODEL_TYPES[model_type]
+    if isinstance(model_type, str) and is_image_text_to_text(model_type):
+        return GENERIC_FAMILY
+    if "auto_map" in config:
         raise CheckpointError(
-            f"{str(directory)!r} holds a {model_type!r} model, which vlm-notebook does not support; "
-            f"supported model types: {', '.join(sorted(MODEL_TYPES))}."
+            f"{str(directory)!r} holds a {model_type!r} model that needs its own code from the Hub (auto_map in "
+            "config.json), which vlm-notebook never runs. Use a checkpoint of that model converted to a model "
+            "type transformers knows, or serve it with its own code and use a remote:<model>@<url> name."
         )
-    return MODEL_TYPES[model_type]
+    raise CheckpointError(
+        f"{str(directory)!r} holds a {model_type!r} model, which vlm-notebook does not support; supported "
+        f"model types: {', '.join(sorted(MODEL_TYPES))}, and any that transformers loads with "
+        "AutoModelForImageTextToText."
+    )
+
+
+#: The family of checkpoints whose model type has no named family.
+GENERIC_FAMILY = "transformers"
+
+
+def _model_type_note(entry: ModelEntry) -> str:
+    """" (model type 'llava')" for a checkpoint directory of the generic family, else ""."""
+    if entry.family != GENERIC_FAMILY or not is_directory(entry.source):
+        return ""
+    model_type = json.loads((Path(entry.source) / "config.json").read_text()).get("model_type")
+    return f" (model type {model_type!r})"
+
+
+def is_image_text_to_text(model_type: str) -> bool:
+    """Whether transformers maps ``model_type`` to ``AutoModelForImageTextToText`` (imports transformers)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    return model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
 
 def _checked_name(name: object, family: str | None) -> str:
@@ -203,7 +244,10 @@ def _looks_like_hub_id(name: str) -> bool:
 
 
 def _unknown_message(name: str, family: str | None) -> str:
-    hint = "" if family else " For another Hub checkpoint, pass its id to its family's class: SmolVLM('org/name')."
+    hint = "" if family else (
+        " For another Hub checkpoint, pass its id to its family's class: SmolVLM('org/name'), or"
+        " TransformersModel('org/name') (vlm_notebook.models.generic) for any other image-text-to-text model."
+    )
     return f"Unknown model {name!r}. {_known(family)}{hint}"
 
 

@@ -10,15 +10,19 @@ from typing import TYPE_CHECKING, Any
 from .base import VLM
 
 if TYPE_CHECKING:
+    from .generic import TransformersModel
     from .moondream import Moondream
     from .qwen2vl import Qwen2VL
     from .remote import RemoteVLM
     from .smolvlm import SmolVLM
 
-__all__ = ["VLM", "Moondream", "Qwen2VL", "RemoteVLM", "SmolVLM"]
+__all__ = ["VLM", "Moondream", "Qwen2VL", "RemoteVLM", "SmolVLM", "TransformersModel"]
 
 #: Where each family lives, relative to this package.
-_FAMILY_MODULES = {"Moondream": ".moondream", "Qwen2VL": ".qwen2vl", "RemoteVLM": ".remote", "SmolVLM": ".smolvlm"}
+_FAMILY_MODULES = {
+    "Moondream": ".moondream", "Qwen2VL": ".qwen2vl", "RemoteVLM": ".remote", "SmolVLM": ".smolvlm",
+    "TransformersModel": ".generic",
+}
 
 
 def __getattr__(name: str) -> Any:

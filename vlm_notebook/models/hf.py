@@ -30,6 +30,7 @@ from transformers.utils import logging as transformers_logging
 
 from .. import registry
 from ..cache import PrefixCache, PrefixEntry, image_digest
+from ..chat import Turn
 from ..cpu import quantize_int8, threads_by_phase
 from ..decoding import ChunkDecoder
 from ..errors import CheckpointError, RequestError, VLMError
@@ -37,6 +38,7 @@ from ..hub import checkpoint_directory
 from ..options import GenerationOptions, fit_to_context, refuse_special_tokens
 from ..runtime import Runtime, check_fits, choose_runtime
 from ..stream import TokenSink
+from . import _conversation
 from ._decode import LlamaDecoder, decode, llama_text_model
 from ._prefix import SplitPrompt, continuation_inputs, encode_prefix, split_prompt
 from .base import VLM
@@ -49,6 +51,7 @@ class TransformersVLM(VLM):
     """A family whose checkpoints load with ``AutoProcessor`` and ``AutoModelForImageTextToText``."""
 
     image_token: ClassVar[str] = "<image>"
+    multi_turn: ClassVar[bool] = True
 
     processor: Any
     model: PreTrainedModel
@@ -93,7 +96,7 @@ class TransformersVLM(VLM):
         model = _load_part("weights", directory, partial(_load_weights, runtime=self.runtime))
         self.processor, self.model = processor, model
         self._tokenizer = processor.tokenizer.backend_tokenizer
-        self._image_token_id = processor.tokenizer.convert_tokens_to_ids(self.image_token)
+        self._image_token_id = processor.tokenizer.convert_tokens_to_ids(self._image_placeholder())
         self._special_tokens = [t.content for t in processor.tokenizer.added_tokens_decoder.values() if t.special]
         self._context_tokens: int | None = getattr(model.config.get_text_config(), "max_position_embeddings", None)
         #: The text model when this package's decoding loop can run it (SmolVLM's Llama), else None.
@@ -104,6 +107,11 @@ class TransformersVLM(VLM):
 
     def _load_processor(self, directory: Path) -> Any:
         return AutoProcessor.from_pretrained(directory)
+
+    def _image_placeholder(self) -> str:
+        """What stands for the picture in the chat prompt, before the processor expands it (the
+        family's ``image_token``; the generic family reads it from the loaded processor)."""
+        return self.image_token
 
     def _messages(self, prompt: str) -> list[dict[str, Any]]:
         return chat_messages(prompt)
@@ -118,37 +126,64 @@ class TransformersVLM(VLM):
 
     def _inputs(self, picture: Image.Image, prompt: str) -> Any:
         """The whole prompt through the processor, as the model card does it."""
-        text = self._chat_text(prompt)
+        return self._text_inputs(picture, self._chat_text(prompt))
+
+    def _text_inputs(self, picture: Image.Image, text: str) -> Any:
+        """A chat-formatted ``text`` with its one picture through the processor."""
         inputs = self.processor(text=text, images=[picture], return_tensors="pt", **self._processor_kwargs())
         return self.runtime.place(inputs)
 
     def _generate(
         self, picture: Image.Image, prompt: str, options: GenerationOptions, sink: TokenSink | None
     ) -> list[int]:
-        split = split_prompt(self._chat_text(prompt), self.image_token)
+        return self._generate_text(picture, self._chat_text(prompt), options, sink)
+
+    def _answer_turn(self, turn: Turn, sink: TokenSink) -> None:
+        """A chat turn: the whole history through the chat template, continued from the chat's KV cache."""
+        text: str = self.processor.apply_chat_template(turn.template_messages(), add_generation_prompt=True)
+        self._generate_text(turn.picture, text, turn.options, sink, turn.memory)
+
+    def _generate_text(
+        self, picture: Image.Image, text: str, options: GenerationOptions, sink: TokenSink | None,
+        conversation: dict[str, Any] | None = None,
+    ) -> list[int]:
+        """Generate after the chat-formatted ``text``; ``conversation`` (a chat's memory) lends its KV cache."""
+        split = split_prompt(text, self._image_placeholder())
         with (
             torch.inference_mode(), _seeded(options.generator_seed, self.runtime), _interruptible(self.model, sink),
             threads_by_phase(self.model) as to_decoding,
         ):
             if split is None:  # a chat template without exactly one picture slot: no reuse
-                inputs, cache = self._inputs(picture, prompt), None
+                inputs, cache = self._text_inputs(picture, text), None
             else:
                 inputs, cache = self._continuation(picture, split, sink)
             prompt_ids = inputs["input_ids"]
+            if conversation is not None:
+                cache = _conversation.resume(conversation, prompt_ids, cache, self._context_tokens, sink)
             if sink is not None:
                 sink.set_prompt(prompt_ids.shape[1], int((prompt_ids == self._image_token_id).sum()))
             options = fit_to_context(options, prompt_ids.shape[1], self._context_tokens)
             config = self._generation_config(options)
             if self._text_model is not None and cache is not None and cache.get_seq_length() < prompt_ids.shape[1]:
-                return self._decode_here(inputs, cache, self._text_model, options, config, sink, to_decoding)
-            output = self.model.generate(
-                **inputs,
-                cache=cache,
-                generation_config=config,
-                streamer=_SinkStreamer(sink, ChunkDecoder(self._tokenizer)) if sink else None,
-                stopping_criteria=StoppingCriteriaList([_CancelCriterion(sink)]) if sink else None,
-            )
-        token_ids: list[int] = output[0, prompt_ids.shape[1]:].tolist()
+                token_ids = self._decode_here(inputs, cache, self._text_model, options, config, sink, to_decoding)
+            else:
+                token_ids = self._generate_ids(inputs, cache, config, sink)
+        if conversation is not None:
+            _conversation.keep(conversation, prompt_ids, token_ids, cache)
+        return token_ids
+
+    def _generate_ids(
+        self, inputs: dict[str, torch.Tensor], cache: Any, config: GenerationConfig, sink: TokenSink | None
+    ) -> list[int]:
+        """``generate`` after the prompt (prefilling what ``cache`` lacks of it); the new token ids."""
+        output = self.model.generate(
+            **inputs,
+            cache=cache,
+            generation_config=config,
+            streamer=_SinkStreamer(sink, ChunkDecoder(self._tokenizer)) if sink else None,
+            stopping_criteria=StoppingCriteriaList([_CancelCriterion(sink)]) if sink else None,
+        )
+        token_ids: list[int] = output[0, inputs["input_ids"].shape[1]:].tolist()
         if sink is not None:
             sink.set_finish_reason(_finish_reason(token_ids, config))
         return token_ids
@@ -197,12 +232,13 @@ class TransformersVLM(VLM):
         entry = self.image_cache.get(key)
         if entry is not None:
             return entry, True
-        entry = encode_prefix(self.model, self.processor, picture, before + self.image_token, kwargs, self.runtime)
+        prefix = before + self._image_placeholder()
+        entry = encode_prefix(self.model, self.processor, picture, prefix, kwargs, self.runtime)
         self.image_cache.put(key, entry)
         return entry, False
 
     def _prepare(self, picture: Image.Image) -> None:
-        split = split_prompt(self._chat_text("?"), self.image_token)
+        split = split_prompt(self._chat_text("?"), self._image_placeholder())
         if split is not None:
             with torch.inference_mode(), threads_by_phase(self.model):
                 self._image_work(picture, split.before)

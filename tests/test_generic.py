@@ -1,0 +1,236 @@
+"""The generic family: any transformers image-text-to-text checkpoint loads and answers exactly as
+transformers' own ``generate`` does, streams, reuses a picture's work, and never runs Hub code.
+
+Each model type is checked on a tiny random-weight checkpoint of its real classes and processor
+(``generic_checkpoints``), built offline; the reference is the model card's recipe run directly:
+``apply_chat_template(..., tokenize=True)`` on the same one-message chat, then greedy ``generate``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from generic_checkpoints import BUILDERS, build, set_config
+from PIL import Image
+from transformers import AutoConfig, AutoModelForImageTextToText
+from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+from vlm_notebook import CheckpointError, CheckpointNotAvailableError, UnknownModelError, get_model, registry, shapes
+from vlm_notebook.models.generic import CAPTION_PROMPT, TransformersModel, load_processor
+from vlm_notebook.stream import TextStream
+
+TOKENS = 12
+QUESTION = "What colour is the shape?"
+FOLLOW_UP = "What shape is it?"
+#: Model types that have a registry name but no named family, and one (llava) with no name at all.
+MODEL_TYPES = ["qwen3_vl", "qwen3_5", "gemma4", "llava"]
+
+
+RED_CIRCLE = shapes.Scene("circle", "red", "white")
+
+
+def picture(scene: shapes.Scene = RED_CIRCLE) -> Image.Image:
+    return shapes.draw(scene).image
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("generic")
+    return {model_type: build(model_type, root / model_type) for model_type in BUILDERS}
+
+
+@pytest.fixture(scope="module", params=MODEL_TYPES)
+def loaded(request: pytest.FixtureRequest, checkpoints: dict[str, Path]) -> tuple[TransformersModel, Path]:
+    directory = checkpoints[request.param]
+    model = get_model(directory, device="cpu", dtype="float32")
+    assert isinstance(model, TransformersModel)
+    model.load()
+    return model, directory
+
+
+def reference_answer(directory: Path, image: Image.Image, prompt: str) -> str:
+    """transformers alone: the checkpoint's processor and chat template, then greedy ``generate``."""
+    processor = load_processor(directory)
+    model = AutoModelForImageTextToText.from_pretrained(directory, dtype=torch.float32).eval()
+    messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": prompt}]}]
+    inputs = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    with torch.inference_mode():
+        output = model.generate(**inputs, max_new_tokens=TOKENS, do_sample=False)
+    new_ids = output[:, inputs["input_ids"].shape[1]:]
+    text: str = processor.batch_decode(new_ids, skip_special_tokens=True)[0].lstrip()  # from the first visible one
+    assert len(text) >= 3, f"the random model says almost nothing ({text!r}): the comparison would prove nothing"
+    return text
+
+
+def streamed(stream: str | TextStream) -> tuple[str, TextStream]:
+    assert isinstance(stream, TextStream)
+    chunks = list(stream)
+    assert all(chunks), "no chunk is ever empty"
+    return "".join(chunks), stream
+
+
+@pytest.mark.timeout(120)
+def test_a_caption_streams_exactly_what_transformers_generate_answers(loaded: tuple[TransformersModel, Path]) -> None:
+    model, directory = loaded
+    model.image_cache.clear()
+    text, stream = streamed(model.caption(picture(), stream=True, max_new_tokens=TOKENS))
+    whole = model.caption(picture(), max_new_tokens=TOKENS)
+    assert text == whole == reference_answer(directory, picture(), CAPTION_PROMPT)
+    assert stream.stats.image_tokens and stream.stats.image_tokens > 0
+    assert stream.stats.finish_reason in ("stop", "length") and stream.stats.tokens > 0
+
+
+@pytest.mark.timeout(120)
+def test_a_follow_up_reuses_the_picture_and_answers_as_if_asked_cold(loaded: tuple[TransformersModel, Path]) -> None:
+    model, directory = loaded
+    model.image_cache.clear()
+    first = model.query(picture(), QUESTION, stream=True, max_new_tokens=TOKENS)
+    first.wait(60)
+    follow_up = model.query(picture(), FOLLOW_UP, stream=True, max_new_tokens=TOKENS)
+    reused = follow_up.wait(60)
+    assert (first.stats.image_cache, follow_up.stats.image_cache) == ("miss", "hit")
+    model.image_cache.clear()
+    cold = model.query(picture(), FOLLOW_UP, max_new_tokens=TOKENS)
+    assert reused == cold == reference_answer(directory, picture(), FOLLOW_UP)
+    assert first.text == reference_answer(directory, picture(), QUESTION)
+
+
+@pytest.mark.timeout(120)
+def test_prepare_encodes_ahead_so_the_question_hits(loaded: tuple[TransformersModel, Path]) -> None:
+    model, _ = loaded
+    model.image_cache.clear()
+    other = picture(shapes.Scene("square", "blue", "gray"))
+    assert model.prepare(other).result(timeout=60) is None
+    stream = model.query(other, QUESTION, stream=True, max_new_tokens=TOKENS)
+    stream.wait(60)
+    assert stream.stats.image_cache == "hit"
+
+
+@pytest.mark.timeout(60)
+def test_a_cancelled_stream_stops_and_the_model_keeps_answering(loaded: tuple[TransformersModel, Path]) -> None:
+    model, _ = loaded
+    expected = model.query(picture(), QUESTION, max_new_tokens=TOKENS)
+    with model._generation_lock:  # hold the model so the cancel lands before any work
+        stream = model.query(picture(), QUESTION, stream=True, max_new_tokens=TOKENS)
+        stream.cancel()
+    assert list(stream) == [] and stream.stats.finish_reason == "cancelled"
+    assert model.query(picture(), QUESTION, max_new_tokens=TOKENS) == expected
+
+
+def test_the_model_reports_where_it_runs(loaded: tuple[TransformersModel, Path]) -> None:
+    model, _ = loaded
+    assert (model.device, model.dtype) == ("cpu", "float32")
+    assert model.caption_options == ("prompt",)
+
+
+def test_the_processor_is_the_model_types_own_even_without_torchvision(loaded: tuple[TransformersModel, Path]) -> None:
+    model, directory = loaded
+    own = PROCESSOR_MAPPING_NAMES[json.loads((directory / "config.json").read_text())["model_type"]]
+    assert any(base.__name__ == own for base in type(model.processor).__mro__)
+    assert model.processor.chat_template == (directory / "chat_template.jinja").read_text()
+
+
+@pytest.mark.timeout(60)
+def test_sampling_with_a_seed_is_repeatable_and_streams_the_same(loaded: tuple[TransformersModel, Path]) -> None:
+    model, _ = loaded
+    options: dict[str, Any] = {"temperature": 2.0, "top_p": 0.9, "seed": 7, "max_new_tokens": TOKENS}
+    first = model.query(picture(), QUESTION, **options)
+    assert model.query(picture(), QUESTION, **options) == first
+    assert "".join(model.query(picture(), QUESTION, stream=True, **options)) == first
+
+
+def test_a_checkpoint_of_a_named_family_keeps_its_family(checkpoints: dict[str, Path]) -> None:
+    shipped = Path(registry.resolve("shapes-smolvlm").source)
+    assert type(get_model(shipped)).__name__ == "SmolVLM"
+    assert type(get_model(checkpoints["llava"])).__name__ == "TransformersModel"
+
+
+@pytest.mark.parametrize("name", ["qwen3.5-0.8b", "qwen3-vl-2b", "gemma-4-e2b", "lfm2.5-vl-450m"])
+def test_current_models_have_short_names_in_the_generic_family(name: str) -> None:
+    model = get_model(name)
+    assert isinstance(model, TransformersModel) and model.entry.family == "transformers"
+
+
+def test_a_named_hub_checkpoint_not_in_the_cache_says_how_to_fetch_it() -> None:
+    model = TransformersModel("qwen3-vl-2b")
+    with pytest.raises(CheckpointNotAvailableError, match="hf download Qwen/Qwen3-VL-2B-Instruct"):
+        model.load()
+    assert not model.loaded
+
+
+def test_a_checkpoint_that_needs_hub_code_is_refused(tmp_path: Path) -> None:
+    config = {"model_type": "my_vlm", "auto_map": {"AutoModelForImageTextToText": "modeling_my_vlm.MyVLM"}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"its own code from the Hub.*never runs"):
+        get_model(tmp_path)
+
+
+def test_a_model_type_transformers_cannot_caption_with_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(CheckpointError, match=r"'bert' model.*AutoModelForImageTextToText"):
+        get_model(tmp_path)
+
+
+@pytest.mark.timeout(60)
+def test_an_image_processor_that_needs_torchvision_says_to_install_it(tmp_path: Path) -> None:
+    """LFM2-VL's image processor has no PIL version: without torchvision the error says what to install."""
+    if importlib.util.find_spec("torchvision") is not None:
+        pytest.skip("this environment has torchvision")
+    directory = build("llava", tmp_path / "lfm2")
+    set_config(directory, model_type="lfm2_vl")
+    (directory / "preprocessor_config.json").write_text(json.dumps({"image_processor_type": "Lfm2VlImageProcessor"}))
+    (directory / "processor_config.json").write_text(json.dumps({"processor_class": "Lfm2VlProcessor"}))
+    model = get_model(directory)
+    with pytest.raises(CheckpointError, match=r"needs torchvision\. To load this checkpoint, install the torchvision"):
+        model.load()
+    assert not model.loaded
+
+
+@pytest.mark.timeout(60)
+def test_concurrent_questions_are_answered_one_at_a_time(loaded: tuple[TransformersModel, Path]) -> None:
+    model, _ = loaded
+    expected = model.query(picture(), QUESTION, max_new_tokens=TOKENS)
+    answers: list[str] = []
+    threads = [
+        threading.Thread(target=lambda: answers.append(model.query(picture(), QUESTION, max_new_tokens=TOKENS)))
+        for _ in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(50)
+    assert answers == [expected] * 3
+
+
+@pytest.mark.timeout(60)
+def test_a_vision_tower_that_needs_timm_says_to_install_it(tmp_path: Path) -> None:
+    """FastVLM's vision tower is a timm model: without timm the error names the package."""
+    if importlib.util.find_spec("timm") is not None:
+        pytest.skip("this environment has timm")
+    directory = build("llava", tmp_path / "fastvlm")
+    config = AutoConfig.for_model("fast_vlm").to_dict()
+    (directory / "config.json").write_text(json.dumps(config))
+    model = get_model(directory)
+    assert isinstance(model, TransformersModel)
+    with pytest.raises(CheckpointError, match=r"(?s)weights .* needs a package: .*pip install timm"):
+        model.load()
+    assert not model.loaded
+
+
+@pytest.mark.timeout(60)
+def test_any_hub_id_loads_through_the_generic_class() -> None:
+    """``TransformersModel('org/name')`` takes any Hub id (offline, one not in the cache says how to fetch it)."""
+    model = TransformersModel("someone/my-llava")
+    assert model.entry.source == "someone/my-llava" and not model.loaded
+    with pytest.raises(CheckpointNotAvailableError, match="hf download someone/my-llava"):
+        model.load()
+    with pytest.raises(UnknownModelError, match=r"TransformersModel\('org/name'\)"):
+        get_model("someone/my-llava")
