@@ -22,6 +22,7 @@ from .errors import (
 )
 from .images import load_image
 from .options import GenerationOptions
+from .overlay import overlay
 from .registry import get_model, known_models
 from .stream import StreamStats, TextStream
 
@@ -53,4 +54,5 @@ __all__ = [
     "get_model",
     "known_models",
     "load_image",
+    "overlay",
 ]

@@ -166,6 +166,10 @@ class TokenSink:
             self.text_parts.append(text)
             self._chunks.put(text)
 
+    def set_extra(self, name: str, value: Any) -> None:
+        """Record a family-specific figure in ``stats.extra`` (a conversation's reused tokens, say)."""
+        self._stats.extra[name] = value
+
     def set_finish_reason(self, reason: str) -> None:
         self._stats.finish_reason = reason
 

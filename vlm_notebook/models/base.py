@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, overload
 from PIL import Image
 
 from .. import registry
+from ..chat import Chat, Turn
 from ..errors import RequestError
 from ..images import load_image
 from ..options import DEFAULT_MAX_NEW_TOKENS, GenerationOptions, clean_question
@@ -31,6 +32,8 @@ class VLM(ABC):
     family: ClassVar[str]
     default_model: ClassVar[str]
     caption_options: ClassVar[tuple[str, ...]] = ()  # the family's own options of ``caption``
+    #: Whether ``chat`` shows the model the earlier turns (False: each question on the picture alone).
+    multi_turn: ClassVar[bool] = False
 
     def __init__(self, model: str | None = None, *, revision: str | None = None):
         self.entry = registry.resolve(model or self.default_model, family=self.family)
@@ -149,6 +152,19 @@ class VLM(ABC):
     def _prepare(self, picture: Image.Image) -> None:
         """Do the question-independent work on ``picture`` (default: none to do ahead)."""
         del picture
+
+    def chat(self, image: Any) -> Chat:
+        """A conversation about ``image``: ``chat.ask(question)`` answers with the turns so far
+        (see ``vlm_notebook.chat`` for what each family does with them), ``chat.messages`` holds them."""
+        return Chat(self, image)
+
+    def _chat_stream(self, produce: Producer) -> TextStream:
+        """The stream of one chat turn (default: one generation at a time per model, as ``query``)."""
+        return self._stream(produce)
+
+    def _answer_turn(self, turn: Turn, sink: TokenSink) -> None:
+        """Answer one chat turn into ``sink`` (default: the question on the picture alone, no history)."""
+        self._generate(turn.picture, turn.question, turn.options, sink)
 
     def _produce(self, picture: Image.Image, prompt: str, options: GenerationOptions, sink: TokenSink) -> None:
         self._generate(picture, prompt, options, sink)

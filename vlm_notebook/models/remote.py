@@ -41,11 +41,12 @@ import httpx
 from PIL import Image
 
 from .. import caption_options, registry
+from ..chat import Turn
 from ..errors import RemoteError, RemoteTimeoutError, RemoteUnavailableError, RequestError
 from ..images import load_image
 from ..languages import CAPTION_PROMPTS, caption_prompt
 from ..options import DEFAULT_MAX_NEW_TOKENS, GenerationOptions, clean_question
-from ..stream import GenerationCancelled, TextStream, TokenSink
+from ..stream import GenerationCancelled, Producer, TextStream, TokenSink
 from .base import VLM
 
 #: Where the API key is looked for when ``api_key`` is not given, in this order.
@@ -75,6 +76,7 @@ class RemoteVLM(VLM):
     """
 
     family = "remote"
+    multi_turn = True
     caption_options = caption_options.names("remote")
     default_prompt = CAPTION_PROMPTS["en"]
 
@@ -159,7 +161,20 @@ class RemoteVLM(VLM):
             return "".join(answer)
 
     def _produce(self, picture: Image.Image, prompt: str, options: GenerationOptions, sink: TokenSink) -> None:
-        body = _request_body(self.model_id, picture, prompt, options)
+        self._send(_request_body(self.model_id, picture, prompt, options), options, sink)
+
+    def _chat_stream(self, produce: Producer) -> TextStream:
+        """A chat turn runs beside other requests, as a query does: the server schedules them."""
+        return TextStream(produce)
+
+    def _answer_turn(self, turn: Turn, sink: TokenSink) -> None:
+        """A chat turn: the whole conversation goes to the server, the picture in its first message."""
+        body = _request_body(self.model_id, turn.picture, turn.question, turn.options)
+        body["messages"] = [_api_message(message) for message in turn.api_messages()]
+        self._send(body, turn.options, sink)
+
+    def _send(self, body: dict[str, Any], options: GenerationOptions, sink: TokenSink) -> None:
+        """Stream the answer to a chat-completions request ``body`` into ``sink``."""
         exchange = _Exchange(sink, self.timeout, options.max_new_tokens)
         try:
             with _redacted(self._api_key):
@@ -399,6 +414,17 @@ def _request_body(model: str, picture: Image.Image, prompt: str, options: Genera
     if options.seed is not None:
         body["seed"] = options.seed % _SERVER_SEEDS  # the API's seed is a signed 64-bit integer
     return body
+
+
+def _api_message(message: dict[str, Any]) -> dict[str, Any]:
+    """A chat message as the API takes it: a picture becomes a PNG data URL."""
+    content = message["content"]
+    if isinstance(content, list):
+        content = [
+            {"type": "image_url", "image_url": {"url": _data_url(part["image"])}} if part["type"] == "image" else part
+            for part in content
+        ]
+    return {"role": message["role"], "content": content}
 
 
 def _data_url(picture: Image.Image) -> str:
