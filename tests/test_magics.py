@@ -154,3 +154,26 @@ def test_the_magics_take_the_device_and_number_format(
     assert (answer.stats.device, answer.stats.dtype) == ("cpu", "bfloat16") and "TTFT" in out
     error, _ = run(shell, "%vlm_caption img --dtype int4", capsys)
     assert isinstance(error, RequestError) and "invalid choice" in str(error)
+
+
+@pytest.mark.timeout(120)
+def test_vlm_chat_carries_the_conversation_across_cells(
+    shell: InteractiveShell, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, out = run(shell, "%%vlm_chat img\nWhat colour is the shape?", capsys)
+    second, _ = run(shell, "%%vlm_chat\nWhat shape is it?", capsys)
+    chat = SmolVLM("shapes-smolvlm").chat(shell.user_ns["img"])
+    assert (first, second) == (chat.ask("What colour is the shape?"), chat.ask("What shape is it?"))
+    assert out == f"{first}\n"
+    assert isinstance(second, Answer) and second.stats is not None
+    assert second.stats.extra.get("conversation_cache") == "hit"
+    again, _ = run(shell, "%%vlm_chat --new\nWhat colour is the shape?", capsys)
+    assert again == first  # a new conversation on the same picture
+
+
+@pytest.mark.timeout(60)
+def test_vlm_chat_without_a_conversation_says_how_to_start_one(capsys: pytest.CaptureFixture[str]) -> None:
+    shell = InteractiveShell.instance()
+    fresh = VLMMagics(shell)
+    with pytest.raises(RequestError, match="start one with %%vlm_chat IMAGE"):
+        fresh.vlm_chat("", "What shape is it?")

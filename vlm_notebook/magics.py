@@ -15,13 +15,14 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.getipython import get_ipython
-from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class, no_var_expand
+from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import publish_display_data
 from IPython.utils.process import arg_split  # type: ignore[attr-defined]
 from traitlets import Integer, Unicode
 
 from . import caption_options, hub, registry
+from .chat import Chat
 from .errors import ImageError, RequestError
 from .images import is_url
 from .models.base import VLM
@@ -89,6 +90,7 @@ class VLMMagics(Magics):
     def __init__(self, shell: Any = None, **kwargs: Any):
         super().__init__(shell, **kwargs)
         self._models: dict[tuple[str, str, str, str], VLM] = {}
+        self._chat: Chat | None = None  # the kernel's conversation (%%vlm_chat)
 
     @no_var_expand
     @magic_arguments()
@@ -132,6 +134,30 @@ class VLMMagics(Magics):
             max_new_tokens=self._max_new_tokens(args),
         )
         return self._answer(call, args)
+
+    @no_var_expand
+    @magic_arguments()
+    @argument("image", nargs="?", help="the picture to talk about: starts a new conversation (omit it to go on)")
+    @argument("--new", action="store_true", help="start again on the same picture, forgetting what was said")
+    @_common_options
+    @cell_magic
+    def vlm_chat(self, line: str, cell: str) -> Answer:
+        """Go on with this kernel's conversation about a picture: the cell's body is the next question.
+
+        %%vlm_chat IMAGE starts a conversation about IMAGE; later %%vlm_chat cells continue it.
+        """
+        args = self._parse(self.vlm_chat, line)
+        model = self.model(args.model, device=args.device, dtype=args.dtype)
+        if args.image is not None:
+            self._chat = model.chat(self._image(args.image))
+        elif self._chat is None:
+            raise RequestError("No conversation yet: start one with %%vlm_chat IMAGE, then ask on in later cells.")
+        elif self._chat.model is not model:
+            raise RequestError("This conversation is with another model: name its picture again to start one with it.")
+        elif args.new:
+            self._chat.reset()
+        chat = self._chat
+        return self._answer(partial(chat.ask, cell, max_new_tokens=self._max_new_tokens(args)), args)
 
     @line_magic
     def vlm_models(self, line: str = "") -> None:
