@@ -165,11 +165,13 @@ def test_wait_times_out_on_a_running_stream() -> None:
 
 
 
-def test_the_summary_shows_the_rate_so_far_while_running_and_the_final_rate_after() -> None:
-    stats = StreamStats(token_times=[0.5, 1.0, 2.0])
-    assert stats.summary() == "TTFT 0.50 s · 3 tokens · 1.5 tokens/s", "3 tokens by 2 s, still running"
-    stats.end_time = 3.0
-    assert stats.summary() == "TTFT 0.50 s · 3 tokens · 1.0 tokens/s"
+def test_the_summary_shows_the_decoding_rate_not_counting_the_wait_for_the_first_token() -> None:
+    stats = StreamStats(token_times=[20.0, 21.0, 22.0])
+    assert stats.summary() == "TTFT 20.00 s · 3 tokens · 1.0 tokens/s", "2 tokens in the 2 s after the first"
+    stats.end_time = 22.5
+    assert stats.summary() == "TTFT 20.00 s · 3 tokens · 1.0 tokens/s"
+    assert stats.tokens_per_second == pytest.approx(3 / 22.5)  # end to end, for benchmarks
+    assert StreamStats(token_times=[0.5]).summary() == "TTFT 0.50 s · 1 tokens · - tokens/s"
     assert StreamStats().summary() == "TTFT - · 0 tokens · - tokens/s"
 
 

@@ -91,12 +91,17 @@ class StreamStats:
             return None
         return self.tokens / self.end_time
 
+    @property
+    def decode_tokens_per_second(self) -> float | None:
+        """The decoding rate: tokens after the first over the time since the first (so far, while it
+        runs). What Ollama and llama.cpp report; the wait before the first token is TTFT's."""
+        decode = self.decode_seconds
+        return (self.tokens - 1) / decode if decode else None
+
     def summary(self) -> str:
-        """One line a person reads: time to first token, tokens, tokens/s (so far, while it runs)."""
+        """One line a person reads: time to first token, tokens, the decoding rate (so far, while it runs)."""
         ttft = self.time_to_first_token
-        rate = self.tokens_per_second
-        if rate is None and self.token_times and self.token_times[-1] > 0:  # still running
-            rate = self.tokens / self.token_times[-1]
+        rate = self.decode_tokens_per_second
         first = f"{ttft:.2f} s" if ttft is not None else "-"
         speed = f"{rate:.1f} tokens/s" if rate is not None else "- tokens/s"
         return f"TTFT {first} · {self.tokens} tokens · {speed}"

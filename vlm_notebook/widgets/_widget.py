@@ -31,6 +31,12 @@ from ._controls import (
 from ._run import Run, figures_line, short_message
 
 Mode = Literal["caption", "question"]
+#: What the figures line's parts mean (its tooltip).
+FIGURES_HELP = (
+    "TTFT: seconds from Run to the first token (reading the picture and the prompt). "
+    "tokens/s: the decoding rate after the first token. image tokens: how many tokens the picture became; "
+    "(reused): the picture's work was done before. Then where it ran, and how and when it ended."
+)
 #: Qwen2-VL's caption languages (``Qwen2VL.caption``), from the module it reads them from (no transformers).
 QWEN2VL_LANGUAGES = tuple(CAPTION_PROMPTS)
 
@@ -189,7 +195,7 @@ class VLMWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         self.run_button = widgets.Button(description="Run", button_style="primary", icon="play")
         self.stop_button = widgets.Button(description="Stop", icon="stop", disabled=True)
         self.output = widgets.Output(layout=widgets.Layout(border="1px solid #ccc", min_height="2em", padding="4px"))
-        self.figures = widgets.Label(value="")
+        self.figures = widgets.Label(value="", tooltip=FIGURES_HELP)
         self.message = widgets.Label(value="")
         self._connect()
 
