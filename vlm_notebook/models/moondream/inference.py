@@ -36,7 +36,8 @@ def image_embeddings(
     crops = overlap_crops(picture, config)
     if check is not None:
         check()
-    features = net.vision.encode(crops.pixels)  # (N, grid * grid, enc_dim)
+    pixels = crops.pixels.to(device=_device(net), dtype=net.text.wte.dtype)
+    features = net.vision.encode(pixels)  # (N, grid * grid, enc_dim)
     local = features[1:].view(-1, config.grid, config.grid, config.enc_dim)
     stitched = stitch(local, crops.tiling, config.overlap_margin)
     return net.vision.project(features[0], stitched), crops.pixels.shape[0]
@@ -56,10 +57,10 @@ def prefill_image(
     check: Check | None = None,
 ) -> EncodedImage:
     """BOS and the image's ``embeddings`` (tokens x dim) through the text model, kept as a prefix."""
-    bos = net.text.embed(torch.tensor([[net.config.tokenizer.bos_id]]))
+    bos = net.text.embed(_ids(net, [net.config.tokenizer.bos_id]))
     prefix = torch.cat([bos, embeddings[None]], dim=1)  # (1, 1 + image tokens, dim)
     text = net.config.text
-    cache = KVCache(text.n_layers, text.n_kv_heads, text.head_dim, prefix.shape[1])
+    cache = KVCache(text.n_layers, text.n_kv_heads, text.head_dim, prefix.shape[1], prefix.device, prefix.dtype)
     net.text(prefix, 0, mask=None, cache=cache, between_layers=check)  # the prefix attends both ways
     return EncodedImage(cache=cache, size=size, crops=crops)
 
@@ -76,7 +77,7 @@ def _prefill(
             f"{limit} positions. Ask a shorter question."
         )
     cache = encoded.cache.extended(min(needed, limit))
-    mask = continuation_mask(cache.length, prompt.shape[1])
+    mask = continuation_mask(cache.length, prompt.shape[1], prompt.device)
     hidden = net.text(net.text.embed(prompt), cache.length, mask=mask, cache=cache, between_layers=check)
     return cache, hidden[:, -1:]
 
@@ -101,7 +102,7 @@ def generate_text(
     the prompt is prefilled (to change the thread count, say)."""
     tokens = net.config.tokenizer
     sample = Sampler(options, banned=(tokens.answer_id,))
-    cache, hidden = _prefill(net, encoded, torch.tensor([prompt_ids]), options.max_new_tokens, check)
+    cache, hidden = _prefill(net, encoded, _ids(net, prompt_ids), options.max_new_tokens, check)
     if decoding is not None:
         decoding()
     token = sample(net.text.logits(hidden))
@@ -114,9 +115,18 @@ def generate_text(
             on_token(token)
         if len(generated) >= options.max_new_tokens or cache.length >= cache.capacity:
             return TextResult(generated, "length")
-        hidden = net.text(net.text.embed(torch.tensor([[token]])), cache.length, cache=cache)
+        hidden = net.text(net.text.embed(_ids(net, [token])), cache.length, cache=cache)
         token = sample(net.text.logits(hidden))
     return TextResult(generated, "stop")
+
+
+def _device(net: MoondreamNetwork) -> torch.device:
+    return net.text.wte.device
+
+
+def _ids(net: MoondreamNetwork, ids: list[int]) -> torch.Tensor:
+    """Token ids as a (1, n) tensor on the network's device."""
+    return torch.tensor([ids], device=_device(net))
 
 
 def _step(net: MoondreamNetwork, cache: KVCache, embedding: torch.Tensor) -> torch.Tensor:
@@ -140,7 +150,7 @@ def locate(
     """
     region, eos = net.region, net.config.tokenizer.eos_id
     per_object = 3 if with_size else 2
-    cache, hidden = _prefill(net, encoded, torch.tensor([prompt_ids]), per_object * max_objects, None)
+    cache, hidden = _prefill(net, encoded, _ids(net, prompt_ids), per_object * max_objects, None)
     if decoding is not None:
         decoding()
     found: list[dict[str, float]] = []

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from tokenizers import Tokenizer
 
-from ... import registry
+from ... import caption_options, registry
 from ...cache import PrefixCache, image_digest
 from ...cpu import phase_threads, quantize_int8
 from ...decoding import ChunkDecoder
@@ -19,16 +19,17 @@ from ...errors import CheckpointError, RequestError
 from ...hub import checkpoint_directory
 from ...images import load_image
 from ...options import DEFAULT_MAX_NEW_TOKENS, GenerationOptions, clean_question
+from ...runtime import Runtime, check_fits, choose_runtime
 from ...stream import TextStream, TokenSink
 from ..base import VLM, join_stream
 from .cache import EncodedImage
-from .checkpoint import load_network, load_tokenizer, read_config
+from .checkpoint import config_weight_bytes, load_network, load_tokenizer, read_config
 from .inference import encode, generate_text, locate
 from .network import MoondreamNetwork
 
 HUB_ID = "vikhyatk/moondream2"
 PINNED_REVISION = "2025-06-21"  # the release this implementation follows
-CAPTION_LENGTHS: tuple[str, ...] = ("short", "normal", "long")
+CAPTION_LENGTHS = caption_options.CAPTION_LENGTHS
 DEFAULT_MAX_OBJECTS = 50
 KEPT_IMAGES = 4  # encoded pictures kept per model for follow-up questions (~290 MB each at full size)
 
@@ -48,17 +49,27 @@ class Moondream(VLM):
 
     family = "moondream"
     default_model = "moondream2"
-    caption_options = ("length",)
+    caption_options = caption_options.names("moondream")
 
     network: MoondreamNetwork
     tokenizer: Tokenizer
 
-    def __init__(self, model: str | None = None, *, revision: str | None = None, int8: bool = False):
-        """``int8=True`` quantizes every linear layer to int8 on load: decoding reads a quarter of
-        the bytes, but the answers may differ from the fp32 model's (so it is off by default)."""
-        if not isinstance(int8, bool):
-            raise RequestError(f"int8 must be True or False, got {int8!r}.")
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        revision: str | None = None,
+        int8: bool = False,
+        device: str = "auto",
+        dtype: str = "auto",
+    ):
+        """``device`` and ``dtype`` choose where and in what number format it runs
+        (``vlm_notebook.runtime``; "auto" by default). ``int8=True`` (CPU only) quantizes every
+        linear layer to int8 on load: decoding reads a quarter of the bytes, but the answers may
+        differ from the fp32 model's (so it is off by default)."""
+        runtime = choose_runtime(device, dtype, int8)
         super().__init__(model, revision=revision)
+        self.runtime: Runtime = runtime
         self.int8 = int8
         #: Encoded recent pictures, by content (bounded; ``image_cache.clear()`` empties it).
         self.image_cache: PrefixCache[EncodedImage] = PrefixCache(max_entries=KEPT_IMAGES)
@@ -72,8 +83,9 @@ class Moondream(VLM):
             raise CheckpointError(f"{str(directory)!r} holds a {family} checkpoint, not a {self.family} one.")
         config, raw = read_config(directory)
         tokenizer = load_tokenizer(directory, raw)
-        network = load_network(directory, config)
-        if self.int8:
+        check_fits(self.runtime, config_weight_bytes(directory, self.runtime), f"{self.name!r}")
+        network = load_network(directory, config, self.runtime)
+        if self.runtime.int8:
             quantize_int8(network)
         self.network, self.tokenizer = network, tokenizer
 
@@ -138,7 +150,7 @@ class Moondream(VLM):
         source = self._checked(image) if isinstance(image, EncodedImage) else load_image(image)
         self.load()
         ids: list[int] = prompt_ids()
-        answer = TextStream(partial(self._produce_ids, source, ids, options), self._generation_lock)
+        answer = self._stream(partial(self._produce_ids, source, ids, options))
         return answer if stream else join_stream(answer)
 
     def _produce_ids(
