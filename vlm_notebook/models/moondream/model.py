@@ -209,14 +209,13 @@ class Moondream(VLM):
         return encoded, False
 
     def _locate(self, image: Any, object: str, kind: str, max_objects: int) -> list[dict[str, float]]:
-        if not isinstance(object, str) or not object.strip():
-            raise RequestError(f"Name the object to {kind}, e.g. model.{kind}(image, 'face'); got {object!r}.")
+        name = _object_name(object, kind)
         if isinstance(max_objects, bool) or not isinstance(max_objects, int) or max_objects < 1:
             raise RequestError(f"max_objects must be a whole number of at least 1, got {max_objects!r}.")
         source = self._checked(image) if isinstance(image, EncodedImage) else load_image(image)
         self.load()
         prefix, suffix = self.network.config.tokenizer.template(kind)
-        ids = prefix + self._text_ids(" " + object.strip()) + suffix
+        ids = prefix + self._text_ids(" " + name) + suffix
         with self._generation_lock, torch.inference_mode(), phase_threads() as decoding:
             encoded = source if isinstance(source, EncodedImage) else self._encoded_picture(source)[0]
             return locate(
@@ -256,3 +255,11 @@ class Moondream(VLM):
                 "This encoded image was made by a different model; encode the picture with this model's encode_image."
             )
         return encoded
+
+
+def _object_name(object: Any, kind: str) -> str:
+    """The object's name as a question is cleaned (control characters and surrounding space dropped)."""
+    try:
+        return clean_question(object)
+    except RequestError:
+        raise RequestError(f"Name the object to {kind}, e.g. model.{kind}(image, 'face'); got {object!r}.") from None
