@@ -81,7 +81,8 @@ lock:
 
 # The tests against the newest releases pyproject.toml admits (not the lock): run it to learn,
 # before users do, whether a release published since the lock breaks the package. Not part of CI.
-# torch stays the CPU build on this machine's disk.
+# torch is upgraded too, to the newest release pip can take (on this project's machines pip is
+# capped at torch 2.14.1, a CUDA build of about 5.5 GB kept on disk).
 test-latest: system-packages
 	rm -rf .venv-latest
 	$(PYTHON) -m venv .venv-latest
