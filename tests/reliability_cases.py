@@ -21,6 +21,7 @@ THEMES = {
     "generation": "Faults in generation",
     "sessions": "Long sessions",
     "remote": "Remote servers and batches",
+    "new-parts": "Devices, conversations, any checkpoint, overlays",
 }
 
 
@@ -225,6 +226,22 @@ CASES: tuple[Case, ...] = (
          "with a stream of events'); the chunks are read as the answer (before: 'reported an error: null')"),
     Case("batch-bad-picture-once", "remote", "a picture that cannot be read, in a batch from the command line",
          "reported once, after the bar ('failed: <path>: <why>'); the bar shows only the count (before: twice)"),
+    # Devices, conversations, any checkpoint, overlays ----------------------------------------
+    Case("absent-device", "new-parts", "device='cuda', 'cuda:1' or 'mps' on a machine without them; device='tpu', "
+         "dtype='int4'; int8 with dtype='bfloat16'; a remote model given a device",
+         "DeviceError from the constructor, before anything loads, listing the devices present; RequestError "
+         "naming the choices for the rest; a model made next answers exactly"),
+    Case("chat-while-streaming", "new-parts", "a second chat.ask while the first turn still streams",
+         "RequestError: finish or cancel the previous answer first; the first turn completes and the next "
+         "ask is answered exactly"),
+    Case("chat-overflow", "new-parts", "a conversation asked on until it outgrows the model's context",
+         "RequestError telling to chat.reset(), never truncated; the refused turn leaves no trace; after "
+         "reset() the chat answers exactly"),
+    Case("overlay-bad-detection", "new-parts", "overlay with NaN, out-of-range, bool or missing coordinates",
+         "RequestError saying what a detection must be; the picture passed in is unchanged"),
+    Case("hub-code-checkpoint", "new-parts", "a checkpoint whose config needs the repository's own code "
+         "(auto_map with an unknown model type)",
+         "CheckpointError: vlm-notebook never runs code from the Hub; nothing is imported or run"),
 )
 
 BY_ID: dict[str, Case] = {case.id: case for case in CASES}
