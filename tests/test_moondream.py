@@ -9,18 +9,31 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from holds import hook
+from PIL import Image
 
 from vlm_notebook import registry, shapes
 from vlm_notebook.errors import CheckpointError, CheckpointNotAvailableError, RequestError
 from vlm_notebook.models import Moondream
-from vlm_notebook.models.moondream import EncodedImage, MoondreamConfig
-from vlm_notebook.models.moondream.inference import image_embeddings
+from vlm_notebook.models.moondream import EncodedImage, MoondreamConfig, crops
+from vlm_notebook.models.moondream.inference import generate_text, image_embeddings
 from vlm_notebook.models.moondream.network import build_on_meta
+from vlm_notebook.models.moondream.prompts import caption_prompt, locate_prompt, query_prompt
 from vlm_notebook.models.moondream.text import prefix_causal_mask
-from vlm_notebook.training.moondream import TinySizes, build_config, build_network, build_tiny_tokenizer, iou, save
+from vlm_notebook.options import GenerationOptions
+from vlm_notebook.training.moondream import (
+    TinySizes,
+    build_config,
+    build_network,
+    build_tiny_tokenizer,
+    iou,
+    make_example,
+    save,
+)
+from vlm_notebook.training.pictures import Mix, PictureSource
 
 MANIFEST = Path(__file__).parent / "data" / "moondream2-2025-06-21.tsv"
 RED_CIRCLE = shapes.Scene("circle", "red", "white")
@@ -290,3 +303,74 @@ def test_prefill_uses_the_prefill_threads_and_decoding_the_decode_threads(model:
     assert len(prefills) == 3, "the picture once, the caption's prompt, the detect prompt"
     assert set(prefills) == {2} and decodes and set(decodes) == {1}
     assert torch.get_num_threads() == before, "torch's thread count is put back"
+
+
+# -- prompts, the answer token and resizing as the reference does them (issue #22) ----------
+
+
+def test_full_size_prompts_end_a_query_with_the_answer_token_twice() -> None:
+    tokens = MoondreamConfig().tokenizer
+    encode = {"Why?": [5195, 30], " face": [1986]}.__getitem__  # stand-in ids: the layout is what is pinned
+    assert query_prompt(tokens, encode, "Why?") == [1, 15381, 2, 5195, 30, 3, 3]
+    assert caption_prompt(tokens, "short") == [1, 32708, 2, 12492, 3]
+    assert caption_prompt(tokens, "normal") == [1, 32708, 2, 6382, 3]
+    assert caption_prompt(tokens, "long") == [1, 32708, 2, 4059, 3]
+    assert locate_prompt(tokens, encode, "detect", "face") == [1, 7235, 476, 2, 1986, 3]
+    assert locate_prompt(tokens, encode, "point", "face") == [1, 2581, 2, 1986, 3]
+
+
+def test_the_shipped_checkpoint_gets_exactly_these_prompt_ids(model: Moondream) -> None:
+    tokens = model.network.config.tokenizer
+    assert [caption_prompt(tokens, length) for length in shapes.CAPTION_LENGTHS] == [
+        [1, 426, 2, 423, 3], [1, 426, 2, 422, 3], [1, 426, 2, 421, 3],
+    ]
+    assert model._query_ids("What shape is it?") == [1, 424, 2, 364, 296, 281, 404, 40, 3, 3]
+    assert locate_prompt(tokens, model._text_ids, "detect", "circle") == [1, 410, 2, 339, 3]
+    assert locate_prompt(tokens, model._text_ids, "point", "circle") == [1, 417, 2, 339, 3]
+
+
+def test_training_builds_each_prompt_as_inference_does(model: Moondream) -> None:
+    tokens = model.network.config.tokenizer
+    inference = [caption_prompt(tokens, length) for length in shapes.CAPTION_LENGTHS]
+    inference += [model._query_ids(question) for question, _ in shapes.questions(RED_CIRCLE)]
+    inference += [locate_prompt(tokens, model._text_ids, k, s) for k in ("detect", "point") for s in shapes.SHAPES]
+    source, rng = PictureSource(Mix(canonical=1.0, varied=0.0)), random.Random(0)
+    trained = [make_example(rng, model.tokenizer, model.network.config, source).prompt for _ in range(200)]
+    assert all(prompt in inference for prompt in trained)
+    assert len({tuple(prompt) for prompt in trained}) == len(inference), "every prompt is trained on"
+
+
+@pytest.mark.timeout(60)
+def test_the_answer_token_may_come_first_but_never_later(model: Moondream, red_circle: EncodedImage) -> None:
+    answer = model.network.config.tokenizer.answer_id
+
+    def favour_answer(module: torch.nn.Module, args: object, logits: torch.Tensor) -> torch.Tensor:
+        return logits + 1e4 * torch.nn.functional.one_hot(torch.tensor(answer), logits.shape[-1])
+
+    handle = model.network.text.lm_head.register_forward_hook(favour_answer)
+    try:
+        with torch.inference_mode():
+            ids = model._query_ids("What shape is it?")
+            result = generate_text(model.network, red_circle, ids, GenerationOptions(max_new_tokens=4))
+    finally:
+        handle.remove()
+    assert result.token_ids[0] == answer, "the first generated token may be the answer token"
+    assert answer not in result.token_ids[1:], "from the second token on it is forbidden"
+
+
+def test_resizing_without_pyvips_is_pils_lanczos(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(crops, "PYVIPS", None)  # as where pyvips or libvips is not installed
+    picture = shapes.draw(RED_CIRCLE, 50).image
+    expected = np.asarray(picture.resize((64, 40), Image.Resampling.LANCZOS))
+    np.testing.assert_array_equal(crops.resize(picture, 64, 40), expected)
+
+
+def test_resizing_with_pyvips_is_libvips() -> None:
+    pyvips = pytest.importorskip("pyvips", exc_type=ImportError)
+    assert crops.PYVIPS is pyvips, "installed, pyvips is what the crops are resized with"
+    picture = shapes.draw(RED_CIRCLE, 50).image
+    for width, height in [(64, 40), (160, 96), (33, 200)]:
+        resized = crops.resize(picture, width, height)
+        assert resized.shape == (height, width, 3) and resized.dtype == np.uint8
+        lanczos = np.asarray(picture.resize((width, height), Image.Resampling.LANCZOS)).astype(int)
+        assert 0 < np.abs(resized.astype(int) - lanczos).mean() < 8, "libvips' own pixels, close to PIL's"

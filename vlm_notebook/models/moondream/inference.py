@@ -99,9 +99,12 @@ def generate_text(
     decoding: Callable[[], None] | None = None,
 ) -> TextResult:
     """Token ids of the answer to ``prompt_ids`` (EOS not included); ``decoding`` is called once
-    the prompt is prefilled (to change the thread count, say)."""
+    the prompt is prefilled (to change the thread count, say).
+
+    As in the reference, the answer token may be the first token generated but never a later one.
+    """
     tokens = net.config.tokenizer
-    sample = Sampler(options, banned=(tokens.answer_id,))
+    sample = Sampler(options)
     cache, hidden = _prefill(net, encoded, _ids(net, prompt_ids), options.max_new_tokens, check)
     if decoding is not None:
         decoding()
@@ -116,8 +119,15 @@ def generate_text(
         if len(generated) >= options.max_new_tokens or cache.length >= cache.capacity:
             return TextResult(generated, "length")
         hidden = net.text(net.text.embed(_ids(net, [token])), cache.length, cache=cache)
-        token = sample(net.text.logits(hidden))
+        token = sample(_banned(net.text.logits(hidden), tokens.answer_id))
     return TextResult(generated, "stop")
+
+
+def _banned(logits: torch.Tensor, token: int) -> torch.Tensor:
+    """``logits`` with ``token`` made impossible to pick."""
+    out = logits.clone()
+    out[..., token] = float("-inf")
+    return out
 
 
 def _device(net: MoondreamNetwork) -> torch.device:

@@ -26,6 +26,7 @@ from .cache import EncodedImage
 from .checkpoint import config_weight_bytes, load_network, load_tokenizer, read_config
 from .inference import encode, generate_text, locate
 from .network import MoondreamNetwork
+from .prompts import caption_prompt, locate_prompt, query_prompt
 
 HUB_ID = "vikhyatk/moondream2"
 PINNED_REVISION = "2025-06-21"  # the release this implementation follows
@@ -127,7 +128,7 @@ class Moondream(VLM):
         if length not in CAPTION_LENGTHS:
             raise RequestError(f"Unknown caption length {length!r}: use one of {', '.join(CAPTION_LENGTHS)}.")
         options = GenerationOptions(max_new_tokens, temperature, top_p, seed)
-        return self._answer(image, lambda: self._template_ids(f"caption_{length}"), options, stream)
+        return self._answer(image, lambda: caption_prompt(self.network.config.tokenizer, length), options, stream)
 
     def detect(self, image: Any, object: str, *, max_objects: int = DEFAULT_MAX_OBJECTS) -> list[dict[str, float]]:
         """Boxes of every ``object`` in ``image``: dicts of x_min, y_min, x_max, y_max, normalised to 0..1."""
@@ -214,8 +215,7 @@ class Moondream(VLM):
             raise RequestError(f"max_objects must be a whole number of at least 1, got {max_objects!r}.")
         source = self._checked(image) if isinstance(image, EncodedImage) else load_image(image)
         self.load()
-        prefix, suffix = self.network.config.tokenizer.template(kind)
-        ids = prefix + self._text_ids(" " + name) + suffix
+        ids = locate_prompt(self.network.config.tokenizer, self._text_ids, kind, name)
         with self._generation_lock, torch.inference_mode(), phase_threads() as decoding:
             encoded = source if isinstance(source, EncodedImage) else self._encoded_picture(source)[0]
             return locate(
@@ -224,13 +224,8 @@ class Moondream(VLM):
 
     # -- prompts ------------------------------------------------------------------------------
 
-    def _template_ids(self, name: str) -> list[int]:
-        prefix, suffix = self.network.config.tokenizer.template(name)
-        return prefix + suffix
-
     def _query_ids(self, question: str) -> list[int]:
-        prefix, suffix = self.network.config.tokenizer.template("query")
-        return prefix + self._text_ids(clean_question(question)) + suffix
+        return query_prompt(self.network.config.tokenizer, self._text_ids, clean_question(question))
 
     def _text_ids(self, text: str) -> list[int]:
         """The user's text as token ids; text that spells a special token (``<|endoftext|>``...) is refused."""
