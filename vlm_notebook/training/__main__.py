@@ -1,10 +1,12 @@
 """Command line: ``python -m vlm_notebook.training smolvlm|qwen2vl|moondream [--out DIR] [--steps N] [--seed S]``
-(also ``--vision-steps N`` and ``--threads N``; the defaults rebuild the shipped checkpoint).
+(also ``--vision-steps N``, ``--threads N``, ``--batch-size N``, ``--lr RATE`` and ``--init-from DIR``, which starts
+from a saved checkpoint's weights instead of random ones). With no options a family trains from
+scratch; each shipped checkpoint's card (its README.md) gives the command that made it.
 
-``smolvlm`` trains the tiny SmolVLM (English), ``qwen2vl`` the tiny Qwen2-VL (English and
-Japanese); each saves with ``save_pretrained``, reloads the saved directory to evaluate it,
-and writes ``training.json`` and ``README.md`` next to the weights. ``assets`` writes a few
-canonical example pictures for demos.
+``smolvlm`` trains the tiny SmolVLM (English), ``qwen2vl`` the tiny Qwen2-VL (captions in seven
+languages, questions in English and Japanese); each saves with ``save_pretrained``, reloads the
+saved directory to evaluate it, and writes ``training.json`` and ``README.md`` next to the
+weights. ``assets`` writes a few canonical example pictures for demos.
 """
 
 from __future__ import annotations
@@ -14,14 +16,14 @@ import os
 import platform
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from vlm_notebook import shapes
-from vlm_notebook.training import card, evaluate, moondream, qwen2vl, smolvlm
+from vlm_notebook.training import card, evaluate, moondream, qwen2vl, robustness, smolvlm
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 ASSETS_DIR = PACKAGE_DIR / "assets"
@@ -31,7 +33,8 @@ QWEN2VL_PER_SCENE = 1  # random-position pictures per scene in the evaluation
 
 @dataclass(frozen=True)
 class FamilyDefaults:
-    """What ``python -m vlm_notebook.training FAMILY`` does with no options: rebuild the shipped checkpoint."""
+    """What ``python -m vlm_notebook.training FAMILY`` does with no options: train from scratch (the settings
+    that made the first shipped checkpoints; the current ones were trained further, see their cards)."""
 
     help: str
     out: Path
@@ -47,7 +50,7 @@ FAMILY_DEFAULTS: dict[str, FamilyDefaults] = {
     ),
     # on a shared 2-core machine one thread was 7x faster than two
     "qwen2vl": FamilyDefaults(
-        "train and save the tiny shapes-qwen2vl (English and Japanese)",
+        "train and save the tiny shapes-qwen2vl (captions in 7 languages, questions in 2)",
         PACKAGE_DIR / "checkpoints" / "shapes-qwen2vl", 2000, 2000, 1,
     ),
     "moondream": FamilyDefaults(
@@ -56,6 +59,7 @@ FAMILY_DEFAULTS: dict[str, FamilyDefaults] = {
     ),
 }
 EVAL_SEED_OFFSET = 10_000  # random-position evaluation pictures use seed + this
+RANDOM_PICTURES = 200  # pictures as users send them (issue #22), seed robustness.DEFAULT_SEED
 ASSET_SCENES = (
     shapes.Scene("circle", "red", "white"),
     shapes.Scene("square", "blue", "black"),
@@ -75,8 +79,28 @@ def _machine() -> str:
 def _command(args: argparse.Namespace) -> str:
     command = f"python -m vlm_notebook.training {args.family} --steps {args.steps} --seed {args.seed}"
     command += f" --vision-steps {args.vision_steps} --threads {args.threads}"
+    if args.init_from:
+        command += f" --init-from {args.init_from}"
+    if args.batch_size:
+        command += f" --batch-size {args.batch_size}"
+    if args.lr:
+        command += f" --lr {args.lr:g}"
     default_out = FAMILY_DEFAULTS[args.family].out
     return command if Path(args.out).resolve() == default_out else f"{command} --out {args.out}"
+
+
+R = TypeVar("R", smolvlm.Recipe, qwen2vl.Recipe, moondream.Recipe)
+
+
+def _sized(recipe: R, args: argparse.Namespace) -> R:
+    """The recipe, with ``--batch-size`` and ``--lr`` when given."""
+    if args.batch_size:
+        recipe = replace(recipe, batch_size=args.batch_size)
+    return replace(recipe, lr=args.lr) if args.lr else recipe
+
+
+def _init(args: argparse.Namespace) -> Path | None:
+    return Path(args.init_from) if args.init_from else None
 
 
 def _mean_tail(losses: list[float], n: int = 100) -> float:
@@ -95,6 +119,7 @@ def _record(
         "steps": args.steps,
         "vision_steps": args.vision_steps,
         "threads": args.threads,
+        "init_from": args.init_from,
         "train_seconds": round(trained.vision.seconds + trained.text.seconds, 1),
         "vision_seconds": round(trained.vision.seconds, 1),
         "text_seconds": round(trained.text.seconds, 1),
@@ -111,25 +136,34 @@ def run_smolvlm(args: argparse.Namespace) -> dict[str, Any]:
     """Train, save, reload and evaluate; write the record and the model card."""
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    recipe = smolvlm.Recipe()
-    trained = smolvlm.train_model(args.steps, args.vision_steps, args.seed, recipe, _log)
+    recipe = _sized(smolvlm.Recipe(), args)
+    trained = smolvlm.train_model(args.steps, args.vision_steps, args.seed, recipe, _log, _init(args))
     smolvlm.save(trained.processor, trained.model, out)
     _log(f"saved to {out}; evaluating the saved directory")
     started = time.perf_counter()
     record = _record(args, trained, recipe)
     record["evaluation"] = evaluate.evaluate_dir(out, random_seed=args.seed + EVAL_SEED_OFFSET)
+    record["evaluation"]["pictures"] = _pictures(out)
     record["eval_seconds"] = round(time.perf_counter() - started, 1)
     card.write_record(out, record)
     card.write_card(out, record)
     return record
 
 
+def _pictures(out: Path) -> dict[str, Any]:
+    """The saved checkpoint, loaded as users load it, on random pictures as users send them."""
+    from vlm_notebook.registry import get_model
+
+    _log(f"evaluating on {RANDOM_PICTURES} random pictures")
+    return robustness.evaluate(get_model(str(out)), RANDOM_PICTURES)
+
+
 def run_qwen2vl(args: argparse.Namespace) -> dict[str, Any]:
-    """Train, save, reload and evaluate (English and Japanese); write the record and the card."""
+    """Train, save, reload and evaluate (every caption language); write the record and the card."""
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    recipe = qwen2vl.Recipe()
-    trained = qwen2vl.train_model(args.steps, args.vision_steps, args.seed, recipe, _log)
+    recipe = _sized(qwen2vl.Recipe(), args)
+    trained = qwen2vl.train_model(args.steps, args.vision_steps, args.seed, recipe, _log, _init(args))
     qwen2vl.save(trained.processor, trained.model, out)
     _log(f"saved to {out}; evaluating the saved directory")
     started = time.perf_counter()
@@ -139,9 +173,10 @@ def run_qwen2vl(args: argparse.Namespace) -> dict[str, Any]:
         out,
         random_seed=args.seed + EVAL_SEED_OFFSET,
         per_scene=QWEN2VL_PER_SCENE,
-        languages=shapes.LANGUAGES,
+        languages=shapes.CAPTION_LANGUAGES,
         load_processor=qwen2vl.load_processor,
     )
+    record["evaluation"]["pictures"] = _pictures(out)
     record["eval_seconds"] = round(time.perf_counter() - started, 1)
     card.write_record(out, record)
     card.write_card(out, record)
@@ -152,19 +187,19 @@ def run_moondream(args: argparse.Namespace) -> dict[str, Any]:
     """Train the tiny Moondream, save it, reload and evaluate every task; write the record and the card."""
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    recipe = moondream.Recipe()
-    trained = moondream.train_model(args.steps, args.vision_steps, args.seed, recipe, _log)
+    recipe = _sized(moondream.Recipe(), args)
+    trained = moondream.train_model(args.steps, args.vision_steps, args.seed, recipe, _log, _init(args))
     moondream.save(trained.tokenizer, trained.net, out)
     _log(f"saved to {out}; evaluating the saved directory")
     started = time.perf_counter()
     record: dict[str, Any] = {
         "name": out.name, "family": args.family, "command": _command(args), "seed": args.seed,
-        "steps": args.steps, "vision_steps": args.vision_steps, "threads": args.threads,
+        "steps": args.steps, "vision_steps": args.vision_steps, "threads": args.threads, "init_from": args.init_from,
         "train_seconds": round(trained.vision.seconds + trained.text.seconds, 1),
         "vision_seconds": round(trained.vision.seconds, 1), "text_seconds": round(trained.text.seconds, 1),
         "final_vision_loss": _mean_tail(trained.vision.losses), "final_text_loss": _mean_tail(trained.text.losses),
         "parameters": sum(p.numel() for p in trained.net.parameters()), "recipe": recipe.as_dict(),
-        "machine": _machine(), "versions": card.versions(),
+        "machine": _machine(), "versions": card.versions(), "resizer": moondream.resizer(),
     }
     record["evaluation"] = moondream.evaluate_dir(out, random_seed=args.seed + EVAL_SEED_OFFSET)
     record["eval_seconds"] = round(time.perf_counter() - started, 1)
@@ -191,6 +226,11 @@ def _add_family(parser: argparse.ArgumentParser, defaults: FamilyDefaults) -> No
     parser.add_argument("--vision-steps", type=int, default=defaults.vision_steps, help="vision pretraining steps")
     parser.add_argument(
         "--threads", type=int, default=defaults.threads, help="torch CPU threads (fixed for repeatability)"
+    )
+    parser.add_argument("--init-from", default=None, help="start from this checkpoint's weights, not at random")
+    parser.add_argument("--batch-size", type=int, default=None, help="examples a step (default: the recipe's)")
+    parser.add_argument(
+        "--lr", type=float, default=None, help="peak learning rate of the whole-model stage (default: the recipe's)"
     )
 
 

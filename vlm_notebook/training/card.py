@@ -50,7 +50,8 @@ def _about(record: dict[str, Any]) -> list[str]:
         "## Format",
         "",
         f"- {record['parameters']:,} parameters, fp32 safetensors; 64 px pictures, patch 8,",
-        "  scale factor 2 = 16 image tokens; any picture is resized to one 64 px tile.",
+        "  scale factor 2 = 16 image tokens; any picture is resized to one 64 px tile (squeezed to a square",
+        "  whatever its aspect ratio, as transformers' Idefics3 processor does with image splitting off).",
         "- Byte-level BPE trained on the English text only; SmolVLM's special tokens and",
         "  prompt format: `<|im_start|>User:<image>Describe this image.<end_of_utterance>\\nAssistant:`",
         "- Load with `AutoProcessor` and `AutoModelForImageTextToText` (`dtype=torch.float32`);",
@@ -68,15 +69,17 @@ def _about_qwen2vl(record: dict[str, Any]) -> list[str]:
         "A tiny Qwen2-VL (transformers `qwen2_vl` architecture: vision transformer with 2D rotary",
         "positions and a 2x2 patch merger, Qwen2 text model with M-RoPE) trained from scratch on",
         "synthetic pictures of one coloured shape on a plain background (`vlm_notebook.shapes`:",
-        "4 shapes x 6 colours x 3 backgrounds = 72 scenes). It captions them and answers questions",
-        "in English and in Japanese (`shapes.caption(scene, language=\"ja\")`, e.g. `白い背景に赤い円。`).",
+        "4 shapes x 6 colours x 3 backgrounds = 72 scenes). It captions them in the seven languages",
+        "`caption(language=...)` offers (en, ja, zh, ko, fr, de, es: `shapes.caption(scene, language)`, e.g.",
+        "`白い背景に赤い円。`, `Un cercle rouge sur fond blanc.`) and answers questions in English and Japanese.",
         "It knows nothing else: it is a test and demo model, not a general VLM.",
         "",
         "## Format",
         "",
-        f"- {record['parameters']:,} parameters, fp32 safetensors; every picture is resized to {size} x {size}",
-        f"  (min_pixels = max_pixels = {size * size}): patch 14, temporal patch 2, merge 2 = {tokens} image tokens.",
-        "- Byte-level BPE trained on the English text only, so each Japanese character is 3 byte",
+        f"- {record['parameters']:,} parameters, fp32 safetensors; every picture is resized to about {size * size}"
+        f" pixels (min_pixels = max_pixels = {size * size}), keeping its aspect ratio: {size} x {size} for a square,",
+        f"  patch 14, temporal patch 2, merge 2 = {tokens} image tokens (a 3:1 picture: 168 x 56, 12 tokens).",
+        "- Byte-level BPE trained on the English text only, so each Japanese, Chinese or Korean character is 3 byte",
         "  tokens; Qwen's special tokens and prompt format (our own chat template, no system turn):",
         "  `<|im_start|>user\\n<|vision_start|><|image_pad|><|vision_end|>Describe this image.<|im_end|>\\n"
         "<|im_start|>assistant\\n`",
@@ -94,7 +97,7 @@ def _how(record: dict[str, Any]) -> list[str]:
                   " classify shape, colour and background.")
         frozen = record["recipe"].get("freeze_vision")
         trained = "the text model (vision side frozen)" if frozen else "the whole model"
-        stage2 = f"{trained} on the answers in English and Japanese"
+        stage2 = f"{trained} on the captions in seven languages and the answers in English and Japanese"
     else:
         stage1 = "tower alone: linear heads on its mean-pooled output classify shape, colour and background."
         stage2 = "the whole model on the answers"
@@ -114,7 +117,31 @@ def _how(record: dict[str, Any]) -> list[str]:
         "",
         "Both stages: AdamW, linear warmup then cosine decay, gradient clipping, deterministic kernels.",
         "",
+        *training_pictures(record),
     ]
+
+
+def training_pictures(record: dict[str, Any]) -> list[str]:
+    """What the pictures were, and where the weights started, for runs that record it."""
+    from vlm_notebook.training.pictures import VARIED
+
+    recipe, lines, v = record["recipe"], [], VARIED
+    if "varied_fraction" in recipe:
+        canonical, varied = 100 * recipe["canonical_fraction"], 100 * recipe["varied_fraction"]
+        lines += [
+            f"Pictures: {canonical:.0f}% canonical drawings, {varied:.0f}% varied like users'"
+            f" (`vlm_notebook.training.pictures`: aspect ratio {v.aspect[0]:g}-{v.aspect[1]:g},",
+            f"short side {v.short_side[0]}-{v.short_side[1]} px, the shape at {100 * v.shape_fraction[0]:.0f}-"
+            f"{100 * v.shape_fraction[1]:.0f}% of the short side anywhere, PNG, JPEG of quality",
+            f"{v.jpeg_quality[0]}-{v.jpeg_quality[1]} or RGBA with a transparent white background, Gaussian noise up to"
+            f" {v.noise[1]:g} levels,",
+            "decoded with `load_image` as a user's file is; mirrored at random when reused), the rest squares with the",
+            "shape anywhere.",
+            "",
+        ]
+    if record.get("init_from"):
+        lines += [f"Started from the weights of {record.get('init_note') or record['init_from']}, not at random.", ""]
+    return lines
 
 
 def _accuracy(record: dict[str, Any]) -> list[str]:
@@ -127,8 +154,46 @@ def _accuracy(record: dict[str, Any]) -> list[str]:
         _accuracy_line(f"random position and size (seed {random_set['seed']})", random_set),
         *_per_prompt_rows(random_set),
         "",
+        *pictures_section(record["evaluation"].get("pictures")),
         f"Versions: torch {record['versions']['torch']}, transformers {record['versions']['transformers']}.",
         "",
+    ]
+
+
+def pictures_section(pictures: dict[str, Any] | None) -> list[str]:
+    """The accuracy on random pictures as users send them (``training.robustness``), if measured."""
+    if pictures is None:
+        return []
+    return [
+        "## Pictures as users send them (`python -m vlm_notebook.training.robustness`)",
+        "",
+        f"{pictures['pictures']} random pictures (seed {pictures['seed']}; `shapes.random_picture`: aspect ratio",
+        "1:3 to 3:1, short side 48-256 px, the shape at 25-60% of the short side anywhere, PNG, JPEG quality 60",
+        "or RGBA PNG, passed as file bytes through the model's API). A picture is right when the caption names",
+        "the shape's colour and shape and both questions (`What shape is it?`, `What colour is the shape?`) are",
+        "answered exactly" + (
+            "; `detect` gives one box with IoU >= 0.5 and `point` one point inside the shape." if "detect" in
+            pictures["per_check"] else "."
+        ),
+        "",
+        f"- right: {pictures['right']}/{pictures['pictures']} ({100 * pictures['rate']:.1f}%)"
+        + (f"; the checkpoint before this one: {pictures['before']}" if pictures.get("before") else ""),
+        *[f"  - {name}: {count}" for name, count in pictures["per_check"].items()],
+        "- by kind of picture (right/pictures):",
+        *[f"  - {name}: {count}" for name, count in pictures["buckets"].items()],
+        *_causes(pictures),
+        "",
+    ]
+
+
+def _causes(pictures: dict[str, Any]) -> list[str]:
+    """Where the misses come from, when measured (``robustness.square_around_shape``)."""
+    if "misses_right_as_square" not in pictures:
+        return []
+    return [
+        "- missed pictures answered right when asked again as the square around the shape (the same pixels):",
+        f"  {pictures['misses_right_as_square']}. Those misses come from how the whole picture reaches the model",
+        "  (its aspect ratio and size after the processor), not from the scene; the rest from the checkpoint.",
     ]
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -31,6 +32,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from vlm_notebook import shapes
+from vlm_notebook.models.moondream import crops
+from vlm_notebook.models.moondream.checkpoint import load_network
 from vlm_notebook.models.moondream.config import (
     MoondreamConfig,
     RegionConfig,
@@ -40,12 +43,18 @@ from vlm_notebook.models.moondream.config import (
 )
 from vlm_notebook.models.moondream.crops import overlap_crops, stitch
 from vlm_notebook.models.moondream.network import MoondreamNetwork
+from vlm_notebook.models.moondream.prompts import caption_prompt, locate_prompt, query_prompt
 from vlm_notebook.models.moondream.text import prefix_causal_mask
+from vlm_notebook.training import robustness
+from vlm_notebook.training.card import pictures_section, training_pictures
 from vlm_notebook.training.loop import Batch, BatchMaker, Logger, TrainConfig, TrainResult, seed_everything, train
+from vlm_notebook.training.pictures import Mix, PictureSource
+from vlm_notebook.training.robustness import iou
 from vlm_notebook.training.tokenizer import build_tokenizer
 from vlm_notebook.training.vision import PooledClassifier, scene_labels
 
 IMAGE_SIZE = 64
+RANDOM_PICTURES = 200  # pictures as users send them in the evaluation (``training.robustness``)
 SCENES = shapes.all_scenes()
 
 # Ids 0..9 as in the published tokenizer config: 0 BOS/EOS, 1 and 2 open and close the task
@@ -164,31 +173,22 @@ class Example:
     with_size: bool = False
 
 
-def _drawing(rng: random.Random, scene: shapes.Scene, canonical_fraction: float) -> shapes.Drawing:
-    canonical = rng.random() < canonical_fraction
-    return shapes.draw(scene, IMAGE_SIZE, None if canonical else rng)
-
-
-def make_example(
-    rng: random.Random, tokenizer: Tokenizer, config: MoondreamConfig, canonical_fraction: float
-) -> Example:
-    """A random scene and a random task on it."""
+def make_example(rng: random.Random, tokenizer: Tokenizer, config: MoondreamConfig, source: PictureSource) -> Example:
+    """A random scene and a random task on it, in the prompts inference builds (``prompts``)."""
     scene = rng.choice(SCENES)
-    drawing = _drawing(rng, scene, canonical_fraction)
+    drawing = source.drawing(rng, scene)
     tokens, kind = config.tokenizer, rng.choices(["caption", "query", "detect", "point"], [3, 3, 2, 1])[0]
-    eos = [tokens.eos_id]
+    eos, encode = [tokens.eos_id], partial(_ids, tokenizer)
     if kind == "caption":
         length = rng.choice(shapes.CAPTION_LENGTHS)
-        prompt = tokens.template(f"caption_{length}")[0]
-        return Example(drawing, prompt, _ids(tokenizer, f" {shapes.caption_of_length(scene, length)}") + eos)
+        answer = shapes.caption_of_length(scene, length)
+        return Example(drawing, caption_prompt(tokens, length), encode(f" {answer}") + eos)
     if kind == "query":
         question, answer = rng.choice(shapes.questions(scene))
-        prefix, suffix = tokens.template("query")
-        return Example(drawing, prefix + _ids(tokenizer, question) + suffix, _ids(tokenizer, f" {answer}") + eos)
+        return Example(drawing, query_prompt(tokens, encode, question), encode(f" {answer}") + eos)
     present = kind == "point" or rng.random() < 0.75
     target = scene.shape if present else rng.choice([s for s in shapes.SHAPES if s != scene.shape])
-    prefix, suffix = tokens.template(kind)
-    prompt = prefix + _ids(tokenizer, f" {target}") + suffix
+    prompt = locate_prompt(tokens, encode, kind, target)
     return Example(drawing, prompt, box=drawing.box if present else None, region=True, with_size=kind == "detect")
 
 
@@ -308,7 +308,12 @@ class Recipe:
 
     sizes: TinySizes = TinySizes()
     batch_size: int = 32
-    canonical_fraction: float = 0.25
+    canonical_fraction: float = 0.15
+    varied_fraction: float = 0.6  # pictures like users send (``training.pictures``); the rest: random squares
+
+    @property
+    def mix(self) -> Mix:
+        return Mix(self.canonical_fraction, self.varied_fraction)
     vision_lr: float = 1e-3
     lr: float = 1.5e-3
     region_weight: float = 0.5  # the region losses (about 4 nats at best) would otherwise swamp the tokens'
@@ -327,30 +332,37 @@ class Trained:
 
 
 def make_batch_maker(tokenizer: Tokenizer, config: MoondreamConfig, recipe: Recipe) -> BatchMaker:
+    source = PictureSource(recipe.mix, IMAGE_SIZE)
+
     def make_batch(rng: random.Random) -> Batch:
-        examples = [make_example(rng, tokenizer, config, recipe.canonical_fraction) for _ in range(recipe.batch_size)]
+        examples = [make_example(rng, tokenizer, config, source) for _ in range(recipe.batch_size)]
         return cast(Batch, {"examples": examples})
 
     return make_batch
 
 
 def make_vision_batch_maker(config: MoondreamConfig, recipe: Recipe) -> BatchMaker:
+    source = PictureSource(recipe.mix, IMAGE_SIZE)
+
     def make_batch(rng: random.Random) -> Batch:
         scenes = [rng.choice(SCENES) for _ in range(recipe.batch_size)]
-        drawings = [_drawing(rng, scene, recipe.canonical_fraction) for scene in scenes]
+        drawings = [source.drawing(rng, scene) for scene in scenes]
         pixels = torch.cat([overlap_crops(d.image, config.vision).pixels[:1] for d in drawings])
         return {"pixel_values": pixels, "labels": torch.tensor([scene_labels(s) for s in scenes])}
 
     return make_batch
 
 
-def train_model(steps: int, vision_steps: int, seed: int, recipe: Recipe = Recipe(), log: Logger = print) -> Trained:
+def train_model(
+    steps: int, vision_steps: int, seed: int, recipe: Recipe = Recipe(), log: Logger = print,
+    init: Path | None = None,
+) -> Trained:
     """Stage 1 (``vision_steps``, data seed ``seed``): classify scenes with the vision encoder.
     Stage 2 (``steps``, data seed ``seed + 1``): all four tasks through the whole network."""
     seed_everything(seed)
     tokenizer = build_tiny_tokenizer()
     config = build_config(tokenizer, recipe.sizes)
-    net = build_network(config, recipe.sizes)
+    net = build_network(config, recipe.sizes) if init is None else load_network(init, config).train()
     classifier = PooledClassifier(_Tower(net), recipe.sizes.vision_dim)
     stage1 = TrainConfig(steps=vision_steps, lr=recipe.vision_lr, warmup_steps=recipe.warmup_steps, seed=seed)
     vision = train(classifier, make_vision_batch_maker(config, recipe), stage1, lambda m: log(f"vision {m}"))
@@ -358,6 +370,11 @@ def train_model(steps: int, vision_steps: int, seed: int, recipe: Recipe = Recip
     objective = ShapesObjective(net, recipe.region_weight)
     text = train(objective, make_batch_maker(tokenizer, config, recipe), stage2, lambda m: log(f"text {m}"))
     return Trained(tokenizer, net.eval(), vision, text)
+
+
+def resizer() -> str:
+    """What resizes the crops here: libvips when pyvips is installed, else PIL (see ``crops``)."""
+    return "libvips (pyvips)" if crops.PYVIPS is not None else "PIL Lanczos (pyvips not installed)"
 
 
 def save(tokenizer: Tokenizer, net: MoondreamNetwork, directory: Path) -> None:
@@ -373,15 +390,6 @@ def save(tokenizer: Tokenizer, net: MoondreamNetwork, directory: Path) -> None:
 
 
 # -- evaluation -----------------------------------------------------------------------------
-
-
-def iou(a: shapes.Box, b: shapes.Box) -> float:
-    """Intersection over union of two (x0, y0, x1, y1) boxes."""
-    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = width * height
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def _checks(model: Any, scene: shapes.Scene, drawing: shapes.Drawing) -> dict[str, bool]:
@@ -426,7 +434,8 @@ def evaluate_dir(directory: Path, random_seed: int) -> dict[str, Any]:
     rng = random.Random(random_seed)
     canonical = [(scene, shapes.draw(scene, IMAGE_SIZE)) for scene in SCENES]
     placed = [(scene, shapes.draw(scene, IMAGE_SIZE, rng)) for scene in SCENES]
-    return {"canonical": _score(model, canonical), "random": _score(model, placed)}
+    pictures = robustness.evaluate(model, RANDOM_PICTURES)
+    return {"canonical": _score(model, canonical), "random": _score(model, placed), "pictures": pictures}
 
 
 def model_card(record: dict[str, Any]) -> str:
@@ -469,6 +478,10 @@ def model_card(record: dict[str, Any]) -> str:
         f"2. {record['steps']} steps ({record['text_seconds']} s) training the whole network on captions,"
         " answers (token loss) and boxes and points (region-model losses).",
         "",
+        *training_pictures(record),
+        f"Prompts as `vlm_notebook.models.moondream.prompts` builds them (a query ends with the answer token twice);"
+        f" crops resized with {record.get('resizer', 'PIL Lanczos')}.",
+        "",
         "## Accuracy (greedy, loaded from this directory)",
         "",
     ]
@@ -476,8 +489,8 @@ def model_card(record: dict[str, Any]) -> str:
         score = record["evaluation"][name]
         lines.append(f"- {title}: {score['exact']}/{score['total']} correct ({100 * score['accuracy']:.1f}%)")
         lines += [f"  - {task}: {count}" for task, count in score["per_prompt"].items()]
+    lines += ["", *pictures_section(record["evaluation"].get("pictures"))]
     lines += [
-        "",
         "Captions and answers count when exact; `detect` when it gives one box with IoU >= 0.5 against",
         "the drawn box; `point` when it gives one point inside it; an absent shape when `detect` gives none.",
         "Where it fails, by the scores above: mostly the shape's name (in captions and answers) on",

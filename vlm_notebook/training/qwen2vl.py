@@ -1,5 +1,5 @@
-"""A tiny Qwen2-VL (transformers' ``qwen2_vl`` architecture) trained on the shapes scenes,
-in English and Japanese.
+"""A tiny Qwen2-VL (transformers' ``qwen2_vl`` architecture) trained on the shapes scenes:
+captions in the seven languages ``caption(language=...)`` offers, questions in English and Japanese.
 
 The real thing at a small size: ``Qwen2VLConfig`` and ``AutoModelForImageTextToText``
 (vision transformer with 2D rotary positions, patch merger, Qwen2 text model with M-RoPE),
@@ -13,7 +13,7 @@ renders Qwen's prompt format (without the default system turn)::
 Pictures are resized to 112 x 112 (min_pixels = max_pixels = 112 * 112): patch 14, temporal
 patch 2, merge 2, hence 64 patches and 16 image tokens per picture. (At 56 px, 4 image tokens,
 a first run reached 100% on canonical drawings but only 91.5% on randomly placed shapes.) The BPE is trained on
-the English text only, so Japanese stays byte tokens (3 per character).
+the English text only, so Japanese, Chinese and Korean stay byte tokens (3 per character).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from transformers import (
 from vlm_notebook import shapes
 from vlm_notebook.models._qwen2vl_processor import ImageOnlyQwen2VLProcessor as Qwen2VLProcessor
 from vlm_notebook.models._qwen2vl_processor import load_image_only_processor
-from vlm_notebook.models.hf import chat_messages
+from vlm_notebook.training.conversations import earlier_turns, prompt_renderer
 from vlm_notebook.training.loop import (
     Batch,
     BatchMaker,
@@ -47,6 +47,7 @@ from vlm_notebook.training.loop import (
     seed_everything,
     train,
 )
+from vlm_notebook.training.pictures import DEFAULT_MIX, Mix, PictureSource
 from vlm_notebook.training.tokenizer import build_tokenizer
 from vlm_notebook.training.vision import LABEL_SIZES, ClassifierOutput, scene_labels
 
@@ -106,8 +107,8 @@ def answer_text(answer: str) -> str:
 
 
 def all_examples(scene: shapes.Scene) -> list[tuple[str, str]]:
-    """The scene's (prompt, answer) pairs in every language."""
-    return [pair for language in shapes.LANGUAGES for pair in shapes.examples(scene, language)]
+    """The scene's (prompt, answer) pairs in every language: captions in all seven, questions in two."""
+    return [pair for language in shapes.CAPTION_LANGUAGES for pair in shapes.examples(scene, language)]
 
 
 def english_corpus() -> list[str]:
@@ -223,26 +224,25 @@ def build_model(processor: Qwen2VLProcessor, sizes: TinySizes) -> PreTrainedMode
     return cast(PreTrainedModel, model)
 
 
-def prompt_text(processor: Qwen2VLProcessor, prompt: str) -> str:
-    """The chat-templated prompt for one picture and ``prompt``, ending in ``assistant\\n``."""
-    return cast(str, processor.apply_chat_template(chat_messages(prompt), add_generation_prompt=True))
-
-
-def _drawing(rng: random.Random, scene: shapes.Scene, canonical_fraction: float) -> shapes.Drawing:
-    """A canonical 64 px drawing with probability ``canonical_fraction``, else a random one
-    (64 px like ``shapes.draw``'s default; the processor resizes it to 112)."""
-    canonical = rng.random() < canonical_fraction
-    return shapes.draw(scene, rng=None if canonical else rng)
+def load_model(processor: Qwen2VLProcessor, directory: Path) -> PreTrainedModel:
+    """A saved checkpoint's weights to start from (``--init-from``); its tokenizer must be ``processor``'s."""
+    model = AutoModelForImageTextToText.from_pretrained(directory, dtype=torch.float32)
+    if model.config.text_config.vocab_size != len(processor.tokenizer):
+        raise ValueError(f"{directory} has another vocabulary than this recipe's tokenizer")
+    model.generation_config = generation_config(processor)
+    return cast(PreTrainedModel, model)
 
 
 def make_vision_batch_maker(
-    processor: Qwen2VLProcessor, batch_size: int, canonical_fraction: float = 0.25
+    processor: Qwen2VLProcessor, batch_size: int, mix: Mix = DEFAULT_MIX
 ) -> BatchMaker:
     """Batches for vision pretraining: flattened patches, grids and scene class labels."""
 
+    source = PictureSource(mix)
+
     def make_batch(rng: random.Random) -> Batch:
         scenes = [rng.choice(SCENES) for _ in range(batch_size)]
-        images = [_drawing(rng, scene, canonical_fraction).image for scene in scenes]
+        images = [source.drawing(rng, scene).image for scene in scenes]
         pixels = processor.image_processor(images=images, return_tensors="pt")
         labels = torch.tensor([scene_labels(scene) for scene in scenes])
         return {"pixel_values": pixels["pixel_values"], "grid_thw": pixels["image_grid_thw"], "labels": labels}
@@ -260,29 +260,31 @@ class _VisionClassifier(torch.nn.Module):
         self.heads = torch.nn.ModuleList(torch.nn.Linear(width, n) for n in LABEL_SIZES)
 
     def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor, labels: torch.Tensor) -> Any:
-        merged = self.visual(pixel_values, grid_thw=grid_thw).pooler_output  # (pictures * 16, width)
-        pooled = merged.reshape(grid_thw.shape[0], -1, merged.shape[-1]).mean(dim=1)  # (pictures, width)
+        merged = self.visual(pixel_values, grid_thw=grid_thw).pooler_output  # (image tokens of all pictures, width)
+        counts = (grid_thw.prod(dim=1) // MERGE_SIZE**2).tolist()  # pictures of other shapes have other counts
+        pooled = torch.stack([tokens.mean(dim=0) for tokens in merged.split(counts)])  # (pictures, width)
         logits = [head(pooled) for head in self.heads]
         losses = [torch.nn.functional.cross_entropy(out, labels[:, i]) for i, out in enumerate(logits)]
         return ClassifierOutput(loss=torch.stack(losses).sum(), logits=logits)
 
 
-def make_batch_maker(processor: Qwen2VLProcessor, batch_size: int, canonical_fraction: float = 0.25) -> BatchMaker:
+def make_batch_maker(processor: Qwen2VLProcessor, batch_size: int, mix: Mix = DEFAULT_MIX) -> BatchMaker:
     """Random scenes and prompts in either language through the real processor; labels
     cover only the answer and its ``<|im_end|>``."""
-    prompts = {p for scene in SCENES for p, _ in all_examples(scene)}
-    templated = {p: prompt_text(processor, p) for p in prompts}
+    render = prompt_renderer(processor)
+    source = PictureSource(mix)
 
     def make_batch(rng: random.Random) -> Batch:
         samples = []
         for _ in range(batch_size):
             scene = rng.choice(SCENES)
+            history = earlier_turns(rng, shapes.examples(scene))  # earlier turns in English
             prompt, answer = rng.choice(all_examples(scene))
-            samples.append((_drawing(rng, scene, canonical_fraction), prompt, answer))
-        texts = [templated[prompt] + answer_text(answer) for _, prompt, answer in samples]
-        images = [drawing.image for drawing, _, _ in samples]
+            samples.append((source.drawing(rng, scene), history, prompt, answer))
+        texts = [render(history, prompt) + answer_text(answer) for _, history, prompt, answer in samples]
+        images = [drawing.image for drawing, _, _, _ in samples]
         inputs = processor(text=texts, images=images, padding=True, padding_side="right", return_tensors="pt")
-        lengths = [_answer_length(processor, answer) for _, _, answer in samples]
+        lengths = [_answer_length(processor, answer) for _, _, _, answer in samples]
         batch = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}
         batch["labels"] = answer_labels(batch["input_ids"], batch["attention_mask"], lengths)
         return batch
@@ -300,13 +302,18 @@ class Recipe:
 
     sizes: TinySizes = TinySizes()
     batch_size: int = 16
-    canonical_fraction: float = 0.25
+    canonical_fraction: float = 0.15
+    varied_fraction: float = 0.6
     vision_lr: float = 2e-3
     lr: float = 1e-3
     warmup_steps: int = 100
     # Stage 2 trains the text model only: with the tower trainable, a first run learnt colours
     # but lost shapes (shape words at chance, loss stuck at 0.06).
     freeze_vision: bool = True
+
+    @property
+    def mix(self) -> Mix:
+        return Mix(self.canonical_fraction, self.varied_fraction)
 
     def as_dict(self) -> dict[str, Any]:
         """The recipe as plain JSON-ready values."""
@@ -329,23 +336,26 @@ def pretrain_vision(
     """Stage 1: train the vision tower and merger alone to classify shape, colour and background."""
     classifier = _VisionClassifier(model.model.visual, recipe.sizes.text_hidden)
     config = TrainConfig(steps=steps, lr=recipe.vision_lr, warmup_steps=recipe.warmup_steps, seed=seed)
-    maker = make_vision_batch_maker(processor, recipe.batch_size, recipe.canonical_fraction)
+    maker = make_vision_batch_maker(processor, recipe.batch_size, recipe.mix)
     return train(classifier, maker, config, log)
 
 
-def train_model(steps: int, vision_steps: int, seed: int, recipe: Recipe = Recipe(), log: Logger = print) -> Trained:
+def train_model(
+    steps: int, vision_steps: int, seed: int, recipe: Recipe = Recipe(), log: Logger = print,
+    init: Path | None = None,
+) -> Trained:
     """Build the processor and a fresh model; pretrain its vision tower and merger for
     ``vision_steps`` steps (data seed ``seed``), then train the text model (and, unless
     ``recipe.freeze_vision``, the vision side) on the answers in both languages for ``steps``
     steps (data seed ``seed + 1``)."""
     seed_everything(seed)
     processor = build_processor()
-    model = build_model(processor, recipe.sizes)
+    model = build_model(processor, recipe.sizes) if init is None else load_model(processor, init)
     vision = pretrain_vision(processor, model, vision_steps, seed, recipe, lambda m: log(f"vision {m}"))
     if recipe.freeze_vision:
         model.model.visual.requires_grad_(False)
     config = TrainConfig(steps=steps, lr=recipe.lr, warmup_steps=recipe.warmup_steps, seed=seed + 1)
-    maker = make_batch_maker(processor, recipe.batch_size, recipe.canonical_fraction)
+    maker = make_batch_maker(processor, recipe.batch_size, recipe.mix)
     text = train(model, maker, config, lambda m: log(f"text {m}"))
     model.model.visual.requires_grad_(True)
     return Trained(processor, model, vision, text)

@@ -32,7 +32,7 @@ from transformers import (
 )
 
 from vlm_notebook import shapes
-from vlm_notebook.models.hf import chat_messages
+from vlm_notebook.training.conversations import Turn, earlier_turns, prompt_renderer
 from vlm_notebook.training.loop import (
     Batch,
     BatchMaker,
@@ -43,6 +43,7 @@ from vlm_notebook.training.loop import (
     seed_everything,
     train,
 )
+from vlm_notebook.training.pictures import DEFAULT_MIX, Mix, PictureSource
 from vlm_notebook.training.tokenizer import build_tokenizer
 from vlm_notebook.training.vision import PooledClassifier, scene_labels
 
@@ -204,35 +205,37 @@ def build_model(processor: Idefics3Processor, sizes: TinySizes) -> PreTrainedMod
     return cast(PreTrainedModel, model)
 
 
-def prompt_text(processor: Idefics3Processor, prompt: str) -> str:
-    """The chat-templated prompt text for one picture and ``prompt``, ending in ``Assistant:``."""
-    text = processor.apply_chat_template(chat_messages(prompt), add_generation_prompt=True)
-    return cast(str, text)
+def load_model(processor: Idefics3Processor, directory: Path) -> PreTrainedModel:
+    """A saved checkpoint's weights to start from (``--init-from``); its tokenizer must be ``processor``'s."""
+    model = AutoModelForImageTextToText.from_pretrained(directory, dtype=torch.float32)
+    if model.config.text_config.vocab_size != len(processor.tokenizer):
+        raise ValueError(f"{directory} has another vocabulary than this recipe's tokenizer")
+    model.generation_config = generation_config(processor)
+    return cast(PreTrainedModel, model)
 
 
-def _drawing(rng: random.Random, scene: shapes.Scene, canonical_fraction: float) -> shapes.Drawing:
-    """A canonical drawing with probability ``canonical_fraction``, else a random one."""
-    canonical = rng.random() < canonical_fraction
-    return shapes.draw(scene, IMAGE_SIZE, None if canonical else rng)
-
-
-def _sample(rng: random.Random, canonical_fraction: float) -> tuple[shapes.Drawing, str, str]:
-    """One training example: a drawing and one of its scene's (prompt, answer) pairs."""
+def _sample(rng: random.Random, source: PictureSource) -> tuple[shapes.Drawing, tuple[Turn, ...], str, str]:
+    """One training example: a drawing, earlier turns about it (often none), and one of its scene's
+    (prompt, answer) pairs."""
     scene = rng.choice(SCENES)
-    drawing = _drawing(rng, scene, canonical_fraction)
-    prompt, answer = rng.choice(shapes.examples(scene))
-    return drawing, prompt, answer
+    drawing = source.drawing(rng, scene)
+    pairs = shapes.examples(scene)
+    history = earlier_turns(rng, pairs)
+    prompt, answer = rng.choice(pairs)
+    return drawing, history, prompt, answer
 
 
 def make_vision_batch_maker(
-    processor: Idefics3Processor, batch_size: int, canonical_fraction: float = 0.25
+    processor: Idefics3Processor, batch_size: int, mix: Mix = DEFAULT_MIX
 ) -> BatchMaker:
     """Batches for vision pretraining: pixel values from the real image processor and
     (shape, colour, background) class labels."""
 
+    source = PictureSource(mix, IMAGE_SIZE)
+
     def make_batch(rng: random.Random) -> Batch:
         scenes = [rng.choice(SCENES) for _ in range(batch_size)]
-        images = [[_drawing(rng, scene, canonical_fraction).image] for scene in scenes]
+        images = [[source.drawing(rng, scene).image] for scene in scenes]
         pixels = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
         labels = torch.tensor([scene_labels(scene) for scene in scenes])
         return {"pixel_values": pixels[:, 0], "labels": labels}
@@ -240,29 +243,27 @@ def make_vision_batch_maker(
     return make_batch
 
 
-def make_batch_maker(processor: Idefics3Processor, batch_size: int, canonical_fraction: float = 0.25) -> BatchMaker:
+def make_batch_maker(processor: Idefics3Processor, batch_size: int, mix: Mix = DEFAULT_MIX) -> BatchMaker:
     """A batch maker for the training loop: random scenes through the real processor.
 
-    A ``canonical_fraction`` of the pictures are canonical drawings, the rest are drawn
-    at a random position and size. Labels cover only the answer and its end token.
+    ``mix`` says how many pictures are canonical drawings and how many vary like users'
+    pictures (``training.pictures``); the rest are squares with the shape anywhere. Labels
+    cover only the answer and its end token.
     """
-    templated = {p: prompt_text(processor, p) for p in {*shapes.CAPTION_PROMPTS, *_questions()}}
+    render = prompt_renderer(processor)
+    source = PictureSource(mix, IMAGE_SIZE)
 
     def make_batch(rng: random.Random) -> Batch:
-        samples = [_sample(rng, canonical_fraction) for _ in range(batch_size)]
-        texts = [templated[prompt] + answer_text(answer) for _, prompt, answer in samples]
-        images = [[drawing.image] for drawing, _, _ in samples]
+        samples = [_sample(rng, source) for _ in range(batch_size)]
+        texts = [render(history, prompt) + answer_text(answer) for _, history, prompt, answer in samples]
+        images = [[drawing.image] for drawing, _, _, _ in samples]
         inputs = processor(text=texts, images=images, padding=True, padding_side="right", return_tensors="pt")
-        lengths = [_answer_length(processor, answer) for _, _, answer in samples]
+        lengths = [_answer_length(processor, answer) for _, _, _, answer in samples]
         batch = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}
         batch["labels"] = answer_labels(batch["input_ids"], batch["attention_mask"], lengths)
         return batch
 
     return make_batch
-
-
-def _questions() -> set[str]:
-    return {q for scene in SCENES for q, _ in shapes.questions(scene)}
 
 
 def _answer_length(processor: Idefics3Processor, answer: str) -> int:
@@ -276,10 +277,15 @@ class Recipe:
 
     sizes: TinySizes = TinySizes()
     batch_size: int = 32
-    canonical_fraction: float = 0.25
+    canonical_fraction: float = 0.15
+    varied_fraction: float = 0.6
     vision_lr: float = 1e-3
     lr: float = 1e-3
     warmup_steps: int = 100
+
+    @property
+    def mix(self) -> Mix:
+        return Mix(self.canonical_fraction, self.varied_fraction)
 
     def as_dict(self) -> dict[str, Any]:
         """The recipe as plain JSON-ready values."""
@@ -303,20 +309,23 @@ def pretrain_vision(
     tower = model.model.vision_model
     classifier = PooledClassifier(tower, recipe.sizes.vision_hidden)
     config = TrainConfig(steps=steps, lr=recipe.vision_lr, warmup_steps=recipe.warmup_steps, seed=seed)
-    maker = make_vision_batch_maker(processor, recipe.batch_size, recipe.canonical_fraction)
+    maker = make_vision_batch_maker(processor, recipe.batch_size, recipe.mix)
     return train(classifier, maker, config, log)
 
 
-def train_model(steps: int, vision_steps: int, seed: int, recipe: Recipe = Recipe(), log: Logger = print) -> Trained:
+def train_model(
+    steps: int, vision_steps: int, seed: int, recipe: Recipe = Recipe(), log: Logger = print,
+    init: Path | None = None,
+) -> Trained:
     """Build the processor and a fresh model; pretrain its vision tower for ``vision_steps``
     steps (data seed ``seed``), then train the whole model on the answers for ``steps``
     steps (data seed ``seed + 1``)."""
     seed_everything(seed)
     processor = build_processor()
-    model = build_model(processor, recipe.sizes)
+    model = build_model(processor, recipe.sizes) if init is None else load_model(processor, init)
     vision = pretrain_vision(processor, model, vision_steps, seed, recipe, lambda m: log(f"vision {m}"))
     config = TrainConfig(steps=steps, lr=recipe.lr, warmup_steps=recipe.warmup_steps, seed=seed + 1)
-    maker = make_batch_maker(processor, recipe.batch_size, recipe.canonical_fraction)
+    maker = make_batch_maker(processor, recipe.batch_size, recipe.mix)
     text = train(model, maker, config, lambda m: log(f"text {m}"))
     return Trained(processor, model, vision, text)
 

@@ -1,0 +1,75 @@
+"""Training pictures for the ``shapes-*`` checkpoints, shared by the three families.
+
+A mix of canonical drawings (centred, half the side: what the exact-answer tests show), square
+drawings with the shape placed at random, and varied pictures like users send (issue #22):
+any aspect ratio, size and position, JPEG at any quality, pixel noise, transparent backgrounds.
+Varied pictures are encoded, then decoded with :func:`vlm_notebook.images.load_image`, the
+function every model runs on a user's picture, so training sees exactly what inference sees.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from PIL import Image
+
+from vlm_notebook import shapes
+from vlm_notebook.images import load_image
+
+#: Wider than the evaluation's ranges (:data:`shapes.RANDOM`) so its edges are not the training's.
+VARIED = shapes.RandomSettings(
+    aspect=(0.3, 3.3),
+    short_side=(32, 192),  # the models see 64-112 px: larger pictures would only cost time to draw
+    shape_fraction=(0.2, 0.7),
+    formats=("PNG", "JPEG", "RGBA"),
+    jpeg_quality=(30, 95),
+    noise=(0.0, 8.0),
+)
+
+
+@dataclass(frozen=True)
+class Mix:
+    """Fractions of canonical drawings and of varied pictures (the rest: random squares), and how
+    many varied pictures of each scene are drawn (then reused, mirrored at random: drawing and
+    encoding one takes about 10 ms, longer than a training step spends on it)."""
+
+    canonical: float = 0.15
+    varied: float = 0.6
+    varied_per_scene: int = 40
+
+
+#: The mix the recipes use unless told otherwise.
+DEFAULT_MIX = Mix()
+
+
+class PictureSource:
+    """Training drawings in the proportions of a :class:`Mix`; ``size`` is the side of the squares."""
+
+    def __init__(self, mix: Mix = DEFAULT_MIX, size: int = 64):
+        self.mix, self.size = mix, size
+        self._varied: dict[shapes.Scene, list[shapes.Drawing]] = {}
+
+    def drawing(self, rng: random.Random, scene: shapes.Scene) -> shapes.Drawing:
+        """A canonical drawing, a varied picture or a random square, drawn with ``rng``."""
+        draw = rng.random()
+        if draw < self.mix.canonical:
+            return shapes.draw(scene, self.size)
+        if draw < self.mix.canonical + self.mix.varied:
+            return self._varied_drawing(rng, scene)
+        return shapes.draw(scene, self.size, rng)
+
+    def _varied_drawing(self, rng: random.Random, scene: shapes.Scene) -> shapes.Drawing:
+        pool = self._varied.setdefault(scene, [])
+        if len(pool) < self.mix.varied_per_scene:
+            picture = shapes.random_picture(rng, scene, VARIED)
+            pool.append(shapes.Drawing(image=load_image(picture.data), box=picture.box))
+            return pool[-1]
+        drawing = rng.choice(pool)
+        return mirrored(drawing) if rng.random() < 0.5 else drawing
+
+
+def mirrored(drawing: shapes.Drawing) -> shapes.Drawing:
+    """The drawing flipped left to right (every shape stays the same shape)."""
+    x0, y0, x1, y1 = drawing.box
+    return shapes.Drawing(image=drawing.image.transpose(Image.Transpose.FLIP_LEFT_RIGHT), box=(1 - x1, y0, 1 - x0, y1))
