@@ -1,0 +1,103 @@
+"""Pictures as users send them (issue #22): any aspect ratio from 1:3 to 3:1, the shape small or large
+anywhere, PNG, JPEG quality 60 or RGBA. The generator is exact and repeatable, and each shipped
+checkpoint is right on seeded random pictures at least as often as measured (the model cards give
+the rate on 200 of them; the issue's goal, 99%, is not reached yet: raise the floors with the rates)."""
+
+from __future__ import annotations
+
+import io
+import random
+
+import pytest
+from PIL import Image
+
+from vlm_notebook import shapes
+from vlm_notebook.images import load_image
+from vlm_notebook.registry import get_model
+from vlm_notebook.training import robustness
+
+TEST_SEED = 2026  # not the cards' seed (robustness.DEFAULT_SEED): these pictures were never looked at
+TEST_PICTURES = 40
+#: Pictures of the 40 each shipped checkpoint gets right, as measured (greedy decoding is deterministic).
+MIN_RIGHT = {"shapes-smolvlm": 38, "shapes-qwen2vl": 35, "shapes-moondream": 18}
+
+
+def test_random_pictures_are_repeatable_and_within_the_ranges() -> None:
+    first = [shapes.random_picture(random.Random(7)) for _ in range(2)]
+    assert first[0] == first[1], "the same seed, the same picture and bytes"
+    rng = random.Random(3)
+    formats = set()
+    for _ in range(60):
+        picture = shapes.random_picture(rng)
+        width, height = picture.size
+        assert 1 / 3 - 0.01 <= width / height <= 3 + 0.01
+        assert 48 <= min(width, height) <= 256
+        x0, y0, x1, y1 = picture.box
+        assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
+        side = (x1 - x0) * width / min(width, height)
+        assert 0.25 <= side <= 0.60 and (y1 - y0) * height == pytest.approx((x1 - x0) * width)
+        image = Image.open(io.BytesIO(picture.data))
+        assert image.size == picture.size and image.format == ("JPEG" if picture.format == "JPEG" else "PNG")
+        assert image.mode == ("RGBA" if picture.format == "RGBA" else "RGB")
+        formats.add(picture.format)
+    assert formats == {"PNG", "JPEG", "RGBA"}
+
+
+def _find(scene: shapes.Scene, picture_format: str) -> shapes.RandomPicture:
+    rng = random.Random(0)
+    while True:
+        picture = shapes.random_picture(rng, scene)
+        if picture.format == picture_format:
+            return picture
+
+
+def test_the_shape_is_drawn_where_the_box_says_in_its_colour() -> None:
+    for scene in shapes.all_scenes()[::5]:
+        picture = _find(scene, "PNG")
+        image = load_image(picture.data)
+        width, height = picture.size
+        x0, y0, x1, y1 = picture.box
+        centre = image.getpixel((int((x0 + x1) / 2 * width), int((y0 + y1) / 2 * height)))
+        corner = (0, 0) if x0 * width > 2 or y0 * height > 2 else (width - 1, height - 1)
+        assert centre == shapes._RGB[scene.colour]
+        assert image.getpixel(corner) == shapes._RGB[scene.background]
+        assert picture.contains((x0 + x1) / 2, (y0 + y1) / 2)
+        assert picture.contains(x0, y0) == (scene.shape == "square"), "a box corner is inside a square only"
+
+
+def test_an_rgba_picture_of_a_white_background_is_transparent_and_reads_as_white() -> None:
+    picture = _find(shapes.Scene("circle", "red", "white"), "RGBA")
+    stored = picture.image
+    assert stored.getpixel((0, 0)) == (0, 0, 0, 0) or stored.getpixel((stored.width - 1, stored.height - 1))[3] == 0
+    seen = load_image(picture.data)
+    width, height = picture.size
+    x0, y0, x1, y1 = picture.box
+    assert seen.getpixel((int((x0 + x1) / 2 * width), int((y0 + y1) / 2 * height))) == shapes._RGB["red"]
+    corner = (0, 0) if x0 * width > 2 or y0 * height > 2 else (width - 1, height - 1)
+    assert seen.getpixel(corner) == (255, 255, 255)
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("name", ["shapes-smolvlm", "shapes-qwen2vl", "shapes-moondream"])
+def test_the_shipped_checkpoints_are_right_on_random_pictures(name: str) -> None:
+    result = robustness.evaluate(get_model(name), TEST_PICTURES, TEST_SEED)
+    assert result["right"] >= MIN_RIGHT[name], f"{name}: {result['right']}/{TEST_PICTURES} right: {result['failures']}"
+
+
+def test_the_square_around_the_shape_keeps_its_pixels_and_box() -> None:
+    """What the diagnosis of a miss asks again: the same pixels, not squeezed, the box moved along."""
+    rng = random.Random(5)
+    for _ in range(30):
+        picture = shapes.random_picture(rng)
+        square = robustness.square_around_shape(picture)
+        width, height = picture.size
+        side = min(width, height)
+        assert square.size == (side, side) and square.format == "PNG" and square.scene == picture.scene
+        x0, y0, x1, y1 = square.box
+        assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1, "the whole shape is in the square"
+        assert (x1 - x0) * side == pytest.approx((picture.box[2] - picture.box[0]) * width), "not resized"
+        centre = (int((x0 + x1) / 2 * side), int((y0 + y1) / 2 * side))
+        left = round((x0 * side) - picture.box[0] * width) * -1
+        top = round((y0 * side) - picture.box[1] * height) * -1
+        original = load_image(picture.data).getpixel((left + centre[0], top + centre[1]))
+        assert load_image(square.data).getpixel(centre) == original
