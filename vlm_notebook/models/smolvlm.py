@@ -5,17 +5,18 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any
 
 from .. import caption_options
 from ..errors import CheckpointError
-from ..options import DEFAULT_MAX_NEW_TOKENS, GenerationOptions, clean_question
-from ..stream import TextStream
-from .hf import TransformersVLM
+from .generic import TransformersModel
 
 
-class SmolVLM(TransformersVLM):
+class SmolVLM(TransformersModel):
     """SmolVLM / SmolVLM2 instruct checkpoints; default ``smolvlm-256m`` from the Hub.
+
+    The generic transformers family with SmolVLM's extras: one tile per picture on a CPU, a clear
+    error for SmolVLM2's video-only dependencies, and its own decoding loop (``hf``).
 
     ``defaults="cpu"`` (the default) shows the vision encoder one tile per picture;
     ``defaults="card"`` restores the model card's image sizes (many tiles per photo).
@@ -27,7 +28,6 @@ class SmolVLM(TransformersVLM):
 
     family = "smolvlm"
     default_model = "smolvlm-256m"
-    default_prompt = "Describe this image."
     caption_options = caption_options.names("smolvlm")
 
     def _processor_kwargs(self) -> dict[str, Any]:
@@ -53,34 +53,6 @@ class SmolVLM(TransformersVLM):
                 "that matches your torch), or use a SmolVLM v1 checkpoint such as 'smolvlm-256m'."
             )
         return super()._load_processor(directory)
-
-    @overload
-    def caption(
-        self, image: Any, prompt: str | None = None, *, stream: Literal[False] = False, max_new_tokens: int = ...,
-        temperature: float = ..., top_p: float = ..., seed: int | None = ...,
-    ) -> str: ...
-
-    @overload
-    def caption(
-        self, image: Any, prompt: str | None = None, *, stream: Literal[True], max_new_tokens: int = ...,
-        temperature: float = ..., top_p: float = ..., seed: int | None = ...,
-    ) -> TextStream: ...
-
-    @overload
-    def caption(
-        self, image: Any, prompt: str | None = None, *, stream: bool, max_new_tokens: int = ...,
-        temperature: float = ..., top_p: float = ..., seed: int | None = ...,
-    ) -> str | TextStream: ...
-
-    def caption(
-        self, image: Any, prompt: str | None = None, *, stream: bool = False,
-        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, temperature: float = 0.0, top_p: float = 1.0,
-        seed: int | None = None,
-    ) -> str | TextStream:
-        """Describe ``image`` (with ``prompt``, default "Describe this image.")."""
-        options = GenerationOptions(max_new_tokens, temperature, top_p, seed)
-        text = clean_question(prompt) if prompt is not None else self.default_prompt
-        return self._respond(image, text, options, stream)
 
 
 def _edge(size: Any) -> int | None:
