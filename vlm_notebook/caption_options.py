@@ -1,11 +1,13 @@
 """The options each family's ``caption`` takes, declared once as data (no torch).
 
-The command line builds its flags from these, and a family's ``caption_options`` names its own.
+The command line and the magics build their flags from these (:func:`flag`), and a family's
+``caption_options`` names its own.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .languages import CAPTION_PROMPTS
 
@@ -48,3 +50,10 @@ def names(family: str) -> tuple[str, ...]:
 def families_taking(option: CaptionOption) -> list[str]:
     """The families whose caption takes ``option``, by title (for help texts)."""
     return [FAMILY_TITLES[family] for family, options in BY_FAMILY.items() if option in options]
+
+
+def flag(option: CaptionOption) -> tuple[str, dict[str, Any]]:
+    """``option`` as a flag: its name and its argparse settings (for the command line and the magics)."""
+    families = ", ".join(families_taking(option))
+    default = f"default {option.default}" if option.default else "default: the family's"
+    return f"--{option.name}", {"choices": option.choices, "help": f"{option.help} ({families}; {default})"}

@@ -20,7 +20,7 @@ from . import caption_options, registry
 from .errors import VLMError
 from .images import load_image
 from .models.base import VLM
-from .options import DEVICE_CHOICES, DTYPE_CHOICES
+from .options import runtime_flags
 from .stream import TextStream
 
 if TYPE_CHECKING:
@@ -165,16 +165,15 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 def _add_model_options(parser: argparse.ArgumentParser, model_help: str) -> None:
     parser.add_argument("--model", default="smolvlm-256m", help=f"{model_help} (default smolvlm-256m)")
-    parser.add_argument("--device", default="auto", help=f"where it runs: {', '.join(DEVICE_CHOICES)} (default auto)")
-    parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="number format (default auto)")
+    for name, settings in runtime_flags():
+        parser.add_argument(name, **settings)
 
 
 def _add_caption_options(parser: argparse.ArgumentParser) -> None:
     """A flag for every family's caption options; a family refuses those it does not have."""
     for option in caption_options.ALL:
-        families = ", ".join(caption_options.families_taking(option))
-        default = f"default {option.default}" if option.default else "default: the family's"
-        parser.add_argument(f"--{option.name}", choices=option.choices, help=f"{option.help} ({families}; {default})")
+        name, settings = caption_options.flag(option)
+        parser.add_argument(name, **settings)
 
 
 def _caption_options(args: argparse.Namespace) -> dict[str, str]:

@@ -26,7 +26,7 @@ from .chat import Chat
 from .errors import ImageError, RequestError
 from .images import is_url
 from .models.base import VLM
-from .options import DEVICE_CHOICES, DTYPE_CHOICES
+from .options import runtime_flags
 from .stream import StreamStats, TextStream
 
 
@@ -55,11 +55,8 @@ class Answer(str):
 def _caption_options(function: Callable[..., Any]) -> Callable[..., Any]:
     """A flag for every family's caption options (``caption_options.ALL``); a family refuses those it lacks."""
     for option in reversed(caption_options.ALL):
-        families = ", ".join(caption_options.families_taking(option))
-        default = f"default {option.default}" if option.default else "default: the family's"
-        function = argument(f"--{option.name}", choices=option.choices, help=f"{option.help} ({families}; {default})")(
-            function
-        )
+        name, settings = caption_options.flag(option)
+        function = argument(name, **settings)(function)
     return function
 
 
@@ -67,8 +64,7 @@ def _common_options(function: Callable[..., Any]) -> Callable[..., Any]:
     for decorate in reversed(
         [
             argument("--model", "-m", help="model name, Hub id or checkpoint directory (default: default_model)"),
-            argument("--device", default="auto", help=f"where it runs: {', '.join(DEVICE_CHOICES)} (default auto)"),
-            argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="number format (default auto)"),
+            *(argument(name, **settings) for name, settings in runtime_flags()),
             argument("--max-new-tokens", type=int, help="longest answer, in tokens (default: max_new_tokens)"),
             argument("--no-stream", action="store_true", help="show the answer only when it is complete"),
             argument("--stats", action="store_true", help="add a line: time to first token, tokens, tokens/s"),

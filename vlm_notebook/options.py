@@ -6,6 +6,7 @@ import math
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from .errors import RequestError
 
@@ -109,3 +110,11 @@ def fit_to_context(options: GenerationOptions, prompt_tokens: int, context_token
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 #: ``dtype=`` values.
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+
+
+def runtime_flags() -> list[tuple[str, dict[str, Any]]]:
+    """``--device`` and ``--dtype`` with their argparse settings (for the command line and the magics)."""
+    return [
+        ("--device", {"default": "auto", "help": f"where it runs: {', '.join(DEVICE_CHOICES)} (default auto)"}),
+        ("--dtype", {"default": "auto", "choices": DTYPE_CHOICES, "help": "number format (default auto)"}),
+    ]
