@@ -16,6 +16,7 @@ from vlm_notebook import get_model, runtime, shapes
 from vlm_notebook.errors import DeviceError, RequestError
 from vlm_notebook.models import Moondream, Qwen2VL, SmolVLM
 from vlm_notebook.models._decode import _buffers, _rotary_table
+from vlm_notebook.registry import CHECKPOINTS_DIR
 from vlm_notebook.runtime import Runtime, choose_runtime
 
 RED_CIRCLE = shapes.Scene("circle", "red", "white")
@@ -123,3 +124,16 @@ def test_the_decoding_loops_buffers_and_rotary_table_follow_the_cache_and_model(
     assert keys.device.type == values.device.type == "meta" and keys.dtype == torch.bfloat16
     cos, sin = _rotary_table(torch.ones(4, device="meta"), 9, torch.bfloat16)
     assert cos.device.type == sin.device.type == "meta" and cos.dtype == torch.bfloat16
+
+
+def test_a_model_too_big_for_the_gpus_free_memory_is_refused_before_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check reads the weights' size from the safetensors headers (the GPU tests load on a real GPU)."""
+    files = [CHECKPOINTS_DIR / "shapes-smolvlm" / "model.safetensors"]
+    gpu = Runtime(torch.device("cuda"), torch.bfloat16)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (1_000_000, 80 * 2**30))
+    with pytest.raises(DeviceError, match=r"only 0\.0 GiB of its 80\.0 GiB are free.*device='cpu'"):
+        runtime.check_fits(gpu, files, "'shapes-smolvlm'")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2**30, 80 * 2**30))
+    runtime.check_fits(gpu, files, "'shapes-smolvlm'")  # 0.9 M numbers in bf16 fit in 1 GiB
+    runtime.check_fits(gpu, [files[0].with_name("absent.safetensors")], "absent")  # loading says what is wrong
+    runtime.check_fits(Runtime(torch.device("cpu"), torch.float32), files, "on the CPU: never refused")

@@ -19,9 +19,11 @@ Every tensor a model makes while answering is made on ``runtime.device``: nothin
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -82,10 +84,11 @@ def choose_runtime(device: Any = "auto", dtype: Any = "auto", int8: bool = False
     return Runtime(chosen_device, _dtype(dtype, chosen_device))
 
 
-def check_fits(runtime: Runtime, weight_bytes: int, what: str) -> None:
+def check_fits(runtime: Runtime, weight_files: Iterable[Path], what: str) -> None:
     """Refuse a model whose weights will not fit in the GPU's free memory (before loading them)."""
     if runtime.device.type != "cuda":
         return
+    weight_bytes = _elements(weight_files) * runtime.dtype.itemsize
     free, total = torch.cuda.mem_get_info(runtime.device)
     if weight_bytes * _HEADROOM > free:
         raise DeviceError(
@@ -93,6 +96,22 @@ def check_fits(runtime: Runtime, weight_bytes: int, what: str) -> None:
             f"weights in {runtime.dtype_name}), but only {_gib(free)} of its {_gib(total)} are free. Free memory "
             "(unload other models), pick a smaller model or dtype, or use device='cpu'."
         )
+
+
+def _elements(weight_files: Iterable[Path]) -> int:
+    """Numbers in the safetensors files, read from their headers; a file that is absent or unreadable
+    counts 0 (loading it then says what is wrong)."""
+    from safetensors import safe_open
+
+    elements = 0
+    for path in weight_files:
+        try:
+            with safe_open(str(path), framework="pt") as weights:
+                names: list[str] = weights.keys()
+                elements += sum(math.prod(weights.get_slice(name).get_shape()) for name in names)
+        except Exception:  # safetensors' own error types, or no file
+            continue
+    return elements
 
 
 def _device(device: Any) -> torch.device:

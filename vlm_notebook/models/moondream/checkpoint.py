@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -62,19 +61,6 @@ def _read_as(path: Path, runtime: Runtime) -> dict[str, torch.Tensor]:
     with safe_open(str(path), framework="pt") as weights:
         names: list[str] = weights.keys()  # a safetensors file handle is not iterable
         return {name: weights.get_tensor(name).to(device=runtime.device, dtype=runtime.dtype) for name in names}
-
-
-def config_weight_bytes(directory: Path, runtime: Runtime) -> int:
-    """Bytes the weights file takes in the runtime's format, read from its header; 0 when the file
-    is absent or unreadable (``load_network`` then says what is wrong with it)."""
-    path = directory / WEIGHTS_FILE
-    try:
-        with safe_open(str(path), framework="pt") as weights:
-            names: list[str] = weights.keys()
-            elements: int = sum(math.prod(weights.get_slice(name).get_shape()) for name in names)
-    except Exception:  # safetensors' own error types, or no file
-        return 0
-    return elements * runtime.dtype.itemsize
 
 
 def load_tokenizer(directory: Path, raw_config: dict[str, Any], revision: str | None = None) -> Tokenizer:

@@ -23,7 +23,7 @@ from ...runtime import Runtime, check_fits, choose_runtime
 from ...stream import TextStream, TokenSink
 from ..base import VLM, join_stream
 from .cache import EncodedImage
-from .checkpoint import config_weight_bytes, load_network, load_tokenizer, read_config
+from .checkpoint import WEIGHTS_FILE, load_network, load_tokenizer, read_config
 from .inference import encode, generate_text, locate
 from .network import MoondreamNetwork
 from .prompts import caption_prompt, locate_prompt, query_prompt
@@ -84,7 +84,7 @@ class Moondream(VLM):
             raise CheckpointError(f"{str(directory)!r} holds a {family} checkpoint, not a {self.family} one.")
         config, raw = read_config(directory)
         tokenizer = load_tokenizer(directory, raw)
-        check_fits(self.runtime, config_weight_bytes(directory, self.runtime), f"{self.name!r}")
+        check_fits(self.runtime, [directory / WEIGHTS_FILE], f"{self.name!r}")
         network = load_network(directory, config, self.runtime)
         if self.runtime.int8:
             quantize_int8(network)
