@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import pytest
 
 from vlm_notebook import cpu
-from vlm_notebook.models import Qwen2VL, SmolVLM
+from vlm_notebook.models import Moondream, Qwen2VL, SmolVLM
+from vlm_notebook.models.hf import TransformersVLM
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +29,22 @@ def shapes_qwen2vl() -> Qwen2VL:
     model = Qwen2VL("shapes-qwen2vl")
     model.load()
     return model
+
+
+@pytest.fixture(scope="session")
+def shapes_moondream() -> Moondream:
+    """The shipped Moondream checkpoint, loaded once for the whole test session."""
+    model = Moondream("shapes-moondream")
+    model.load()
+    return model
+
+
+@pytest.fixture(params=["smolvlm", "qwen2vl"])
+def model(request: pytest.FixtureRequest, shapes_smolvlm: SmolVLM, shapes_qwen2vl: Qwen2VL) -> TransformersVLM:
+    """Each shipped transformers checkpoint in turn, with no picture's work stored."""
+    chosen: TransformersVLM = shapes_smolvlm if request.param == "smolvlm" else shapes_qwen2vl
+    chosen.image_cache.clear()
+    return chosen
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from remote_fixtures import Handler, chunk, tiny_server
 
 from vlm_notebook import RequestError, shapes
 from vlm_notebook.chat import Chat, Turn
-from vlm_notebook.models import Moondream, Qwen2VL, RemoteVLM, SmolVLM
+from vlm_notebook.models import Moondream, RemoteVLM, SmolVLM
 from vlm_notebook.models.hf import TransformersVLM
 from vlm_notebook.options import GenerationOptions
 from vlm_notebook.stream import TextStream
@@ -30,20 +30,6 @@ BLUE_SQUARE = shapes.Scene("square", "blue", "gray")
 
 def picture(scene: shapes.Scene = RED_CIRCLE) -> Image.Image:
     return shapes.draw(scene).image
-
-
-@pytest.fixture(params=["smolvlm", "qwen2vl"])
-def model(request: pytest.FixtureRequest, shapes_smolvlm: SmolVLM, shapes_qwen2vl: Qwen2VL) -> TransformersVLM:
-    chosen: TransformersVLM = shapes_smolvlm if request.param == "smolvlm" else shapes_qwen2vl
-    chosen.image_cache.clear()
-    return chosen
-
-
-@pytest.fixture(scope="module")
-def shapes_moondream() -> Moondream:
-    model = Moondream("shapes-moondream")
-    model.load()
-    return model
 
 
 def cold_answer(model: TransformersVLM, chat: Chat, question: str) -> str:

@@ -15,7 +15,7 @@ from reliability_support import RED_CAPTION, assert_still_answers, picture
 
 from vlm_notebook import RequestError, UnknownModelError, get_model
 from vlm_notebook.magics import VLMMagics
-from vlm_notebook.models import Moondream, Qwen2VL, SmolVLM
+from vlm_notebook.models import Qwen2VL, SmolVLM
 from vlm_notebook.models.base import VLM
 from vlm_notebook.options import MIN_SAMPLING_TEMPERATURE, GenerationOptions
 from vlm_notebook.widgets import VLMWidget
@@ -173,13 +173,6 @@ def test_an_unknown_language_is_refused_with_the_known_ones(shapes_qwen2vl: Qwen
         lambda stream: shapes_qwen2vl.caption_with(picture(), stream=stream, options={"language": language}), message
     )
     assert_still_answers(shapes_qwen2vl)
-
-
-@pytest.fixture(scope="module")
-def shapes_moondream() -> Moondream:
-    model = Moondream("shapes-moondream")
-    model.load()
-    return model
 
 
 def sample(model: VLM, seed: int, stream: bool = False) -> str:

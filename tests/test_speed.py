@@ -37,13 +37,6 @@ def picture(scene: shapes.Scene = RED_CIRCLE) -> Image.Image:
     return shapes.draw(scene).image
 
 
-@pytest.fixture(params=["smolvlm", "qwen2vl"])
-def model(request: pytest.FixtureRequest, shapes_smolvlm: SmolVLM, shapes_qwen2vl: Qwen2VL) -> TransformersVLM:
-    chosen: TransformersVLM = shapes_smolvlm if request.param == "smolvlm" else shapes_qwen2vl
-    chosen.image_cache.clear()
-    return chosen
-
-
 def model_card_answer(model: TransformersVLM, image: Image.Image, prompt: str) -> str:
     """Greedy answer by the model card's path: whole prompt with pixels, no stored work."""
     inputs = model._inputs(image, prompt)
