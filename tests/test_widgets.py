@@ -444,12 +444,17 @@ def test_closing_the_widget_stops_its_generation_quietly(
     assert capfd.readouterr() == ("", "") and not worker_threads()
 
 
-def test_qwen2vl_languages_match_the_family_and_widgets_offer_each_familys_choices() -> None:
+def test_each_familys_choices_come_from_the_options_data(shapes_smolvlm: SmolVLM) -> None:
     from vlm_notebook.languages import CAPTION_PROMPTS
     from vlm_notebook.widgets import MoondreamWidget, Qwen2VLWidget, VLMWidget
-    from vlm_notebook.widgets._widget import QWEN2VL_LANGUAGES
+    from vlm_notebook.widgets._controls import option_control
 
-    assert tuple(CAPTION_PROMPTS) == QWEN2VL_LANGUAGES
+    language = option_control("language")(shapes_smolvlm)
+    assert language.options == tuple(CAPTION_PROMPTS) and language.value == "en", "Qwen2-VL's languages"
+    length = option_control("length")(shapes_smolvlm)
+    assert length.options == ("short", "normal", "long") and length.value == "normal", "Moondream's lengths"
+    with pytest.raises(RequestError, match="Unknown caption language 'xx': use one of en, ja, zh, ko, fr, de, es"):
+        language.value = "xx"
     assert VLMWidget._family_widgets["qwen2vl"] is Qwen2VLWidget
     assert VLMWidget._family_widgets["moondream"] is MoondreamWidget
 

@@ -33,7 +33,6 @@ from tqdm.auto import tqdm
 
 from .errors import ImageError, RemoteError, RemoteTimeoutError, RemoteUnavailableError, RequestError
 from .models.base import VLM
-from .models.remote import RemoteVLM
 from .options import DEFAULT_MAX_NEW_TOKENS
 from .stream import StreamStats, TextStream
 
@@ -317,7 +316,7 @@ def _in_flight(model: VLM, concurrency: int | None) -> int:
         raise RequestError(
             f"concurrency must be a whole number of requests from 1 to {MAX_CONCURRENCY}, got {concurrency!r}."
         )
-    if not isinstance(model, RemoteVLM):
+    if not model.answers_concurrently:
         return 1  # a local model generates one answer at a time anyway
     return concurrency or DEFAULT_REMOTE_CONCURRENCY
 

@@ -1,7 +1,7 @@
 """The options each family's ``caption`` takes, declared once as data (no torch).
 
-The command line and the magics build their flags from these (:func:`flag`), and a family's
-``caption_options`` names its own.
+The command line and the magics build their flags from these (:func:`flag`), the widgets their
+controls, and a family's ``caption_options`` names its own.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ BY_FAMILY: dict[str, tuple[CaptionOption, ...]] = {
     "transformers": (PROMPT,),
 }
 ALL: tuple[CaptionOption, ...] = (PROMPT, LANGUAGE, LENGTH)
+BY_NAME: dict[str, CaptionOption] = {option.name: option for option in ALL}
 FAMILY_TITLES = {
     "smolvlm": "SmolVLM", "qwen2vl": "Qwen2-VL", "moondream": "Moondream", "remote": "remote",
     "transformers": "any transformers checkpoint",

@@ -32,6 +32,9 @@ class VLM(ABC):
     family: ClassVar[str]
     default_model: ClassVar[str]
     caption_options: ClassVar[tuple[str, ...]] = ()  # the family's own options of ``caption``
+    #: Whether several requests may be in flight at once (a server batches them; a local model
+    #: answers one at a time, so batch captioning sends it one picture after another).
+    answers_concurrently: ClassVar[bool] = False
     #: Whether ``chat`` shows the model the earlier turns (False: each question on the picture alone).
     multi_turn: ClassVar[bool] = False
 

@@ -78,6 +78,7 @@ class RemoteVLM(VLM):
     family = "remote"
     multi_turn = True
     caption_options = caption_options.names("remote")
+    answers_concurrently = True
     default_prompt = CAPTION_PROMPTS["en"]
 
     def __init__(

@@ -1,9 +1,9 @@
-"""Controls for a family's own caption options, chosen from data.
+"""Controls for a family's own caption options, built from the options' data.
 
-A family names its caption options in ``VLM.caption_options``; a family's widget maps each
-name to a factory that builds the control (``VLMWidget.option_controls``). A name no mapping
-knows still gets a free-text control, so a widget works for any model, and a new family's
-widget is its family name plus one mapping entry per option.
+A family names its caption options in ``VLM.caption_options``; each option's data
+(``vlm_notebook.caption_options``) says what control it gets: a choice among its values with its
+default (Qwen2-VL's language, Moondream's length), the prompt box, or free text for a name the
+data does not know. A widget may map a name to another factory (``VLMWidget.option_controls``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
+from .. import caption_options
 from ..errors import RequestError
 from ..models.base import VLM
 
@@ -71,9 +72,19 @@ def prompt_control(model: VLM) -> Any:
     return text_control("Prompt", default)(model)
 
 
+def option_control(name: str) -> ControlFactory:
+    """The control the option's data asks for: a choice among its values, the prompt box, or free text."""
+    option = caption_options.BY_NAME.get(name)
+    if option is caption_options.PROMPT:
+        return prompt_control
+    if option is not None and option.choices:
+        return choice_control(option.name.capitalize(), option.choices, option.default or option.choices[0])
+    return _fallback(name)
+
+
 def build_controls(model: VLM, factories: Mapping[str, ControlFactory]) -> dict[str, Any]:
     """One control per caption option of ``model``, in the family's order."""
-    return {name: factories.get(name, _fallback(name))(model) for name in model.caption_options}
+    return {name: factories.get(name, option_control(name))(model) for name in model.caption_options}
 
 
 def option_values(controls: Mapping[str, Any]) -> dict[str, Any]:

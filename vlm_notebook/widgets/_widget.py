@@ -15,7 +15,6 @@ from PIL import Image
 
 from ..errors import ImageError, RequestError
 from ..images import load_image
-from ..languages import CAPTION_PROMPTS, caption_prompt
 from ..models.base import VLM
 from ..options import DEFAULT_MAX_NEW_TOKENS, GenerationOptions
 from ..stream import StreamStats, TextStream
@@ -23,9 +22,7 @@ from ._coalesce import DEFAULT_MAX_RATE, set_output_text
 from ._controls import (
     ControlFactory,
     build_controls,
-    choice_control,
     option_values,
-    prompt_control,
     set_option_values,
 )
 from ._run import Run, figures_line, short_message
@@ -37,8 +34,6 @@ FIGURES_HELP = (
     "tokens/s: the decoding rate after the first token. image tokens: how many tokens the picture became; "
     "(reused): the picture's work was done before. Then where it ran, and how and when it ended."
 )
-#: Qwen2-VL's caption languages (``Qwen2VL.caption``), from the module it reads them from (no transformers).
-QWEN2VL_LANGUAGES = tuple(CAPTION_PROMPTS)
 
 _BUSY = "A generation is running: wait for it to end, or press Stop."
 _NO_IMAGE = "No image yet: upload one, or pass image= when creating the widget."
@@ -342,23 +337,18 @@ class SmolVLMWidget(VLMWidget):
     """
 
     family = "smolvlm"
-    option_controls = MappingProxyType({"prompt": prompt_control})
 
 
 class Qwen2VLWidget(VLMWidget):
     """A widget for Qwen2-VL models, with the caption language as a choice (English by default)."""
 
     family = "qwen2vl"
-    option_controls = MappingProxyType(
-        {"language": choice_control("Language", QWEN2VL_LANGUAGES, "en", check=caption_prompt)}
-    )
 
 
 class MoondreamWidget(VLMWidget):
     """A widget for Moondream, with the caption length as a choice (short, normal, long)."""
 
     family = "moondream"
-    option_controls = MappingProxyType({"length": choice_control("Length", ("short", "normal", "long"), "normal")})
 
 
 def _thumbnail_png(picture: Image.Image) -> bytes:
