@@ -115,9 +115,30 @@ class VLM(ABC):
 
     def _respond(self, image: Any, prompt: str, options: GenerationOptions, stream: bool) -> str | TextStream:
         picture = load_image(image)
-        self.load()
-        self._check_request(picture, prompt)
-        answer = self._stream(partial(self._produce, picture, prompt, options))
+
+        def checked() -> Producer:
+            self._check_request(picture, prompt)
+            return partial(self._produce, picture, prompt, options)
+
+        return self._started(checked, stream)
+
+    def _started(self, checked: Callable[[], Producer], stream: bool) -> str | TextStream:
+        """Generate with what ``checked`` returns, after the checks it makes with the loaded model.
+
+        Loaded, the checks run here, so a bad request is refused before any stream starts. Not yet
+        loaded, loading and the checks run on the worker thread: the call returns at once (a widget
+        or a notebook stays free while a checkpoint loads), and an error reaches the reader of the
+        stream, as a generation's would; ``stream=False`` raises it here either way.
+        """
+        if self.loaded:
+            produce = checked()
+        else:
+
+            def produce(sink: TokenSink) -> None:
+                self.load()
+                checked()(sink)
+
+        answer = self._stream(produce)
         return answer if stream else join_stream(answer)
 
     def _stream(self, produce: Producer) -> TextStream:

@@ -154,8 +154,10 @@ class RemoteVLM(VLM):
 
     def _respond(self, image: Any, prompt: str, options: GenerationOptions, stream: bool) -> str | TextStream:
         picture = load_image(image)
-        self.load()
-        answer = TextStream(partial(self._produce, picture, prompt, options))  # no lock: the server schedules
+        produce: Producer = partial(self._produce, picture, prompt, options)
+        if not self.loaded:  # the server's first answer (its model list) comes on the worker thread
+            produce = partial(_after_loading, self, produce)
+        answer = TextStream(produce)  # no lock: the server schedules
         if stream:
             return answer
         with answer:
@@ -620,3 +622,8 @@ def _check_base_url(base_url: str) -> None:
         raise RequestError(f"base_url {base_url!r} needs a host and a port from 1 to 65535 {example}.")
     if url.query or url.fragment:
         raise RequestError(f"base_url {base_url!r} must be the API root, without '?...' or '#...' {example}.")
+
+
+def _after_loading(model: RemoteVLM, produce: Producer, sink: TokenSink) -> None:
+    model.load()
+    produce(sink)

@@ -21,7 +21,7 @@ from ...images import load_image
 from ...options import DEFAULT_MAX_NEW_TOKENS, GenerationOptions, clean_question
 from ...runtime import Runtime, check_fits, choose_runtime
 from ...stream import TextStream, TokenSink
-from ..base import VLM, join_stream
+from ..base import VLM
 from .cache import EncodedImage
 from .checkpoint import WEIGHTS_FILE, load_network, load_tokenizer, read_config
 from .inference import encode, generate_text, locate
@@ -147,12 +147,9 @@ class Moondream(VLM):
     def _answer(
         self, image: Any, prompt_ids: Callable[[], list[int]], options: GenerationOptions, stream: bool
     ) -> str | TextStream:
-        """Check the image, load, build the prompt (it needs the tokenizer), then generate."""
+        """Check the image; once loaded, build the prompt (it needs the tokenizer) and generate."""
         source = self._checked(image) if isinstance(image, EncodedImage) else load_image(image)
-        self.load()
-        ids: list[int] = prompt_ids()
-        answer = self._stream(partial(self._produce_ids, source, ids, options))
-        return answer if stream else join_stream(answer)
+        return self._started(lambda: partial(self._produce_ids, source, prompt_ids(), options), stream)
 
     def _produce_ids(
         self, source: Image.Image | EncodedImage, ids: list[int], options: GenerationOptions, sink: TokenSink

@@ -1,0 +1,61 @@
+"""Loading runs on the worker thread: a call on a model not yet loaded returns at once, and the
+stream's reader gets the answer once the checkpoint is in, or the loading error (issue #16 item 6)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from vlm_notebook import shapes
+from vlm_notebook.errors import CheckpointNotAvailableError
+from vlm_notebook.models import VLM, Moondream, Qwen2VL, SmolVLM
+from vlm_notebook.stream import TextStream
+
+RED_CIRCLE = shapes.Scene("circle", "red", "white")
+CAPTIONS = {
+    "shapes-smolvlm": (SmolVLM, {}),
+    "shapes-qwen2vl": (Qwen2VL, {}),
+    "shapes-moondream": (Moondream, {"length": "short"}),
+}
+
+
+def gated(model: VLM) -> threading.Event:
+    """Hold ``model``'s loading until the returned event is set."""
+    gate, load = threading.Event(), model._load
+
+    def slow_load() -> None:
+        assert gate.wait(30), "the test never let the loading go on"
+        load()
+
+    model._load = slow_load  # type: ignore[method-assign]
+    return gate
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name", list(CAPTIONS))
+def test_a_stream_returns_while_the_checkpoint_loads_and_then_answers(name: str) -> None:
+    family, options = CAPTIONS[name]
+    model = family(name)
+    gate = gated(model)
+    started = time.perf_counter()
+    stream = model.caption(shapes.draw(RED_CIRCLE).image, stream=True, **options)
+    assert isinstance(stream, TextStream)
+    assert time.perf_counter() - started < 5 and not model.loaded, "returned before the loading ended"
+    gate.set()
+    with stream:
+        text = "".join(stream)
+    assert model.loaded and text.startswith("A red circle")
+    assert text == model.caption(shapes.draw(RED_CIRCLE).image, **options), "streamed as the whole text"
+
+
+@pytest.mark.timeout(60)
+def test_a_loading_error_reaches_the_reader_and_a_later_call_tries_again() -> None:
+    model = SmolVLM("smolvlm-256m")  # a Hub checkpoint, out of reach here
+    stream = model.query(shapes.draw(RED_CIRCLE).image, "What shape is it?", stream=True)
+    with pytest.raises(CheckpointNotAvailableError, match="hf download HuggingFaceTB/SmolVLM-256M-Instruct"), stream:
+        "".join(stream)
+    assert not model.loaded
+    with pytest.raises(CheckpointNotAvailableError, match="hf download"):
+        model.query(shapes.draw(RED_CIRCLE).image, "What shape is it?")
