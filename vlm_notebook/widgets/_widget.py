@@ -38,7 +38,7 @@ FIGURES_HELP = (
 _BUSY = "A generation is running: wait for it to end, or press Stop."
 _NO_IMAGE = "No image yet: upload one, or pass image= when creating the widget."
 _PREVIEW_PIXELS = 256  # the preview travels over the comm: a thumbnail, never the original
-_ERROR_COLOUR = "#b00020"
+ERROR_COLOUR = "#b00020"
 
 
 @dataclass(frozen=True)
@@ -235,7 +235,7 @@ class VLMWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
 
     def _use_image(self, picture: Image.Image) -> None:
         self._image = picture
-        self.preview.value = _thumbnail_png(picture)
+        self.preview.value = thumbnail_png(picture)
         self.preview.layout.display = None
         # Encode ahead: while the user types a question, the model does the picture's work.
         # A failure there (say the model cannot load) shows again, as a message, at Run.
@@ -324,7 +324,7 @@ class VLMWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         with self._message_lock:  # written from the kernel's thread and from runs ending
             if replacing is not None and self.message.value != replacing:
                 return
-            self.message.style.text_color = _ERROR_COLOUR if error else None
+            self.message.style.text_color = ERROR_COLOUR if error else None
             self.message.value = text
 
 
@@ -351,7 +351,7 @@ class MoondreamWidget(VLMWidget):
     family = "moondream"
 
 
-def _thumbnail_png(picture: Image.Image) -> bytes:
+def thumbnail_png(picture: Image.Image) -> bytes:
     thumbnail = picture.copy()
     thumbnail.thumbnail((_PREVIEW_PIXELS, _PREVIEW_PIXELS))
     buffer = io.BytesIO()
