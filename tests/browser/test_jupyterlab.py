@@ -44,7 +44,9 @@ MAX_TOKENS = 120  # the real-size model's answer, typed into the widget: 120 tok
 SCREENSHOT_AFTER = 10  # texts shown before the mid-stream screenshot
 WAIT_MS = 60_000  # the longest single wait on the page (a model load on a busy machine)
 
-SETUP, SHAPES_WIDGET, REAL_SIZE_WIDGET, REAL_SIZE_EXPECTED, MAGIC = range(5)
+SETUP, SHAPES_WIDGET, REAL_SIZE_WIDGET, REAL_SIZE_EXPECTED, MAGIC, CHAT = range(6)
+#: Two turns about PICTURE and shapes-smolvlm's answers (the second knows the first).
+CHAT_TURNS = [("What colour is the background?", "White."), ("What shape is it?", "A circle.")]
 CELLS = {
     SETUP: """\
 import torch
@@ -68,6 +70,9 @@ print(repr((tokens, real_size.caption(real_size_widget.image, max_new_tokens=tok
 %load_ext vlm_notebook
 %config VLMMagics.default_model = "shapes-smolvlm"
 %vlm_caption {PICTURE}""",
+    CHAT: """\
+from vlm_notebook.widgets import ChatWidget
+ChatWidget(SmolVLM("shapes-smolvlm"))""",
 }
 
 # Records, per key, every distinct text that the element matching `selector` in cell `index` shows.
@@ -176,10 +181,10 @@ class WidgetView:
         self.run_button = self.area.get_by_role("button", name="Run")
         self.stop_button = self.area.get_by_role("button", name="Stop")
 
-    def upload(self, picture: Path) -> None:
+    def upload(self, picture: Path, label: str = "Image") -> None:
         """Click the upload button, choose ``picture``, and wait for the kernel's preview of it."""
         with self.notebook.page.expect_file_chooser(timeout=WAIT_MS) as chooser:
-            self.area.get_by_role("button", name=re.compile(r"Image \(\d+\)")).click()
+            self.area.get_by_role("button", name=re.compile(label + r" \(\d+\)")).click()
         chooser.value.set_files(str(picture))
         preview = self.area.locator("img").element_handle(timeout=WAIT_MS)
         try:  # the kernel decodes the upload and sends back a thumbnail: proof that it arrived
@@ -357,6 +362,28 @@ def test_magic_streams_the_caption_into_the_cell_output(notebook: NotebookPage) 
     assert shown[-1] == CAPTION
     assert all(CAPTION.startswith(text) for text in shown), shown
     assert len(shown) >= 3, f"fewer than two partial texts before the caption: {shown!r}"  # it streams
+
+
+@pytest.mark.timeout(180)
+def test_chat_widget_streams_a_second_turn_that_knows_the_first(
+    notebook: NotebookPage, lab_server: LabServer, screenshots: Path
+) -> None:
+    notebook.run_cell(CHAT)
+    chat = WidgetView(notebook, CHAT)
+    chat.upload(lab_server.root / PICTURE, label="Picture")
+    box = chat.area.get_by_placeholder("Ask about the picture, then Enter")
+    answers = chat.area.locator(".widget-output")
+    for turn, (question, answer) in enumerate(CHAT_TURNS):
+        box.fill(question)
+        box.press("Enter")  # sends: no button clicked
+        notebook.expect(answers.nth(turn), f"answer {turn + 1} in the transcript").to_have_text(answer)
+        notebook.expect(box, "the question box emptied").to_have_value("")
+    notebook.expect(chat.area.locator(".widget-html"), "both questions in the transcript").to_have_count(2)
+    notebook.expect(chat.area.locator(".widget-label", has_text="tokens/s"), "the turn's figures").to_contain_text(
+        re.compile(r"ended .*\(stop, ")
+    )
+    assert answers.nth(1).locator(".jp-RenderedMarkdown").count() == 1, "answers are rendered as Markdown"
+    chat.screenshot(screenshots / "chat-widget.png")
 
 
 def _write_notebook(path: Path) -> None:

@@ -147,9 +147,12 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
             placeholder="Ask about the picture, then Enter", continuous_update=False,
             layout=widgets.Layout(flex="1 1 auto", min_width="8em"),
         )
-        self.send_button = widgets.Button(description="Send", button_style="primary", icon="paper-plane")
-        self.stop_button = widgets.Button(description="Stop", icon="stop", disabled=True)
-        self.clear_button = widgets.Button(description="Clear", icon="eraser", tooltip="Start the conversation again")
+        narrow = {"layout": widgets.Layout(width="auto")}
+        self.send_button = widgets.Button(description="Send", button_style="primary", icon="paper-plane", **narrow)
+        self.stop_button = widgets.Button(description="Stop", icon="stop", disabled=True, **narrow)
+        self.clear_button = widgets.Button(
+            description="Clear", icon="eraser", tooltip="Start the conversation again", **narrow
+        )
         self.figures = widgets.Label(value="", tooltip=FIGURES_HELP)
         self.message = widgets.Label(value="")
         self._owned = (self.transcript, self.upload, self.preview, self.question, self.send_button,
