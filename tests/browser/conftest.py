@@ -58,8 +58,10 @@ class LabServer:
     token: str
     root: Path
 
-    def notebook_url(self, name: str) -> str:
-        return f"{self.url}lab/tree/{name}?token={self.token}"
+    def notebook_url(self, name: str, ui: str = "lab") -> str:
+        """The notebook's page in JupyterLab (``ui="lab"``) or in Notebook 7 (``ui="notebook"``)."""
+        path = "lab/tree" if ui == "lab" else "notebooks"
+        return f"{self.url}{path}/{name}?token={self.token}"
 
 
 @pytest.fixture(scope="module")

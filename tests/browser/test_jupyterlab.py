@@ -93,6 +93,11 @@ _KERNEL_IDLE = """() => {
   const kernel = panel && panel.sessionContext && panel.sessionContext.session && panel.sessionContext.session.kernel;
   return Boolean(kernel && kernel.status === 'idle' && panel.content.widgets.length > 0);
 }"""
+# Notebook 7 has no window.jupyterapp: its toolbar's execution indicator says when the kernel is idle.
+_KERNEL_IDLE_NOTEBOOK7 = """() => Boolean(
+  document.querySelector('.jp-Notebook-ExecutionIndicator[data-status="idle"]')
+  && document.querySelectorAll('.jp-Notebook .jp-Cell').length > 0
+)"""
 # Texts shown since the element was first empty (Run clears the Output; running a cell clears its output).
 _SINCE_CLEARED = """key => {
   const texts = window.vlmSeen[key];
@@ -230,16 +235,27 @@ class WidgetView:
 @pytest.fixture(scope="module")
 def notebook(lab_server: LabServer, browser: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NotebookPage]:
     """The test notebook open in JupyterLab with its kernel started and idle."""
-    _write_notebook(lab_server.root / "browser.ipynb")
+    yield from _opened(lab_server, browser, tmp_path_factory, "lab")
+
+
+@pytest.fixture(scope="module")
+def notebook7(lab_server: LabServer, browser: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NotebookPage]:
+    """A copy of the test notebook open in Notebook 7 (the same server), its kernel started and idle."""
+    yield from _opened(lab_server, browser, tmp_path_factory, "notebook")
+
+
+def _opened(lab_server: LabServer, browser: Any, tmp: pytest.TempPathFactory, ui: str) -> Iterator[NotebookPage]:
+    name = "browser.ipynb" if ui == "lab" else f"browser-{ui}.ipynb"  # one kernel each
+    _write_notebook(lab_server.root / name)
     shutil.copy(Path(vlm_notebook.__file__).parent / "assets" / PICTURE, lab_server.root / PICTURE)
     page = browser.new_page()
-    notebook = NotebookPage(page, tmp_path_factory.mktemp("failures"))
+    notebook = NotebookPage(page, tmp.mktemp("failures"))
     try:
-        page.goto(lab_server.notebook_url("browser.ipynb"), timeout=WAIT_MS)
+        page.goto(lab_server.notebook_url(name, ui), timeout=WAIT_MS)
         try:
-            page.wait_for_function(_KERNEL_IDLE, timeout=WAIT_MS, polling=200)
+            page.wait_for_function(_KERNEL_IDLE if ui == "lab" else _KERNEL_IDLE_NOTEBOOK7, timeout=WAIT_MS, polling=200)
         except Exception as error:
-            notebook.fail(f"the notebook's kernel did not become idle: {error}")
+            notebook.fail(f"the notebook's kernel did not become idle in {ui}: {error}")
         notebook.run_cell(SETUP)
         yield notebook
     finally:
@@ -365,9 +381,11 @@ def test_magic_streams_the_caption_into_the_cell_output(notebook: NotebookPage) 
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize("ui", ["lab", "notebook7"])
 def test_chat_widget_streams_a_second_turn_that_knows_the_first(
-    notebook: NotebookPage, lab_server: LabServer, screenshots: Path
+    ui: str, request: pytest.FixtureRequest, lab_server: LabServer, screenshots: Path
 ) -> None:
+    notebook: NotebookPage = request.getfixturevalue("notebook" if ui == "lab" else "notebook7")
     notebook.run_cell(CHAT)
     chat = WidgetView(notebook, CHAT)
     chat.upload(lab_server.root / PICTURE, label="Picture")
@@ -383,7 +401,7 @@ def test_chat_widget_streams_a_second_turn_that_knows_the_first(
         re.compile(r"ended .*\(stop, ")
     )
     assert answers.nth(1).locator(".jp-RenderedMarkdown").count() == 1, "answers are rendered as Markdown"
-    chat.screenshot(screenshots / "chat-widget.png")
+    chat.screenshot(screenshots / ("chat-widget.png" if ui == "lab" else f"chat-widget-{ui}.png"))
 
 
 def _write_notebook(path: Path) -> None:
