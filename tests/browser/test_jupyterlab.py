@@ -253,7 +253,8 @@ def _opened(lab_server: LabServer, browser: Any, tmp: pytest.TempPathFactory, ui
     try:
         page.goto(lab_server.notebook_url(name, ui), timeout=WAIT_MS)
         try:
-            page.wait_for_function(_KERNEL_IDLE if ui == "lab" else _KERNEL_IDLE_NOTEBOOK7, timeout=WAIT_MS, polling=200)
+            idle = _KERNEL_IDLE if ui == "lab" else _KERNEL_IDLE_NOTEBOOK7
+            page.wait_for_function(idle, timeout=WAIT_MS, polling=200)
         except Exception as error:
             notebook.fail(f"the notebook's kernel did not become idle in {ui}: {error}")
         notebook.run_cell(SETUP)
