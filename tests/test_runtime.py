@@ -7,6 +7,8 @@ families on CUDA where there is one.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from typing import ClassVar
 
 import pytest
@@ -137,3 +139,62 @@ def test_a_model_too_big_for_the_gpus_free_memory_is_refused_before_loading(monk
     runtime.check_fits(gpu, files, "'shapes-smolvlm'")  # 0.9 M numbers in bf16 fit in 1 GiB
     runtime.check_fits(gpu, [files[0].with_name("absent.safetensors")], "absent")  # loading says what is wrong
     runtime.check_fits(Runtime(torch.device("cpu"), torch.float32), files, "on the CPU: never refused")
+
+
+@pytest.fixture
+def nan_once_from_layers_of_width(request: pytest.FixtureRequest) -> Iterator[list[int]]:
+    """The first output of any layer as wide as the vocabulary (``request.param``) is made NaN:
+    what fp16 on an Apple GPU has done to these families' first logits."""
+    poisoned: list[int] = []
+
+    def hook(module: torch.nn.Module, args: object, output: object) -> object:
+        if not poisoned and isinstance(output, torch.Tensor) and output.shape[-1] == request.param:
+            poisoned.append(1)
+            return torch.full_like(output, float("nan"))
+        return output
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        yield poisoned
+    finally:
+        handle.remove()
+
+
+VOCABULARY = {name: json.loads((CHECKPOINTS_DIR / name / "config.json").read_text()) for name in FAMILIES}
+
+
+def _vocabulary(name: str) -> int:
+    config = VOCABULARY[name]
+    found = config.get("text_config", {}).get("vocab_size") or config.get("vocab_size")
+    return int(found or config["config"]["text"]["vocab_size"])
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("name", "nan_once_from_layers_of_width"), [(name, _vocabulary(name)) for name in FAMILIES],
+    indirect=["nan_once_from_layers_of_width"],
+)
+def test_nan_in_the_half_format_auto_chose_falls_back_to_float32_with_a_warning(
+    name: str, nan_once_from_layers_of_width: list[int], monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setenv(runtime.CPU_DTYPE_VARIABLE, "bfloat16")  # what "auto" picks on a CPU with bf16
+    model = get_model(name)
+    assert model.runtime.half_by_auto and model.dtype == "bfloat16"
+    with caplog.at_level("WARNING", logger="vlm_notebook"):
+        model.load()
+    assert nan_once_from_layers_of_width, "the check ran the model"
+    assert model.dtype == "float32" and not model.runtime.half_by_auto
+    assert "gave NaN in bfloat16 on cpu: it runs in float32 there instead" in caplog.text
+    picture = shapes.draw(RED_CIRCLE).image
+    assert model.query(picture, "What colour is the shape?") == "Red.", "answers as the fp32 model does"
+
+
+def test_only_a_half_format_that_auto_chose_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(runtime.CPU_DTYPE_VARIABLE, "bfloat16")
+    assert choose_runtime("cpu", "auto").half_by_auto
+    assert not choose_runtime("cpu", "bfloat16").half_by_auto, "asked for by name: kept as asked"
+    monkeypatch.setenv(runtime.CPU_DTYPE_VARIABLE, "float32")
+    assert not choose_runtime("cpu", "auto").half_by_auto
+    finite = Runtime(torch.device("cpu"), torch.bfloat16, half_by_auto=True)
+    assert runtime.float32_if_not_finite(finite, torch.nn.Linear(2, 2), torch.zeros(1, 3), "m") is finite

@@ -13,16 +13,20 @@ does not have is refused at once, with what it has.
   are tens of times slower than fp32 ones. The environment variable ``VLM_NOTEBOOK_CPU_DTYPE``
   (float32, bfloat16 or float16) overrides that choice for every model of the process.
 
+A half format chosen by ``"auto"`` is checked once a model loads: if the logits of a caption of a
+blank picture hold NaN, the model moves to float32 with a warning (``Runtime.half_by_auto``).
+
 ``int8=True`` (CPU only) quantizes the linear layers to int8 and keeps the rest in fp32.
 Every tensor a model makes while answering is made on ``runtime.device``: nothing assumes the CPU.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +39,7 @@ from .options import DEVICE_CHOICES, DTYPE_CHOICES
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: Environment variable that sets what dtype="auto" means on the CPU.
 CPU_DTYPE_VARIABLE = "VLM_NOTEBOOK_CPU_DTYPE"
+_LOG = logging.getLogger("vlm_notebook")
 #: Room kept free on a GPU beyond the weights (activations, KV cache, the CUDA context).
 _HEADROOM = 1.2
 
@@ -46,6 +51,9 @@ class Runtime:
     device: torch.device
     dtype: torch.dtype
     int8: bool = False
+    #: The dtype is the half format ``dtype="auto"`` chose: after loading, the model checks its first
+    #: logits and falls back to float32 if they hold NaN (:func:`float32_if_not_finite`).
+    half_by_auto: bool = False
 
     @property
     def device_name(self) -> str:
@@ -81,7 +89,23 @@ def choose_runtime(device: Any = "auto", dtype: Any = "auto", int8: bool = False
     chosen_device = _device(device)
     if int8:
         return _int8_runtime(chosen_device, dtype)
-    return Runtime(chosen_device, _dtype(dtype, chosen_device))
+    chosen = _dtype(dtype, chosen_device)
+    by_auto = isinstance(dtype, str) and dtype.strip().lower() == "auto"
+    return Runtime(chosen_device, chosen, half_by_auto=by_auto and chosen != torch.float32)
+
+
+def float32_if_not_finite(runtime: Runtime, module: torch.nn.Module, logits: torch.Tensor, what: str) -> Runtime:
+    """The runtime to keep after a load in the half format "auto" chose: the same one when the first
+    ``logits`` are finite, else float32, with ``module`` moved to it and a warning that says so
+    (fp16 and bf16 on Apple GPUs have given NaN with these model families)."""
+    if not runtime.half_by_auto or bool(torch.isfinite(logits).all()):
+        return runtime
+    module.to(torch.float32)
+    _LOG.warning(
+        "%s gave NaN in %s on %s: it runs in float32 there instead (pass dtype= to choose another format).",
+        what, runtime.dtype_name, runtime.device_name,
+    )
+    return replace(runtime, dtype=torch.float32, half_by_auto=False)
 
 
 def check_fits(runtime: Runtime, weight_files: Iterable[Path], what: str) -> None:

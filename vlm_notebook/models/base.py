@@ -43,7 +43,7 @@ class VLM(ABC):
         self.name = self.entry.name
         self.revision = revision
         self._generation_lock = threading.Lock()
-        self._load_lock = threading.Lock()
+        self._load_lock = threading.RLock()  # the format check after loading uses the loaded model
         self._loaded = False
         #: Where and in what number format the model runs (None for a model that runs elsewhere).
         self.runtime: Runtime | None = None
@@ -68,7 +68,14 @@ class VLM(ABC):
             if not self._loaded:
                 self._load()
                 self._loaded = True
+                self._check_number_format()
         return self
+
+    def _check_number_format(self) -> None:
+        """After loading (the model usable, the load lock held): a family that runs in a half format
+        "auto" chose checks its first logits there (``runtime.float32_if_not_finite``). Default: none
+        (a server picks its own format)."""
+        return None
 
     @overload
     def query(

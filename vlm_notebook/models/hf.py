@@ -35,7 +35,7 @@ from ..decoding import ChunkDecoder
 from ..errors import CheckpointError, RequestError, VLMError
 from ..hub import checkpoint_directory
 from ..options import GenerationOptions, fit_to_context, refuse_special_tokens
-from ..runtime import Runtime, check_fits, choose_runtime
+from ..runtime import Runtime, check_fits, choose_runtime, float32_if_not_finite
 from ..stream import TokenSink
 from . import _conversation
 from ._decode import LlamaDecoder, decode, llama_text_model
@@ -45,6 +45,9 @@ from .base import VLM
 #: ``defaults=`` values: "cpu" (the project's CPU policy) or "card" (the model card's settings).
 DEFAULTS = ("cpu", "card")
 
+
+#: The prompt of the first-logits check of a half-precision load (on a blank picture).
+PROBE_PROMPT = "Describe this image."
 
 class TransformersVLM(VLM):
     """A family whose checkpoints load with ``AutoProcessor`` and ``AutoModelForImageTextToText``."""
@@ -103,6 +106,15 @@ class TransformersVLM(VLM):
 
     def _check_request(self, picture: Image.Image, prompt: str) -> None:
         refuse_special_tokens(prompt, self._special_tokens)
+
+    def _check_number_format(self) -> None:
+        if not self.runtime.half_by_auto:
+            return
+        blank = Image.new("RGB", (64, 64), "white")
+        with torch.inference_mode():
+            logits = self.model(**self._inputs(blank, PROBE_PROMPT)).logits[:, -1]
+        self._forget_position_state()
+        self.runtime = float32_if_not_finite(self.runtime, self.model, logits, repr(self.name))
 
     def _load_processor(self, directory: Path) -> Any:
         return AutoProcessor.from_pretrained(directory)

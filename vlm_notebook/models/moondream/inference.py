@@ -65,6 +65,12 @@ def prefill_image(
     return EncodedImage(cache=cache, size=size, crops=crops)
 
 
+def first_logits(net: MoondreamNetwork, picture: Image.Image, prompt_ids: list[int]) -> torch.Tensor:
+    """The logits of the first token answering ``prompt_ids`` about ``picture`` (no sampling)."""
+    _, hidden = _prefill(net, encode(net, picture), _ids(net, prompt_ids), 1, None)
+    return net.text.logits(hidden)
+
+
 def _prefill(
     net: MoondreamNetwork, encoded: EncodedImage, prompt: torch.Tensor, extra: int, check: Check | None
 ) -> tuple[KVCache, torch.Tensor]:

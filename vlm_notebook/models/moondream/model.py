@@ -19,12 +19,12 @@ from ...errors import CheckpointError, RequestError
 from ...hub import checkpoint_directory
 from ...images import load_image
 from ...options import DEFAULT_MAX_NEW_TOKENS, GenerationOptions, clean_question
-from ...runtime import Runtime, check_fits, choose_runtime
+from ...runtime import Runtime, check_fits, choose_runtime, float32_if_not_finite
 from ...stream import TextStream, TokenSink
 from ..base import VLM
 from .cache import EncodedImage
 from .checkpoint import WEIGHTS_FILE, load_network, load_tokenizer, read_config
-from .inference import encode, generate_text, locate
+from .inference import encode, first_logits, generate_text, locate
 from .network import MoondreamNetwork
 from .prompts import caption_prompt, locate_prompt, query_prompt
 
@@ -89,6 +89,14 @@ class Moondream(VLM):
         if self.runtime.int8:
             quantize_int8(network)
         self.network, self.tokenizer = network, tokenizer
+
+    def _check_number_format(self) -> None:
+        if not self.runtime.half_by_auto:
+            return
+        blank = Image.new("RGB", (self.network.config.vision.crop_size,) * 2, "white")
+        with torch.inference_mode():
+            logits = first_logits(self.network, blank, caption_prompt(self.network.config.tokenizer, "short"))
+        self.runtime = float32_if_not_finite(self.runtime, self.network, logits, repr(self.name))
 
     # -- public API ---------------------------------------------------------------------------
 
