@@ -59,3 +59,17 @@ def test_a_loading_error_reaches_the_reader_and_a_later_call_tries_again() -> No
     assert not model.loaded
     with pytest.raises(CheckpointNotAvailableError, match="hf download"):
         model.query(shapes.draw(RED_CIRCLE).image, "What shape is it?")
+
+
+@pytest.mark.timeout(120)
+def test_models_loading_at_once_on_their_streams_threads_load_whole() -> None:
+    """Two streams on unloaded models load both at once; every model loaded then and later is whole
+    (two transformers loads at the same moment once left a later one without its output layer)."""
+    picture = shapes.draw(RED_CIRCLE).image
+    first, second = SmolVLM("shapes-smolvlm", defaults="card"), Qwen2VL("shapes-qwen2vl", defaults="card")
+    streams = [first.caption(picture, stream=True), second.caption(picture, stream=True)]
+    assert [stream.wait(60) for stream in streams] and [stream.text for stream in streams] == [
+        "A red circle on a white background.", "A red circle on a white background."
+    ]
+    for later in (Qwen2VL("shapes-qwen2vl", defaults="card"), SmolVLM("shapes-smolvlm")):
+        assert later.caption(picture) == "A red circle on a white background."

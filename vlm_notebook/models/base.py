@@ -22,6 +22,12 @@ if TYPE_CHECKING:  # the runtime needs torch; this module must not import it (ch
     from ..runtime import Runtime
 
 
+#: Models load one at a time in a process: transformers' loading keeps global state while it runs,
+#: and two loads at once on two threads (two streams started on unloaded models) left a later load
+#: with its tied output layer missing.
+_ONE_LOAD_AT_A_TIME = threading.Lock()
+
+
 class VLM(ABC):
     """A vision-language model of one family. Loading happens once, on ``load()`` or first use.
 
@@ -66,7 +72,8 @@ class VLM(ABC):
         """Load the checkpoint (once; later calls return at once). Returns the model."""
         with self._load_lock:
             if not self._loaded:
-                self._load()
+                with _ONE_LOAD_AT_A_TIME:
+                    self._load()
                 self._loaded = True
                 self._check_number_format()
         return self
