@@ -28,7 +28,9 @@ def picture(scene: shapes.Scene = BLUE_CIRCLE) -> Image.Image:
 
 
 def press_enter(widget: ChatWidget, question: str) -> None:
-    widget.question.set_state({"value": question})  # what the browser sends on Enter
+    """Type ``question`` (the box's value follows each key) and press Enter (a "submit" message)."""
+    widget.question.set_state({"value": question})
+    widget.question._handle_custom_msg({"event": "submit"}, [])
 
 
 def answers(widget: ChatWidget) -> list[str]:
@@ -123,3 +125,14 @@ def test_what_cannot_be_asked_is_refused_with_a_message_and_nothing_is_lost(shap
 
 def test_the_plain_text_repr_is_deterministic(shapes_smolvlm: SmolVLM) -> None:
     assert repr(ChatWidget(shapes_smolvlm)) == "ChatWidget(model='shapes-smolvlm')"
+
+
+@pytest.mark.timeout(60)
+def test_typing_then_clicking_send_asks_once(shapes_smolvlm: SmolVLM) -> None:
+    """Leaving the box for the Send button does not send by itself (only Enter and Send do)."""
+    widget = ChatWidget(shapes_smolvlm, image=picture())
+    widget.question.set_state({"value": QUESTIONS[0]})
+    assert not widget.running and widget.transcript.children == ()
+    widget.send_button.click()
+    assert widget.wait(30) == "Gray." and widget.message.value == ""
+    assert len(widget.transcript.children) == 2

@@ -288,9 +288,9 @@ def test_a_bad_upload_gives_a_message_and_a_good_upload_then_works(
     upload(widget, name, mime, content)
     assert name in widget.message.value and message in widget.message.value
     assert "Traceback" not in widget.message.value
-    assert widget.image is None and widget.preview.value == b""
-    assert widget.preview.layout.display == "none", "no empty (broken-looking) preview"
-    assert not widget.run() and "No image" in widget.message.value, "the old picture is not used by mistake"
+    assert "The picture before it is still the one used." in widget.message.value
+    assert widget.image is not None and widget.preview.layout.display is None, "what is shown is what is used"
+    assert widget.run() and widget.wait(30) == "A red circle on a white background."
 
     upload(widget, "blue.png", "image/png", png(BLUE_SQUARE))
     assert widget.message.value == "" and bytes(widget.preview.value).startswith(b"\x89PNG")
@@ -333,11 +333,13 @@ def test_a_model_failure_shows_a_short_message_and_everything_keeps_working(
 @pytest.mark.timeout(60)
 def test_question_mode_streams_the_answer_in_whole_characters(shapes_smolvlm: SmolVLM) -> None:
     widget = SmolVLMWidget(shapes_smolvlm, image=picture())
-    assert widget.question.disabled, "the question box is for question mode"
+    assert widget.question.disabled and widget.question.layout.display == "none", "for question mode only"
     assert widget.run("What colour is the shape? Answer in Japanese.")
     assert widget.wait(30) == "赤 🔴" == widget.output.outputs[0]["text"]
     assert widget.mode.value == "question" and not widget.question.disabled
+    assert widget.question.layout.display is None
     assert widget.options["prompt"].disabled, "caption options do not apply to questions"
+    assert widget.options["prompt"].layout.display == "none", "and are not shown for them"
     assert widget.run(mode="caption") and widget.wait(30) == "A red circle on a white background."
 
 
@@ -453,8 +455,9 @@ def test_each_familys_choices_come_from_the_options_data(shapes_smolvlm: SmolVLM
     assert language.options == tuple(CAPTION_PROMPTS) and language.value == "en", "Qwen2-VL's languages"
     length = option_control("length")(shapes_smolvlm)
     assert length.options == ("short", "normal", "long") and length.value == "normal", "Moondream's lengths"
-    with pytest.raises(RequestError, match="Unknown caption language 'xx': use one of en, ja, zh, ko, fr, de, es"):
-        language.value = "xx"
+    refusal = "Unknown caption language 'xx'; known languages: en, ja, zh, ko, fr, de, es"  # the API's words
+    with pytest.raises(RequestError, match=refusal):
+        language.refuse_unless_a_choice("xx")  # what run(language="xx") meets
     assert VLMWidget._family_widgets["qwen2vl"] is Qwen2VLWidget
     assert VLMWidget._family_widgets["moondream"] is MoondreamWidget
 
@@ -487,3 +490,23 @@ def test_a_refused_run_changes_no_control(shapes_smolvlm: SmolVLM) -> None:
     assert widget.mode.value == "caption" and widget.question.value == "" and widget.options["prompt"].value == ""
     assert widget.max_new_tokens.value == 256 and not widget.running
     widget.close()
+
+
+def press_enter(box: widgets.Text) -> None:
+    """What the front end sends when Enter is pressed in a text box."""
+    box._handle_custom_msg({"event": "submit"}, [])
+
+
+@pytest.mark.timeout(60)
+def test_enter_in_the_question_box_runs_and_the_boxes_line_up(shapes_smolvlm: SmolVLM) -> None:
+    widget = SmolVLMWidget(shapes_smolvlm, image=picture())
+    assert widget.title.value == "<b>shapes-smolvlm</b> (smolvlm)", "the model's name is shown"
+    widths = {control.style.description_width for control in (widget.question, widget.max_new_tokens,
+                                                              *widget.options.values())}
+    assert len(widths) == 1, "every box starts at the same place"
+    widget.mode.value = "question"
+    widget.question.value = "What shape is it?"  # typed (continuous updates)
+    press_enter(widget.question)
+    assert widget.wait(30) == "A circle."
+    press_enter(widget.question)  # again: a second run, as a click on Run would start
+    assert widget.wait(30) == "A circle." and widget.message.value == ""

@@ -6,10 +6,11 @@ controls, and a family's ``caption_options`` names its own.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .languages import CAPTION_PROMPTS
+from .languages import CAPTION_PROMPTS, caption_prompt
 
 
 @dataclass(frozen=True)
@@ -20,10 +21,12 @@ class CaptionOption:
     help: str
     choices: tuple[str, ...] | None = None
     default: str | None = None
+    #: The family's own check of a value (raises its RequestError), so front ends refuse as it does.
+    check: Callable[[Any], object] | None = None
 
 
 PROMPT = CaptionOption("prompt", "what to ask for instead of the family's caption prompt")
-LANGUAGE = CaptionOption("language", "the language to caption in", tuple(CAPTION_PROMPTS), "en")
+LANGUAGE = CaptionOption("language", "the language to caption in", tuple(CAPTION_PROMPTS), "en", caption_prompt)
 CAPTION_LENGTHS: tuple[str, ...] = ("short", "normal", "long")  # Moondream's
 LENGTH = CaptionOption("length", "how long a caption", CAPTION_LENGTHS, "normal")
 

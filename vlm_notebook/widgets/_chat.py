@@ -23,6 +23,7 @@ from ..models.base import VLM
 from ..options import DEFAULT_MAX_NEW_TOKENS
 from ..stream import StreamStats, TextStream
 from ._coalesce import DEFAULT_MAX_RATE
+from ._controls import on_enter
 from ._run import Run, figures_line, short_message
 from ._widget import ERROR_COLOUR, FIGURES_HELP, thumbnail_png
 
@@ -142,10 +143,8 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         )
         self.preview = widgets.Image(format="png", layout=widgets.Layout(width="192px", display="none"))
         self.transcript = widgets.VBox(layout=widgets.Layout(border="1px solid #ccc", padding="4px", min_height="2em"))
-        # continuous_update=False: the value reaches the kernel on Enter (or when the box loses focus).
         self.question = widgets.Text(
-            placeholder="Ask about the picture, then Enter", continuous_update=False,
-            layout=widgets.Layout(flex="1 1 auto", min_width="8em"),
+            placeholder="Ask about the picture, then Enter", layout=widgets.Layout(flex="1 1 auto", min_width="8em"),
         )
         narrow = {"layout": widgets.Layout(width="auto")}
         self.send_button = widgets.Button(description="Send", button_style="primary", icon="paper-plane", **narrow)
@@ -158,7 +157,7 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         self._owned = (self.transcript, self.upload, self.preview, self.question, self.send_button,
                        self.stop_button, self.clear_button, self.figures, self.message)
         self.upload.observe(self._on_upload, names="value")
-        self.question.observe(self._on_question, names="value")
+        on_enter(self.question, lambda: self._send(self.question.value))
         self.send_button.on_click(lambda _: self._send(self.question.value))
         self.stop_button.on_click(lambda _: self.stop())
         self.clear_button.on_click(lambda _: self.clear())
@@ -190,10 +189,6 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         self.preview.layout.display = None
         self._say("")
         self.preparing = self.model.prepare(picture)  # the picture's work, while the question is typed
-
-    def _on_question(self, change: dict[str, Any]) -> None:
-        if change["new"].strip():
-            self._send(change["new"])
 
     def _send(self, question: str) -> bool:
         with self._start_lock:  # Enter and a click on Send, or two clicks, must not both start

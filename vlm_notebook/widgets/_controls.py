@@ -21,14 +21,15 @@ from ..models.base import VLM
 #: and an empty value ("" or None) means the family's default.
 ControlFactory = Callable[[VLM], Any]
 
-_WIDE = {"description_width": "initial"}
+#: One width for every description, so the boxes of a widget start at the same place.
+LABELLED = {"description_width": "7em"}
 
 
 def text_control(label: str, placeholder: str = "") -> ControlFactory:
     """A free-text option, left empty for the family's default."""
 
     def build(model: VLM) -> Any:
-        return widgets.Text(value="", placeholder=placeholder, description=label, style=_WIDE)
+        return widgets.Text(value="", placeholder=placeholder, description=label, style=LABELLED)
 
     return build
 
@@ -42,7 +43,7 @@ class Choice(widgets.Dropdown):  # type: ignore[misc]  # ipywidgets is untyped
     """
 
     def __init__(self, label: str, choices: Sequence[str], default: str, check: Callable[[Any], object] | None) -> None:
-        super().__init__(options=tuple(choices), value=default, description=label, style=_WIDE)
+        super().__init__(options=tuple(choices), value=default, description=label, style=LABELLED)
         self._check = check
 
     def refuse_unless_a_choice(self, value: Any) -> None:
@@ -78,7 +79,9 @@ def option_control(name: str) -> ControlFactory:
     if option is caption_options.PROMPT:
         return prompt_control
     if option is not None and option.choices:
-        return choice_control(option.name.capitalize(), option.choices, option.default or option.choices[0])
+        return choice_control(
+            option.name.capitalize(), option.choices, option.default or option.choices[0], option.check
+        )
     return _fallback(name)
 
 
@@ -117,3 +120,18 @@ def _refuse_unless_it_fits(name: str, control: Any, value: Any) -> None:
 
 def _fallback(name: str) -> ControlFactory:
     return text_control(name.replace("_", " ").capitalize())
+
+
+def on_enter(box: widgets.Text, callback: Callable[[], object]) -> None:
+    """Call ``callback`` when Enter is pressed in ``box``.
+
+    The front end sends the box a "submit" message on Enter. ipywidgets 8 deprecates ``on_submit``
+    in favour of a value change with ``continuous_update=False``, but that change also comes when the
+    box loses focus, so a click on Run or Send after typing would send twice.
+    """
+
+    def handle(widget: Any, content: Any, buffers: Any) -> None:
+        if isinstance(content, dict) and content.get("event") == "submit":
+            callback()
+
+    box.on_msg(handle)

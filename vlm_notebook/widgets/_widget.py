@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import io
 import threading
 from collections.abc import Mapping
@@ -20,8 +21,10 @@ from ..options import DEFAULT_MAX_NEW_TOKENS, GenerationOptions
 from ..stream import StreamStats, TextStream
 from ._coalesce import DEFAULT_MAX_RATE, set_output_text
 from ._controls import (
+    LABELLED,
     ControlFactory,
     build_controls,
+    on_enter,
     option_values,
     set_option_values,
 )
@@ -180,13 +183,16 @@ class VLMWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         )
         # Hidden until there is a picture: an empty Image shows the browser's broken-image icon.
         self.preview = widgets.Image(format="png", layout=widgets.Layout(width="192px", display="none"))
+        self.title = widgets.HTML(value=f"<b>{html.escape(self.model.name)}</b> ({self.model.family})")
         self.mode = widgets.ToggleButtons(options=[("Caption", "caption"), ("Question", "question")])
-        self.question = widgets.Text(placeholder="Ask about the image", description="Question", disabled=True)
+        # Shown in question mode only (the family's caption options in caption mode); Enter runs.
+        self.question = widgets.Text(
+            placeholder="Ask about the image, then Enter", description="Question", disabled=True, style=LABELLED,
+            layout=widgets.Layout(display="none"),
+        )
         self.options = build_controls(self.model, self._option_factories())
         # Not a BoundedIntText: it would turn 0 into 1 without a word, where the API refuses 0.
-        self.max_new_tokens = widgets.IntText(
-            value=DEFAULT_MAX_NEW_TOKENS, description="Max tokens", style={"description_width": "initial"},
-        )
+        self.max_new_tokens = widgets.IntText(value=DEFAULT_MAX_NEW_TOKENS, description="Max tokens", style=LABELLED)
         self.run_button = widgets.Button(description="Run", button_style="primary", icon="play")
         self.stop_button = widgets.Button(description="Stop", icon="stop", disabled=True)
         self.output = widgets.Output(layout=widgets.Layout(border="1px solid #ccc", min_height="2em", padding="4px"))
@@ -202,6 +208,7 @@ class VLMWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
     def _connect(self) -> None:
         self.upload.observe(self._on_upload, names="value")
         self.mode.observe(self._on_mode, names="value")
+        on_enter(self.question, self._start)
         self.run_button.on_click(lambda _: self._start())
         self.stop_button.on_click(lambda _: self.stop())
 
@@ -209,11 +216,11 @@ class VLMWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         buttons = widgets.HBox([self.run_button, self.stop_button])
         request = widgets.VBox([self.mode, self.question, *self.options.values(), self.max_new_tokens, buttons])
         picture = widgets.VBox([self.upload, self.preview])
-        top = widgets.HBox([picture, request])
-        self._owned = (top, picture, request, buttons, self.upload, self.preview, self.mode, self.question,
-                       *self.options.values(), self.max_new_tokens, self.run_button, self.stop_button,
-                       self.output, self.figures, self.message)
-        return [top, self.output, self.figures, self.message]
+        top = widgets.HBox([picture, request], layout=widgets.Layout(flex_flow="row wrap"))
+        self._owned = (top, picture, request, buttons, self.title, self.upload, self.preview, self.mode,
+                       self.question, *self.options.values(), self.max_new_tokens, self.run_button,
+                       self.stop_button, self.output, self.figures, self.message)
+        return [self.title, top, self.output, self.figures, self.message]
 
     # Kernel thread: controls, uploads, starting ----------------------------------------------
 
@@ -224,11 +231,9 @@ class VLMWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         try:
             # Decoded here, not at Run, so a bad file is reported the moment it arrives.
             picture = load_image(bytes(upload["content"]))
-        except ImageError as error:
-            self._image = None
-            self.preview.value = b""
-            self.preview.layout.display = "none"
-            self._say(f"Cannot use {upload['name']!r}: {error}", error=True)
+        except ImageError as error:  # the picture before it, if any, stays in use (and in view)
+            kept = " The picture before it is still the one used." if self._image is not None else ""
+            self._say(f"Cannot use {upload['name']!r}: {error}{kept}", error=True)
             return
         self._use_image(picture)
         self._say("")
@@ -244,8 +249,10 @@ class VLMWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
     def _on_mode(self, change: dict[str, Any]) -> None:
         asking = change["new"] == "question"
         self.question.disabled = not asking
+        self.question.layout.display = None if asking else "none"
         for control in self.options.values():
             control.disabled = asking  # the family's options shape captions only
+            control.layout.display = "none" if asking else None
 
     def _apply(
         self, question: str | None, mode: Mode | None, max_new_tokens: int | None, options: dict[str, Any]
