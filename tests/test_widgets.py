@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -510,3 +511,29 @@ def test_enter_in_the_question_box_runs_and_the_boxes_line_up(shapes_smolvlm: Sm
     assert widget.wait(30) == "A circle."
     press_enter(widget.question)  # again: a second run, as a click on Run would start
     assert widget.wait(30) == "A circle." and widget.message.value == ""
+
+
+@pytest.mark.timeout(60)
+def test_before_the_first_token_the_figures_say_what_is_going_on_and_for_how_long(shapes_smolvlm: SmolVLM) -> None:
+    widget = SmolVLMWidget(shapes_smolvlm, image=picture(BLUE_SQUARE))
+    widget.preparing.result(30)  # the picture's work is done: the wait is the prompt's
+    with held_at_call(shapes_smolvlm.model.lm_head, 1) as (reached, resume):
+        assert widget.run(prompt="Describe this")
+        assert reached.wait(30)
+        time.sleep(1.2)  # two ticks
+        waiting = widget.figures.value
+        resume.set()
+        widget.wait(30)
+    assert re.fullmatch(r"reading the picture and the prompt \(\d+ tokens\)… [1-9]\d* s", waiting), waiting
+    assert "ended" in widget.figures.value and "tokens/s" in widget.figures.value, "the wait line is gone"
+    time.sleep(0.7)
+    assert "ended" in widget.figures.value, "no wait line after the end"
+
+
+def test_the_wait_line_names_the_phase() -> None:
+    from vlm_notebook.stream import StreamStats
+    from vlm_notebook.widgets._run import waiting_line
+
+    assert waiting_line(False, None, 3.2) == "loading the model… 3 s"
+    assert waiting_line(True, None, 0.4) == "preparing the picture… 0 s"
+    assert waiting_line(True, StreamStats(prompt_tokens=41), 12.0).startswith("reading the picture and the prompt (41")

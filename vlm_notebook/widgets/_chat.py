@@ -24,7 +24,7 @@ from ..options import DEFAULT_MAX_NEW_TOKENS
 from ..stream import StreamStats, TextStream
 from ._coalesce import DEFAULT_MAX_RATE
 from ._controls import on_enter
-from ._run import Run, figures_line, short_message
+from ._run import Run, figures_line, short_message, waiting_line
 from ._widget import ERROR_COLOUR, FIGURES_HELP, thumbnail_png
 
 _BUSY = "An answer is coming: wait for it to end, or press Stop."
@@ -206,6 +206,9 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
             self._run = Run(
                 lambda: self._open_stream(picture, question), lambda run, text: self._show(answer, run, text),
                 lambda run: self._finish(run, (asked, answer)), self.max_updates_per_second,
+                lambda run, seconds: setattr(
+                    self.figures, "value", waiting_line(self.model.loaded, run.stats, seconds)
+                ),
             )
             self._run.start()
         return True

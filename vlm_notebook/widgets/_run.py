@@ -16,6 +16,8 @@ from ..errors import VLMError
 from ..stream import StreamStats, TextStream
 from ._coalesce import Coalescer
 
+WAIT_TICK = 0.5  # seconds between updates of the figures line while the first token is awaited
+
 
 class Run:
     """A generation: ``open_stream`` runs on the run's thread, ``show`` on the coalescer's, ``finish`` last."""
@@ -26,19 +28,39 @@ class Run:
         show: Callable[[Run, str], None],
         finish: Callable[[Run], None],
         max_rate: float,
+        waiting: Callable[[Run, float], None] | None = None,
     ) -> None:
         self._open_stream = open_stream
         self._show = show
         self._finish = finish
         self._max_rate = max_rate
+        self._waiting = waiting
         self._stop = threading.Event()
         self.stream: TextStream | None = None
         self.error: Exception | None = None
         self.finished_at: str | None = None  # wall-clock time, for people comparing runs
+        self._started = time.perf_counter()
+        self._shown_or_done = False  # once True, ``waiting`` is never called again
+        self._order = threading.Lock()  # between ``waiting`` and the first ``show`` or ``finish``
         self._thread = threading.Thread(target=self._work, name="vlm-notebook-widget", daemon=True)
 
     def start(self) -> None:
+        self._started = time.perf_counter()
         self._thread.start()
+        if self._waiting is not None:
+            threading.Thread(target=self._tick, name="vlm-notebook-widget-wait", daemon=True).start()
+
+    def _tick(self) -> None:
+        """Until the first text shows or the run ends: ``waiting(run, seconds so far)`` twice a second."""
+        while True:
+            self._thread.join(WAIT_TICK)
+            if not self._thread.is_alive():
+                return
+            with self._order:
+                if self._shown_or_done:
+                    return
+                assert self._waiting is not None
+                self._waiting(self, time.perf_counter() - self._started)
 
     @property
     def running(self) -> bool:
@@ -73,7 +95,7 @@ class Run:
         return self.text
 
     def _work(self) -> None:
-        coalescer = Coalescer(lambda text: self._show(self, text), self._max_rate)
+        coalescer = Coalescer(self._show_text, self._max_rate)
         try:
             self._generate(coalescer)
         except Exception as error:  # shown by the widget, raised again by wait(); never printed
@@ -82,7 +104,15 @@ class Run:
             coalescer.close()
             self.error = self.error or coalescer.error
             self.finished_at = time.strftime("%H:%M:%S")
+            with self._order:
+                self._shown_or_done = True
             self._finish(self)
+
+    def _show_text(self, text: str) -> None:
+        if not self._shown_or_done:
+            with self._order:
+                self._shown_or_done = True
+        self._show(self, text)
 
     def _generate(self, coalescer: Coalescer) -> None:
         if self._stop.is_set():
@@ -107,6 +137,17 @@ def figures_line(run: Run) -> str:
     if run.finished_at is None or stats.end_time is None:
         return f"{line} · running"
     return f"{line} · ended {run.finished_at} ({stats.finish_reason}, {stats.end_time:.2f} s)"
+
+
+def waiting_line(loaded: bool, stats: StreamStats | None, seconds: float) -> str:
+    """What the figures line says before the first token: what the model is doing, and for how long."""
+    if not loaded:
+        phase = "loading the model"
+    elif stats is None or not stats.prompt_tokens:
+        phase = "preparing the picture"
+    else:
+        phase = f"reading the picture and the prompt ({stats.prompt_tokens} tokens)"
+    return f"{phase}… {seconds:.0f} s"
 
 
 def short_message(error: Exception) -> str:

@@ -28,7 +28,7 @@ from ._controls import (
     option_values,
     set_option_values,
 )
-from ._run import Run, figures_line, short_message
+from ._run import Run, figures_line, short_message, waiting_line
 
 Mode = Literal["caption", "question"]
 #: What the figures line's parts mean (its tooltip).
@@ -289,7 +289,7 @@ class VLMWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
                 return False
             self._reset_view()
             self._run = Run(lambda: self._open_stream(image, request), self._show, self._finish,
-                            self.max_updates_per_second)
+                            self.max_updates_per_second, self._waiting)
             self._run.start()
         return True
 
@@ -312,6 +312,9 @@ class VLMWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
                                          max_new_tokens=request.max_new_tokens)
         assert isinstance(stream, TextStream)
         return stream
+
+    def _waiting(self, run: Run, seconds: float) -> None:
+        self.figures.value = waiting_line(self.model.loaded, run.stats, seconds)
 
     def _show(self, run: Run, text: str) -> None:
         set_output_text(self.output, text)
