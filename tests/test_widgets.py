@@ -526,6 +526,7 @@ def test_before_the_first_token_the_figures_say_what_is_going_on_and_for_how_lon
         widget.wait(30)
     assert re.fullmatch(r"reading the picture and the prompt \(\d+ tokens\)… [1-9]\d* s", waiting), waiting
     assert "ended" in widget.figures.value and "tokens/s" in widget.figures.value, "the wait line is gone"
+    assert isinstance(widget.figures, widgets.HTML) and widget.figures.tooltip, "it wraps, and says what it means"
     time.sleep(0.7)
     assert "ended" in widget.figures.value, "no wait line after the end"
 

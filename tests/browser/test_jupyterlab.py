@@ -219,13 +219,13 @@ class WidgetView:
 
         Unlike ``wait_idle``, this cannot pass before the run has even started (a fast model's
         whole run may fall between two looks at the buttons)."""
-        line = self.area.locator(".widget-label", has_text="tokens/s")
+        line = self.area.locator(".widget-html", has_text="tokens/s")
         ended = re.compile(rf"ended .*\({reason}, ")
         self.notebook.expect(line, f"the figures to say the run ended ({reason})").to_contain_text(ended)
 
     def figures(self) -> str:
         """The widget's line of figures (time to first token, tokens, how the run ended)."""
-        labels = self.area.locator(".widget-label").all_text_contents()
+        labels = self.area.locator(".widget-html").all_text_contents()
         return next((text for text in labels if "tokens/s" in text), "")
 
     def screenshot(self, path: Path) -> None:
@@ -397,8 +397,9 @@ def test_chat_widget_streams_a_second_turn_that_knows_the_first(
         box.press("Enter")  # sends: no button clicked
         notebook.expect(answers.nth(turn), f"answer {turn + 1} in the transcript").to_have_text(answer)
         notebook.expect(box, "the question box emptied").to_have_value("")
-    notebook.expect(chat.area.locator(".widget-html"), "both questions in the transcript").to_have_count(2)
-    notebook.expect(chat.area.locator(".widget-label", has_text="tokens/s"), "the turn's figures").to_contain_text(
+    questions = chat.area.locator(".widget-html", has_text="You:")
+    notebook.expect(questions, "both questions in the transcript").to_have_count(2)
+    notebook.expect(chat.area.locator(".widget-html", has_text="tokens/s"), "the turn's figures").to_contain_text(
         re.compile(r"ended .*\(stop, ")
     )
     assert answers.nth(1).locator(".jp-RenderedMarkdown").count() == 1, "answers are rendered as Markdown"

@@ -24,8 +24,8 @@ from ..options import DEFAULT_MAX_NEW_TOKENS
 from ..stream import StreamStats, TextStream
 from ._coalesce import DEFAULT_MAX_RATE
 from ._controls import on_enter
-from ._run import Run, figures_line, short_message, waiting_line
-from ._widget import ERROR_COLOUR, FIGURES_HELP, thumbnail_png
+from ._run import Run, figures_box, figures_line, short_message, waiting_line
+from ._widget import ERROR_COLOUR, thumbnail_png
 
 _BUSY = "An answer is coming: wait for it to end, or press Stop."
 _NO_IMAGE = "No picture yet: upload one, or pass image= when creating the widget."
@@ -152,7 +152,7 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         self.clear_button = widgets.Button(
             description="Clear", icon="eraser", tooltip="Start the conversation again", **narrow
         )
-        self.figures = widgets.Label(value="", tooltip=FIGURES_HELP)
+        self.figures = figures_box()
         self.message = widgets.Label(value="")
         self._owned = (self.transcript, self.upload, self.preview, self.question, self.send_button,
                        self.stop_button, self.clear_button, self.figures, self.message)

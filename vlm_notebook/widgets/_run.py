@@ -11,11 +11,20 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
+
+import ipywidgets as widgets
 
 from ..errors import VLMError
 from ..stream import StreamStats, TextStream
 from ._coalesce import Coalescer
 
+#: What the figures line's parts mean (its tooltip).
+FIGURES_HELP = (
+    "TTFT: seconds from Run to the first token (reading the picture and the prompt). "
+    "tokens/s: the decoding rate after the first token. image tokens: how many tokens the picture became; "
+    "(reused): the picture's work was done before. Then where it ran, and how and when it ended."
+)
 WAIT_TICK = 0.5  # seconds between updates of the figures line while the first token is awaited
 
 
@@ -137,6 +146,12 @@ def figures_line(run: Run) -> str:
     if run.finished_at is None or stats.end_time is None:
         return f"{line} · running"
     return f"{line} · ended {run.finished_at} ({stats.finish_reason}, {stats.end_time:.2f} s)"
+
+
+def figures_box() -> Any:
+    """Where the figures line shows: an HTML box, which wraps in a narrow pane (a Label cuts it off).
+    The lines hold numbers and fixed words only, never markup."""
+    return widgets.HTML(value="", tooltip=FIGURES_HELP, layout=widgets.Layout(width="100%"))
 
 
 def waiting_line(loaded: bool, stats: StreamStats | None, seconds: float) -> str:

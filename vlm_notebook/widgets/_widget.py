@@ -28,15 +28,9 @@ from ._controls import (
     option_values,
     set_option_values,
 )
-from ._run import Run, figures_line, short_message, waiting_line
+from ._run import Run, figures_box, figures_line, short_message, waiting_line
 
 Mode = Literal["caption", "question"]
-#: What the figures line's parts mean (its tooltip).
-FIGURES_HELP = (
-    "TTFT: seconds from Run to the first token (reading the picture and the prompt). "
-    "tokens/s: the decoding rate after the first token. image tokens: how many tokens the picture became; "
-    "(reused): the picture's work was done before. Then where it ran, and how and when it ended."
-)
 
 _BUSY = "A generation is running: wait for it to end, or press Stop."
 _NO_IMAGE = "No image yet: upload one, or pass image= when creating the widget."
@@ -196,7 +190,7 @@ class VLMWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         self.run_button = widgets.Button(description="Run", button_style="primary", icon="play")
         self.stop_button = widgets.Button(description="Stop", icon="stop", disabled=True)
         self.output = widgets.Output(layout=widgets.Layout(border="1px solid #ccc", min_height="2em", padding="4px"))
-        self.figures = widgets.Label(value="", tooltip=FIGURES_HELP)
+        self.figures = figures_box()
         self.message = widgets.Label(value="")
         self._connect()
 
