@@ -168,11 +168,17 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
+class _Server(ThreadingHTTPServer):
+    # The standard library listens with a backlog of 5: with 120 requests connecting at once on a busy
+    # machine, one was turned away and retried (a real server's backlog is hundreds).
+    request_queue_size = 256
+    daemon_threads = True
+
+
 @contextlib.contextmanager
 def tiny_server(behaviour: Behaviour) -> Iterator[TinyServer]:
     """A standard-library HTTP server on 127.0.0.1 that answers every POST with ``behaviour``."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
+    server = _Server(("127.0.0.1", 0), Handler)
     record = TinyServer(f"http://127.0.0.1:{server.server_address[1]}/v1")
     server.RequestHandlerClass = type("Bound", (Handler,), {"behaviour": staticmethod(behaviour), "record": record})
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
