@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -134,3 +136,15 @@ def _progress(step: int, config: TrainConfig, losses: list[float], seconds: floa
     mean = sum(recent) / len(recent)
     lr = config.lr * lr_factor(step - 1, config)
     return f"step {step}/{config.steps}  loss {mean:.4f}  lr {lr:.2e}  {seconds:.0f}s"
+
+
+def load_start_weights(processor: Any, directory: Path, generation: Any) -> Any:
+    """A saved checkpoint's weights to start from (``--init-from``), with ``generation`` as its
+    generation config; its tokenizer must be ``processor``'s."""
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(directory, dtype=torch.float32)
+    if model.config.text_config.vocab_size != len(processor.tokenizer):
+        raise ValueError(f"{directory} has another vocabulary than this recipe's tokenizer")
+    model.generation_config = generation
+    return model

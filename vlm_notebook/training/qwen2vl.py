@@ -44,6 +44,7 @@ from vlm_notebook.training.loop import (
     TrainConfig,
     TrainResult,
     answer_labels,
+    load_start_weights,
     seed_everything,
     train,
 )
@@ -225,12 +226,8 @@ def build_model(processor: Qwen2VLProcessor, sizes: TinySizes) -> PreTrainedMode
 
 
 def load_model(processor: Qwen2VLProcessor, directory: Path) -> PreTrainedModel:
-    """A saved checkpoint's weights to start from (``--init-from``); its tokenizer must be ``processor``'s."""
-    model = AutoModelForImageTextToText.from_pretrained(directory, dtype=torch.float32)
-    if model.config.text_config.vocab_size != len(processor.tokenizer):
-        raise ValueError(f"{directory} has another vocabulary than this recipe's tokenizer")
-    model.generation_config = generation_config(processor)
-    return cast(PreTrainedModel, model)
+    """A saved checkpoint's weights to start from (``--init-from``)."""
+    return cast(PreTrainedModel, load_start_weights(processor, directory, generation_config(processor)))
 
 
 def make_vision_batch_maker(

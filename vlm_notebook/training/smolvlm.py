@@ -40,6 +40,7 @@ from vlm_notebook.training.loop import (
     TrainConfig,
     TrainResult,
     answer_labels,
+    load_start_weights,
     seed_everything,
     train,
 )
@@ -206,12 +207,8 @@ def build_model(processor: Idefics3Processor, sizes: TinySizes) -> PreTrainedMod
 
 
 def load_model(processor: Idefics3Processor, directory: Path) -> PreTrainedModel:
-    """A saved checkpoint's weights to start from (``--init-from``); its tokenizer must be ``processor``'s."""
-    model = AutoModelForImageTextToText.from_pretrained(directory, dtype=torch.float32)
-    if model.config.text_config.vocab_size != len(processor.tokenizer):
-        raise ValueError(f"{directory} has another vocabulary than this recipe's tokenizer")
-    model.generation_config = generation_config(processor)
-    return cast(PreTrainedModel, model)
+    """A saved checkpoint's weights to start from (``--init-from``)."""
+    return cast(PreTrainedModel, load_start_weights(processor, directory, generation_config(processor)))
 
 
 def _sample(rng: random.Random, source: PictureSource) -> tuple[shapes.Drawing, tuple[Turn, ...], str, str]:
