@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before huggingface_hub reads it
 
@@ -56,3 +57,15 @@ def two_prefill_threads_one_decode() -> Iterator[None]:
         yield
     finally:
         cpu.set_thread_policy(prefill=saved.prefill, decode=saved.decode)
+
+
+@pytest.fixture
+def ctrl_c_raises() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt in the main thread, as in a terminal or a kernel, even where the
+    tests were started with SIGINT ignored (a shell's background job inherits that, and Python then
+    keeps it ignored)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)

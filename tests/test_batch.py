@@ -166,6 +166,7 @@ def test_a_remote_model_has_at_most_concurrency_requests_in_flight(tmp_path: Pat
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.usefixtures("ctrl_c_raises")
 def test_ctrl_c_stops_the_requests_in_flight_and_keeps_what_was_done(tmp_path: Path) -> None:
     paths = draw_pictures(tmp_path / "pictures", 4)
     answering = threading.Semaphore(0)

@@ -185,6 +185,7 @@ def test_leaving_a_with_block_or_dropping_the_stream_ends_the_worker(model: VLM)
 
 @covers("cancel-mid-decode")
 @pytest.mark.timeout(60)
+@pytest.mark.usefixtures("ctrl_c_raises")
 def test_a_ctrl_c_while_iterating_cancels_the_generation(shapes_smolvlm: SmolVLM) -> None:
     store_the_pictures_work(shapes_smolvlm)
     with held_at_call(head(shapes_smolvlm), 3) as (reached, release):
