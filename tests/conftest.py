@@ -56,7 +56,7 @@ def two_prefill_threads_one_decode() -> Iterator[None]:
     try:
         yield
     finally:
-        cpu.set_thread_policy(prefill=saved.prefill, decode=saved.decode)
+        cpu.set_thread_policy(prefill=saved.prefill, decode=saved.decode, measure_decode=saved.measure_decode)
 
 
 @pytest.fixture

@@ -323,7 +323,8 @@ def test_the_default_threads_are_the_physical_cores_unless_omp_num_threads_caps_
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert cpu.default_thread_policy() == cpu.ThreadPolicy(prefill=cpu.physical_cores(), decode=1)
+    cores = cpu.physical_cores()
+    assert cpu.default_thread_policy() == cpu.ThreadPolicy(prefill=cores, decode=cores, measure_decode=cores > 1)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert cpu.default_thread_policy() == cpu.ThreadPolicy(prefill=1, decode=1)
 

@@ -6,22 +6,29 @@ run, with the machine it ran on); the reasons, which hold across machines:
 - The vision encoder and the prefill are large matrix products that gain from every physical
   core, so they run on ``physical_cores()`` threads (torch's own default). Under heavy load from
   other programs one thread can be as fast; on a quiet machine all cores win.
-- A decode step is a thousand small operations, memory-bound (it reads every weight once), and
-  each parallel region waits for every thread, a busy core included. So decoding runs on one
-  thread by default.
+- A decode step is a thousand small operations, memory-bound (it reads every weight once). On a
+  quiet machine every core reads faster than one; but each parallel region waits for every
+  thread, so when other programs keep a core busy, one thread is several times faster. Neither
+  holds everywhere, so each generation measures: its first decode steps run two on every core
+  and two on one thread, and the rest on whichever was faster (:class:`DecodeThreads`).
 
 Both are process-wide torch settings, changed only while a model of this package works and put
-back afterwards; ``set_thread_policy(prefill=..., decode=...)`` changes them (on an idle machine
-with many cores, ``decode=physical_cores()`` may be faster). ``has_fast_bf16()`` reads the CPU's
-flags: ``vlm_notebook.runtime`` picks bf16 where it is true and fp32 elsewhere (bf16 matrix
-products are tens of times slower without those instructions). ``quantize_int8`` (``int8=True``
-on a model) is opt-in: a decode step reads a quarter of the bytes, but answers can change.
+back afterwards; ``set_thread_policy(prefill=..., decode=...)`` fixes them (no measuring).
+
+``has_fast_bf16()`` reads the CPU's flags: ``vlm_notebook.runtime`` picks bf16 where it is true
+and fp32 elsewhere (bf16 matrix products are tens of times slower without those instructions).
+``pack_bf16_linears`` stores a bf16 model's linear weights in oneDNN's blocked layout once, where
+torch's oneDNN has bf16 kernels: the same products, faster than ``F.linear``, which repacks a
+plain weight at each call (``benchmarks/results/cpu_vs_openvino.md`` has the effect).
+``quantize_int8`` (``int8=True`` on a model) is opt-in: a decode step reads a quarter of the
+bytes, but answers can change.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -70,6 +77,8 @@ class ThreadPolicy:
 
     prefill: int
     decode: int
+    #: Each generation times its first steps on ``decode`` threads and on one, and keeps the faster.
+    measure_decode: bool = False
 
     def __post_init__(self) -> None:
         for name in ("prefill", "decode"):
@@ -79,10 +88,11 @@ class ThreadPolicy:
 
 
 def default_thread_policy() -> ThreadPolicy:
-    """Prefill on every physical core, decode on one; ``OMP_NUM_THREADS``, when set, caps both."""
+    """Prefill on every physical core; decode on every core or one, measured per generation;
+    ``OMP_NUM_THREADS``, when set, caps both."""
     cap = _env_threads()
-    prefill = physical_cores() if cap is None else cap
-    return ThreadPolicy(prefill=prefill, decode=1)
+    cores = physical_cores() if cap is None else cap
+    return ThreadPolicy(prefill=cores, decode=cores, measure_decode=cores > 1)
 
 
 def _env_threads() -> int | None:
@@ -99,45 +109,90 @@ def thread_policy() -> ThreadPolicy:
     return _policy
 
 
-def set_thread_policy(*, prefill: int | None = None, decode: int | None = None) -> ThreadPolicy:
-    """Change the threads for the prefill and/or decoding (for every model); returns the new policy."""
+def set_thread_policy(
+    *, prefill: int | None = None, decode: int | None = None, measure_decode: bool | None = None
+) -> ThreadPolicy:
+    """Change the threads for the prefill and/or decoding (for every model); returns the new policy.
+    A ``decode`` count given is used as given unless ``measure_decode=True``."""
     global _policy
     with _policy_lock:
+        if measure_decode is None:
+            measure_decode = _policy.measure_decode and decode is None
         _policy = ThreadPolicy(
             prefill=prefill if prefill is not None else _policy.prefill,
             decode=decode if decode is not None else _policy.decode,
+            measure_decode=measure_decode,
         )
         return _policy
 
 
+class DecodeThreads:
+    """Called before each decode step of one generation: sets torch's threads for it.
+
+    With ``policy.measure_decode`` (and more than one decode thread), the first four steps run on
+    ``policy.decode`` threads twice, then on one thread twice; each step's time is the time to the
+    next call, and the rest run on the count whose faster step was faster."""
+
+    def __init__(self, policy: ThreadPolicy):
+        many = policy.decode
+        self._trials: tuple[int, ...] = (many, many, 1, 1) if policy.measure_decode and many > 1 else ()
+        self._chosen: int | None = None if self._trials else many
+        self._times: list[float] = []
+        self._last: float | None = None
+        self._steps = 0
+
+    @property
+    def chosen(self) -> int | None:
+        """The thread count the steps after the trials use (None while it is being measured)."""
+        return self._chosen
+
+    def __call__(self) -> None:
+        now = time.perf_counter()
+        if self._last is not None and len(self._times) < len(self._trials):
+            self._times.append(now - self._last)
+        self._last = now
+        step, self._steps = self._steps, self._steps + 1
+        wanted = self._trials[step] if step < len(self._trials) else self._settled()
+        if torch.get_num_threads() != wanted:
+            torch.set_num_threads(wanted)
+
+    def _settled(self) -> int:
+        if self._chosen is None:
+            self._chosen = self._trials[0] if min(self._times[:2]) <= min(self._times[2:]) else 1
+        return self._chosen
+
+
 @contextmanager
-def phase_threads(policy: ThreadPolicy | None = None) -> Iterator[Callable[[], None]]:
+def phase_threads(policy: ThreadPolicy | None = None) -> Iterator[DecodeThreads]:
     """For a model whose phases the caller runs by hand: ``policy.prefill`` threads while the block
-    runs, ``policy.decode`` from when the yielded function is called; the count is put back after."""
+    runs; the yielded :class:`DecodeThreads` is to be called before each decode step. The count is
+    put back after."""
     chosen = policy or _policy
     before = torch.get_num_threads()
     torch.set_num_threads(chosen.prefill)
     try:
-        yield lambda: torch.set_num_threads(chosen.decode)
+        yield DecodeThreads(chosen)
     finally:
         torch.set_num_threads(before)
 
 
 @contextmanager
-def threads_by_phase(model: torch.nn.Module, policy: ThreadPolicy | None = None) -> Iterator[Callable[[], None]]:
+def threads_by_phase(model: torch.nn.Module, policy: ThreadPolicy | None = None) -> Iterator[DecodeThreads]:
     """While the block runs, ``model`` prefills on ``policy.prefill`` threads and decodes (one new
-    token per call) on ``policy.decode``; torch's thread count is put back afterwards. Yields, as
-    ``phase_threads`` does, the switch to decoding threads for steps that bypass ``model``."""
+    token per call) on the threads :class:`DecodeThreads` picks; torch's thread count is put back
+    afterwards. Yields, as ``phase_threads`` does, the ``DecodeThreads`` to call before each
+    decode step that bypasses ``model``."""
     chosen = policy or _policy
 
-    def choose(module: torch.nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        decoding = isinstance(ids, torch.Tensor) and ids.dim() == 2 and ids.shape[1] == 1
-        wanted = chosen.decode if decoding else chosen.prefill
-        if torch.get_num_threads() != wanted:
-            torch.set_num_threads(wanted)
-
     with phase_threads(chosen) as to_decoding:
+
+        def choose(module: torch.nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            if isinstance(ids, torch.Tensor) and ids.dim() == 2 and ids.shape[1] == 1:
+                to_decoding()
+            elif torch.get_num_threads() != chosen.prefill:
+                torch.set_num_threads(chosen.prefill)
+
         handle = model.register_forward_pre_hook(choose, with_kwargs=True)
         try:
             yield to_decoding
@@ -159,3 +214,86 @@ def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
             model, {torch.nn.Linear: per_channel_dynamic_qconfig}, inplace=True
         )
     return quantized
+
+
+#: The batch size oneDNN is told to expect when packing: with a large one, products of any number of
+#: rows give the same numbers as ``F.linear`` on the plain weight (checked in tests/test_cpu_packing.py).
+_PACKING_ROWS = 1024
+
+
+@cache
+def packs_bf16() -> bool:
+    """Whether bf16 linear weights are packed for oneDNN here: bf16 instructions and a torch whose
+    oneDNN has its bf16 kernels and the packing operators."""
+    operators = getattr(torch.ops, "mkldnn", None)
+    try:
+        return (
+            has_fast_bf16()
+            and torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]
+            and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+            and hasattr(operators, "_reorder_linear_weight")
+            and hasattr(operators, "_linear_pointwise")
+        )
+    except (AttributeError, RuntimeError):
+        return False
+
+
+class PackedLinear(torch.nn.Module):
+    """A bf16 ``nn.Linear`` whose weight is kept in oneDNN's blocked layout (``pack_bf16_linears``)."""
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        #: The packed weight: a plain attribute, not a parameter (``.to()`` cannot convert it; see
+        #: ``unpack_linears``).
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), _PACKING_ROWS)
+        self.bias = linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        return result
+
+    def unpacked(self) -> torch.nn.Linear:
+        """The plain ``nn.Linear`` again."""
+        linear = torch.nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
+        linear.weight = torch.nn.Parameter(self.packed.to_dense(), requires_grad=False)
+        if self.bias is not None:
+            linear.bias = self.bias
+        return linear
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, packed bf16"
+
+
+def pack_bf16_linears(model: torch.nn.Module) -> int:
+    """Replace, in place, every bf16 ``nn.Linear`` of ``model`` on the CPU by a ``PackedLinear``
+    (the plain weight is let go, so memory does not grow, except for a weight that another module
+    shares). Returns how many were packed."""
+    return _replace_children(model, _packable, PackedLinear)
+
+
+def unpack_linears(model: torch.nn.Module) -> int:
+    """Undo ``pack_bf16_linears`` (before a model changes its format or device)."""
+    return _replace_children(model, lambda module: isinstance(module, PackedLinear), PackedLinear.unpacked)
+
+
+def _packable(module: torch.nn.Module) -> bool:
+    weight = getattr(module, "weight", None)
+    return (
+        type(module) is torch.nn.Linear
+        and isinstance(weight, torch.Tensor)
+        and weight.dtype == torch.bfloat16
+        and weight.device.type == "cpu"
+    )
+
+
+def _replace_children(
+    model: torch.nn.Module, wanted: Callable[[torch.nn.Module], bool], make: Callable[[Any], torch.nn.Module]
+) -> int:
+    count = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if wanted(child):
+                setattr(parent, name, make(child))
+                count += 1
+    return count

@@ -16,7 +16,9 @@ does not have is refused at once, with what it has.
 A half format chosen by ``"auto"`` is checked once a model loads: if the logits of a caption of a
 blank picture hold NaN, the model moves to float32 with a warning (``Runtime.half_by_auto``).
 
-``int8=True`` (CPU only) quantizes the linear layers to int8 and keeps the rest in fp32.
+``int8=True`` (CPU only) quantizes the linear layers to int8 and keeps the rest in fp32. A bf16
+model on a CPU with oneDNN's bf16 kernels keeps its linear weights packed for them
+(:func:`vlm_notebook.cpu.pack_bf16_linears`). :func:`fit_weights` does both, once a model loads.
 Every tensor a model makes while answering is made on ``runtime.device``: nothing assumes the CPU.
 """
 
@@ -32,7 +34,7 @@ from typing import Any
 
 import torch
 
-from .cpu import has_fast_bf16
+from .cpu import has_fast_bf16, pack_bf16_linears, packs_bf16, quantize_int8, unpack_linears
 from .errors import DeviceError, RequestError
 from .options import DEVICE_CHOICES, DTYPE_CHOICES
 
@@ -94,12 +96,22 @@ def choose_runtime(device: Any = "auto", dtype: Any = "auto", int8: bool = False
     return Runtime(chosen_device, chosen, half_by_auto=by_auto and chosen != torch.float32)
 
 
+def fit_weights(module: torch.nn.Module, runtime: Runtime) -> None:
+    """After loading, in place: int8 linear layers when the runtime asks for them; on a CPU whose
+    oneDNN computes in bf16, a bf16 model's linear weights packed for it (the same products)."""
+    if runtime.int8:
+        quantize_int8(module)
+    elif runtime.device.type == "cpu" and runtime.dtype == torch.bfloat16 and packs_bf16():
+        pack_bf16_linears(module)
+
+
 def float32_if_not_finite(runtime: Runtime, module: torch.nn.Module, logits: torch.Tensor, what: str) -> Runtime:
     """The runtime to keep after a load in the half format "auto" chose: the same one when the first
     ``logits`` are finite, else float32, with ``module`` moved to it and a warning that says so
     (fp16 and bf16 on Apple GPUs have given NaN with these model families)."""
     if not runtime.half_by_auto or bool(torch.isfinite(logits).all()):
         return runtime
+    unpack_linears(module)
     module.to(torch.float32)
     _LOG.warning(
         "%s gave NaN in %s on %s: it runs in float32 there instead (pass dtype= to choose another format).",

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 
+from ..cpu import PackedLinear
 from ..decoding import ChunkDecoder
 from ..options import GenerationOptions
 from ..sampling import Sampler
@@ -139,9 +140,12 @@ class _Layer:
 
 
 def _linear(module: torch.nn.Module) -> Linear:
-    """``module``'s product as one operator call: fp32 ``Linear`` or torch's dynamic int8 ``Linear``."""
+    """``module``'s product as one operator call: ``Linear``, packed bf16 or dynamic int8 ``Linear``."""
     if type(module) is torch.nn.Linear:
         return partial(F.linear, weight=module.weight, bias=module.bias)
+    if type(module) is PackedLinear:
+        return partial(torch.ops.mkldnn._linear_pointwise, W=module.packed, B=module.bias, attr="none",
+                       scalars=[], algorithm="")
     if type(module) is DynamicQuantizedLinear and module._packed_params.dtype == torch.qint8:
         packed = module._packed_params._packed_params
         return partial(torch.ops.quantized.linear_dynamic, W_prepack=packed, reduce_range=True)
@@ -194,9 +198,11 @@ def decode(
     stop_ids: Iterable[int],
     sink: TokenSink | None,
     chunks: ChunkDecoder,
+    before_step: Callable[[], None] | None = None,
 ) -> list[int]:
     """Pick tokens from ``first_logits`` onwards, calling ``step`` for the next logits, until a stop
-    token, ``options.max_new_tokens`` or a cancel (checked after every token). Returns the ids."""
+    token, ``options.max_new_tokens`` or a cancel (checked after every token). Returns the ids.
+    ``before_step`` runs before each step (the CPU's decoding threads: ``cpu.DecodeThreads``)."""
     stops = set(stop_ids)
     pick = Sampler(options)
     token_ids: list[int] = []
@@ -214,6 +220,8 @@ def decode(
             return token_ids
         if sink is not None and sink.cancelled:
             return token_ids
+        if before_step is not None:
+            before_step()
         logits = step(token_id)
 
 

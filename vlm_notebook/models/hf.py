@@ -30,12 +30,12 @@ from transformers.utils import logging as transformers_logging
 from .. import registry
 from ..cache import PrefixCache, PrefixEntry, image_digest
 from ..chat import Turn
-from ..cpu import quantize_int8, threads_by_phase
+from ..cpu import threads_by_phase
 from ..decoding import ChunkDecoder
 from ..errors import CheckpointError, RequestError, VLMError
 from ..hub import checkpoint_directory
 from ..options import GenerationOptions, fit_to_context, refuse_special_tokens
-from ..runtime import Runtime, check_fits, choose_runtime, float32_if_not_finite
+from ..runtime import Runtime, check_fits, choose_runtime, fit_weights, float32_if_not_finite
 from ..stream import TokenSink
 from . import _conversation
 from ._decode import LlamaDecoder, decode, llama_text_model
@@ -218,10 +218,10 @@ class TransformersVLM(VLM):
         )
         if sink is not None:
             sink.add_prefill_time(time.perf_counter() - started)
-        to_decoding()
         capacity = prompt_ids.shape[1] + options.max_new_tokens
         decoder = LlamaDecoder(text_model, self.model.lm_head, output.cache, capacity)
-        return decode(output.logits[:, -1], decoder, options, _stop_ids(config), sink, ChunkDecoder(self._tokenizer))
+        chunks = ChunkDecoder(self._tokenizer)
+        return decode(output.logits[:, -1], decoder, options, _stop_ids(config), sink, chunks, before_step=to_decoding)
 
     def _continuation(
         self, picture: Image.Image, split: SplitPrompt, sink: TokenSink | None
@@ -294,8 +294,7 @@ def _load_weights(directory: Path, runtime: Runtime) -> PreTrainedModel:
             "they are incomplete or belong to another model. Download the checkpoint again."
         )
     loaded: PreTrainedModel = model.to(runtime.device).eval()
-    if runtime.int8:
-        quantize_int8(loaded)
+    fit_weights(loaded, runtime)
     return loaded
 
 

@@ -6,7 +6,8 @@ model's public API as encoded bytes, exactly as a user's file would. A picture c
 when every check passes: the caption names the shape's colour and shape (``"red circle"``), the
 shape and colour questions are answered exactly and, for Moondream, ``detect`` gives one box with
 IoU >= 0.5 and ``point`` one point inside the shape. ``python -m vlm_notebook.training.robustness
-shapes-smolvlm [--count 200] [--seed 22]`` prints the figures as JSON.
+shapes-smolvlm [--count 200] [--seed 22] [--dtype bfloat16]`` prints the figures as JSON,
+with the number format the model ran in.
 
 Where a miss comes from (item 2 of the issue): each missed picture is asked again as the square
 around its shape, cut from the decoded picture with the same pixels (:func:`square_around_shape`).
@@ -145,10 +146,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("model", help="a model name or checkpoint directory, e.g. shapes-smolvlm")
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument("--dtype", default="auto", help="number format, as for the models (default auto)")
     args = parser.parse_args(argv)
     from vlm_notebook.registry import get_model
 
-    print(json.dumps(evaluate(get_model(args.model), args.count, args.seed), indent=2, ensure_ascii=False))
+    model = get_model(args.model, dtype=args.dtype)
+    figures = {"dtype": model.load().dtype, **evaluate(model, args.count, args.seed)}
+    print(json.dumps(figures, indent=2, ensure_ascii=False))
     return 0
 
 

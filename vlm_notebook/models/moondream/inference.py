@@ -104,16 +104,14 @@ def generate_text(
     check: Check | None = None,
     decoding: Callable[[], None] | None = None,
 ) -> TextResult:
-    """Token ids of the answer to ``prompt_ids`` (EOS not included); ``decoding`` is called once
-    the prompt is prefilled (to change the thread count, say).
+    """Token ids of the answer to ``prompt_ids`` (EOS not included); ``decoding`` is called before
+    each decode step (the CPU's decoding threads: ``cpu.DecodeThreads``).
 
     As in the reference, the answer token may be the first token generated but never a later one.
     """
     tokens = net.config.tokenizer
     sample = Sampler(options)
     cache, hidden = _prefill(net, encoded, _ids(net, prompt_ids), options.max_new_tokens, check)
-    if decoding is not None:
-        decoding()
     token = sample(net.text.logits(hidden))
     generated: list[int] = []
     while token != tokens.eos_id:
@@ -124,6 +122,8 @@ def generate_text(
             on_token(token)
         if len(generated) >= options.max_new_tokens or cache.length >= cache.capacity:
             return TextResult(generated, "length")
+        if decoding is not None:
+            decoding()
         hidden = net.text(net.text.embed(_ids(net, [token])), cache.length, cache=cache)
         token = sample(_banned(net.text.logits(hidden), tokens.answer_id))
     return TextResult(generated, "stop")

@@ -13,13 +13,13 @@ from tokenizers import Tokenizer
 
 from ... import caption_options, registry
 from ...cache import PrefixCache, image_digest
-from ...cpu import phase_threads, quantize_int8
+from ...cpu import phase_threads
 from ...decoding import ChunkDecoder
 from ...errors import CheckpointError, RequestError
 from ...hub import checkpoint_directory
 from ...images import load_image
 from ...options import DEFAULT_MAX_NEW_TOKENS, GenerationOptions, clean_question
-from ...runtime import Runtime, check_fits, choose_runtime, float32_if_not_finite
+from ...runtime import Runtime, check_fits, choose_runtime, fit_weights, float32_if_not_finite
 from ...stream import TextStream, TokenSink
 from ..base import VLM
 from .cache import EncodedImage
@@ -86,8 +86,7 @@ class Moondream(VLM):
         tokenizer = load_tokenizer(directory, raw)
         check_fits(self.runtime, [directory / WEIGHTS_FILE], f"{self.name!r}")
         network = load_network(directory, config, self.runtime)
-        if self.runtime.int8:
-            quantize_int8(network)
+        fit_weights(network, self.runtime)
         self.network, self.tokenizer = network, tokenizer
 
     def _check_number_format(self) -> None:

@@ -1,0 +1,122 @@
+"""bf16 linear weights packed for oneDNN, and decoding threads chosen by timing (vlm_notebook.cpu)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+import torch.nn.functional as F
+from holds import hook
+from reliability_support import picture
+
+from vlm_notebook import cpu, shapes
+from vlm_notebook.models import SmolVLM
+
+needs_packing = pytest.mark.skipif(not cpu.packs_bf16(), reason="this CPU or torch has no oneDNN bf16 kernels")
+
+
+@needs_packing
+@pytest.mark.parametrize("rows", [1, 7, 300])
+def test_a_packed_linear_computes_exactly_what_f_linear_computes(rows: int) -> None:
+    torch.manual_seed(rows)
+    linear = torch.nn.Linear(576, 1536, dtype=torch.bfloat16)
+    x = torch.randn(1, rows, 576, dtype=torch.bfloat16)
+    expected = F.linear(x, linear.weight, linear.bias)
+    packed = cpu.PackedLinear(linear)
+    assert torch.equal(packed(x), expected)
+    assert torch.equal(packed.unpacked().weight, linear.weight)
+
+
+@needs_packing
+def test_packing_replaces_the_bf16_linears_and_unpacking_brings_them_back() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4)).to(torch.bfloat16)
+    fp32_layer = torch.nn.Linear(4, 4)
+    model.append(fp32_layer)
+    x = torch.randn(3, 8, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        before = model[:3](x)
+        assert cpu.pack_bf16_linears(model) == 2  # the fp32 layer is left as it is
+        assert [type(layer) for layer in model] == [cpu.PackedLinear, torch.nn.GELU, cpu.PackedLinear, torch.nn.Linear]
+        assert torch.equal(model[:3](x), before)
+        assert cpu.unpack_linears(model) == 2
+        assert all(type(layer) is not cpu.PackedLinear for layer in model)
+        assert torch.equal(model[:3](x), before)
+
+
+@needs_packing
+@pytest.mark.timeout(300)
+def test_the_shipped_smolvlm_in_bf16_is_packed_and_answers_as_unpacked() -> None:
+    packed = SmolVLM("shapes-smolvlm", dtype="bfloat16").load()
+    assert isinstance(packed, SmolVLM) and isinstance(packed.model.lm_head, cpu.PackedLinear)
+    plain = SmolVLM("shapes-smolvlm", dtype="bfloat16").load()
+    assert isinstance(plain, SmolVLM)
+    cpu.unpack_linears(plain.model)
+    for scene in shapes.all_scenes()[::9]:
+        for question, _ in shapes.questions(scene):
+            assert packed.query(picture(scene), question) == plain.query(picture(scene), question)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeClock]:
+    fake = FakeClock()
+    monkeypatch.setattr(cpu.time, "perf_counter", fake)
+    before = torch.get_num_threads()
+    yield fake
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(("seconds_on_two", "seconds_on_one", "kept"), [(0.01, 0.02, 2), (0.05, 0.01, 1)])
+def test_decoding_keeps_the_thread_count_whose_steps_were_faster(
+    clock: FakeClock, seconds_on_two: float, seconds_on_one: float, kept: int
+) -> None:
+    threads = cpu.DecodeThreads(cpu.ThreadPolicy(prefill=2, decode=2, measure_decode=True))
+    used = []
+    for _ in range(8):
+        threads()
+        used.append(torch.get_num_threads())
+        clock.now += seconds_on_two if used[-1] == 2 else seconds_on_one
+    assert used == [2, 2, 1, 1] + [kept] * 4 and threads.chosen == kept
+
+
+def test_a_decode_thread_count_set_by_hand_is_used_without_measuring(clock: FakeClock) -> None:
+    threads = cpu.DecodeThreads(cpu.ThreadPolicy(prefill=2, decode=2))
+    used = []
+    for _ in range(5):
+        threads()
+        used.append(torch.get_num_threads())
+    assert used == [2] * 5 and threads.chosen == 2
+
+
+def test_set_thread_policy_turns_measuring_off_for_a_decode_count_given() -> None:
+    saved = cpu.thread_policy()
+    try:
+        cpu.set_thread_policy(prefill=2, decode=2, measure_decode=True)
+        assert cpu.set_thread_policy(prefill=1).measure_decode
+        assert not cpu.set_thread_policy(decode=2).measure_decode
+    finally:
+        cpu.set_thread_policy(prefill=saved.prefill, decode=saved.decode, measure_decode=saved.measure_decode)
+
+
+@pytest.mark.timeout(120)
+def test_a_generation_tries_both_thread_counts_then_keeps_one(shapes_smolvlm: SmolVLM) -> None:
+    saved = cpu.thread_policy()
+    threads: list[int] = []  # torch's threads at each use of the output layer: once per forward pass
+    try:
+        cpu.set_thread_policy(prefill=2, decode=2, measure_decode=True)
+        with hook(shapes_smolvlm.model.lm_head, lambda module, args: threads.append(torch.get_num_threads())):
+            shapes_smolvlm.query(picture(), "What colour is the shape?", max_new_tokens=1)  # the picture's work
+            threads.clear()
+            shapes_smolvlm.caption(picture())
+    finally:
+        cpu.set_thread_policy(prefill=saved.prefill, decode=saved.decode, measure_decode=saved.measure_decode)
+    decodes = threads[1:]  # after the caption's own words
+    assert decodes[:4] == [2, 2, 1, 1] and len(set(decodes[4:])) == 1
