@@ -1,12 +1,12 @@
 """Decoding after the prefill, one token per step, without transformers' ``generate``.
 
-Measured with SmolVLM-256M's shape on one CPU thread: reading the fp32 weights of one step
-takes about 38 ms, a step through ``generate`` about 57 ms. The difference is per-step work of a
-general tool: masks, cache objects that grow by concatenation, rotary angles recomputed, logits
-processors, hooks. :class:`LlamaDecoder` calls the same weights as single operators (int8
-layers' packed weights as they are), keeps keys and values in buffers made once, and reads
-rotary angles from a table; its logits stay within 1e-5 of transformers' (tests/test_decode.py)
-and greedy tokens equal ``generate``'s. :func:`decode` picks tokens, streams them and stops.
+A step through ``generate`` pays for the per-step work of a general tool: masks, cache objects
+that grow by concatenation, rotary angles recomputed, logits processors, hooks. :class:`LlamaDecoder`
+calls the same weights as single operators (packed bf16 and int8 layers as they are), keeps keys
+and values in buffers made once, reads rotary angles from a table and attends with one fused
+operator; its logits stay within 1e-5 of transformers' (tests/test_decode.py) and greedy tokens
+equal ``generate``'s. :func:`decode` picks tokens, streams them and stops. Decode speeds, with the
+machine they were measured on: ``benchmarks/results/cpu_vs_openvino.md``.
 
 Only Llama text models (SmolVLM's) decode this way; other families keep ``generate``.
 """
