@@ -182,7 +182,19 @@ def pictures_section(pictures: dict[str, Any] | None) -> list[str]:
         "- by kind of picture (right/pictures):",
         *[f"  - {name}: {count}" for name, count in pictures["buckets"].items()],
         *_causes(pictures),
+        *_in_bf16(pictures.get("bf16")),
         "",
+    ]
+
+
+def _in_bf16(figures: dict[str, Any] | None) -> list[str]:
+    """The same pictures in bf16 (what ``dtype="auto"`` picks on CPUs with bf16 instructions), if measured."""
+    if figures is None:
+        return []
+    return [
+        f"- in bf16 (`--dtype bfloat16`, the CPU default where the CPU has bf16 instructions; measured on "
+        f"{figures['machine']}): right {figures['right']}/{figures['pictures']}",
+        *[f"  - {name}: {count}" for name, count in figures["per_check"].items()],
     ]
 
 
