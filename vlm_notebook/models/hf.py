@@ -110,11 +110,16 @@ class TransformersVLM(VLM):
     def _check_number_format(self) -> None:
         if not self.runtime.half_by_auto:
             return
-        blank = Image.new("RGB", (64, 64), "white")
-        with torch.inference_mode():
-            logits = self.model(**self._inputs(blank, PROBE_PROMPT)).logits[:, -1]
-        self._forget_position_state()
+        logits = self._first_logits(Image.new("RGB", (64, 64), "white"), PROBE_PROMPT)
         self.runtime = float32_if_not_finite(self.runtime, self.model, logits, repr(self.name))
+
+    def _first_logits(self, picture: Image.Image, question: str) -> torch.Tensor:
+        """The logits of the first answer token to ``question`` about ``picture`` (one forward pass,
+        nothing reused or kept): the number format's effect, seen before any token is picked."""
+        with torch.inference_mode():
+            logits: torch.Tensor = self.model(**self._inputs(picture, question)).logits[0, -1]
+        self._forget_position_state()
+        return logits
 
     def _load_processor(self, directory: Path) -> Any:
         return AutoProcessor.from_pretrained(directory)

@@ -97,6 +97,11 @@ class Moondream(VLM):
             logits = first_logits(self.network, blank, caption_prompt(self.network.config.tokenizer, "short"))
         self.runtime = float32_if_not_finite(self.runtime, self.network, logits, repr(self.name))
 
+    def _first_logits(self, picture: Image.Image, question: str) -> torch.Tensor:
+        """The logits of the first answer token to ``question`` about ``picture`` (nothing kept)."""
+        with torch.inference_mode():
+            return first_logits(self.network, picture, self._query_ids(question)).reshape(-1)
+
     # -- public API ---------------------------------------------------------------------------
 
     def encode_image(self, image: Any) -> EncodedImage:
