@@ -1,4 +1,5 @@
-"""bf16 linear weights packed for oneDNN, and decoding threads chosen by timing (vlm_notebook.cpu)."""
+"""bf16 linear weights packed for oneDNN (a tanh GELU fused into fc1) and decoding threads chosen by
+timing (vlm_notebook.cpu)."""
 
 from __future__ import annotations
 
@@ -120,3 +121,41 @@ def test_a_generation_tries_both_thread_counts_then_keeps_one(shapes_smolvlm: Sm
         cpu.set_thread_policy(prefill=saved.prefill, decode=saved.decode, measure_decode=saved.measure_decode)
     decodes = threads[1:]  # after the caption's own words
     assert decodes[:4] == [2, 2, 1, 1] and len(set(decodes[4:])) == 1
+
+
+class TanhGeluMLP(torch.nn.Module):
+    """The shape of transformers' SigLIP MLP and Moondream's: fc1, an activation module, fc2."""
+
+    def __init__(self, activation: torch.nn.Module):
+        super().__init__()
+        self.fc1, self.activation_fn, self.fc2 = torch.nn.Linear(16, 64), activation, torch.nn.Linear(64, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation_fn(self.fc1(x)))  # type: ignore[no-any-return]
+
+
+@needs_packing
+@pytest.mark.parametrize("activation", ["torch", "transformers"])
+def test_a_tanh_gelu_after_fc1_runs_inside_its_product_and_comes_back_when_unpacked(activation: str) -> None:
+    from transformers.activations import GELUTanh
+
+    torch.manual_seed(0)
+    mlp = TanhGeluMLP(torch.nn.GELU(approximate="tanh") if activation == "torch" else GELUTanh()).to(torch.bfloat16)
+    x = torch.randn(5, 16, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        before = mlp(x).float()
+        cpu.pack_bf16_linears(mlp)
+        assert isinstance(mlp.fc1, cpu.PackedLinear) and mlp.fc1.gelu
+        assert isinstance(mlp.activation_fn, torch.nn.Identity)
+        fused = mlp(x).float()  # one rounding to bf16 fewer: close, not equal
+        assert (fused - before).abs().max() <= 0.02 * before.abs().max()
+        cpu.unpack_linears(mlp)
+        assert isinstance(mlp.activation_fn, torch.nn.GELU) and type(mlp.fc1) is torch.nn.Linear
+        assert torch.equal(mlp(x).float(), before)
+
+
+@needs_packing
+def test_other_activations_are_left_alone() -> None:
+    mlp = TanhGeluMLP(torch.nn.GELU()).to(torch.bfloat16)  # the exact GELU: oneDNN's tanh one would differ
+    cpu.pack_bf16_linears(mlp)
+    assert isinstance(mlp.fc1, cpu.PackedLinear) and not mlp.fc1.gelu and isinstance(mlp.activation_fn, torch.nn.GELU)

@@ -145,8 +145,8 @@ def _linear(module: torch.nn.Module) -> Linear:
     if type(module) is torch.nn.Linear:
         return partial(F.linear, weight=module.weight, bias=module.bias)
     if type(module) is PackedLinear:
-        return partial(torch.ops.mkldnn._linear_pointwise, W=module.packed, B=module.bias, attr="none",
-                       scalars=[], algorithm="")
+        return partial(torch.ops.mkldnn._linear_pointwise, W=module.packed, B=module.bias, attr=module.post_op[0],
+                       scalars=[], algorithm=module.post_op[1])
     if type(module) is DynamicQuantizedLinear and module._packed_params.dtype == torch.qint8:
         packed = module._packed_params._packed_params
         return partial(torch.ops.quantized.linear_dynamic, W_prepack=packed, reduce_range=True)
