@@ -234,6 +234,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     model = SmolVLM(DEMO_MODEL)
     print(f"vlm-notebook demo: {DEMO_MODEL}, a tiny SmolVLM trained on pictures of shapes, shipped offline.")
+    print("It answers within milliseconds, so streaming's head start below is noise; on a real model the")
+    print("first words come seconds before the whole answer (benchmarks/results/bench_random_smolvlm256m.md).")
     print(f"picture: {DEMO_PICTURE.name}\n")
     started = time.perf_counter()
     model.load()
