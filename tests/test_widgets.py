@@ -26,7 +26,7 @@ from holds import held_at_call
 from PIL import Image
 
 from vlm_notebook import ImageError, RequestError, shapes
-from vlm_notebook.models import SmolVLM
+from vlm_notebook.models import Moondream, SmolVLM
 from vlm_notebook.widgets import SmolVLMWidget, VLMWidget
 from vlm_notebook.widgets._coalesce import Coalescer, set_output_text
 from vlm_notebook.widgets._controls import choice_control
@@ -538,3 +538,32 @@ def test_the_wait_line_names_the_phase() -> None:
     assert waiting_line(False, None, 3.2) == "loading the model… 3 s"
     assert waiting_line(True, None, 0.4) == "preparing the picture… 0 s"
     assert waiting_line(True, StreamStats(prompt_tokens=41), 12.0).startswith("reading the picture and the prompt (41")
+
+
+@pytest.mark.timeout(120)
+def test_moondream_widget_detects_and_points_on_its_preview_and_a_caption_clears_the_marks(
+    shapes_moondream: Moondream,
+) -> None:
+    from vlm_notebook.widgets import MoondreamWidget
+
+    widget = MoondreamWidget(shapes_moondream, image=picture())
+    plain = widget.preview.value
+    assert widget.run("circle", mode="detect")
+    assert widget.wait(60) == "1 circle: box x 0.25-0.75, y 0.25-0.75"
+    assert widget.found == shapes_moondream.detect(picture(), "circle")
+    assert widget.preview.value != plain and widget.question.description == "Object"
+    assert widget.figures.value.startswith("detect in ")
+    assert widget.run("circle", mode="point") and widget.wait(60) == "1 circle: point x 0.50, y 0.50"
+    assert widget.run(mode="caption") and widget.wait(60) == "A red circle on a white background."
+    assert widget.preview.value == plain and widget.found is None
+    with pytest.raises(RequestError, match="'detect', 'point'"):
+        widget.run(mode="segment")
+    widget.close()
+
+
+def test_only_a_family_that_finds_things_offers_detect_and_point(shapes_smolvlm: SmolVLM) -> None:
+    widget = SmolVLMWidget(shapes_smolvlm, image=picture())
+    assert [value for _, value in widget.mode.options] == ["caption", "question"]
+    with pytest.raises(RequestError, match="'caption', 'question', got 'detect'"):
+        widget.run("circle", mode="detect")
+    widget.close()

@@ -18,7 +18,8 @@ from ..errors import ImageError, RequestError
 from ..images import load_image
 from ..models.base import VLM
 from ..options import DEFAULT_MAX_NEW_TOKENS, GenerationOptions
-from ..stream import StreamStats, TextStream
+from ..overlay import overlay
+from ..stream import StreamStats, TextStream, TokenSink
 from ._coalesce import DEFAULT_MAX_RATE, set_output_text
 from ._controls import (
     LABELLED,
@@ -30,7 +31,9 @@ from ._controls import (
 )
 from ._run import Run, figures_box, figures_line, short_message, waiting_line
 
-Mode = Literal["caption", "question"]
+Mode = Literal["caption", "question", "detect", "point"]
+#: Modes that ask about a thing in the picture; the widgets of families that can find things add theirs.
+_ASKING = ("question", "detect", "point")
 
 _BUSY = "A generation is running: wait for it to end, or press Stop."
 _NO_IMAGE = "No image yet: upload one, or pass image= when creating the widget."
@@ -92,6 +95,7 @@ class VLMWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         self._start_lock = threading.Lock()
         self._message_lock = threading.Lock()
         self._image: Image.Image | None = None
+        self._found: list[dict[str, float]] | None = None  # what the latest detect/point run found
         #: The model's work on the current picture, started when it arrived (``model.prepare``).
         self.preparing: Future[None] | None = None
         self._make_controls()
@@ -241,7 +245,11 @@ class VLMWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         self.preparing = self.model.prepare(picture)
 
     def _on_mode(self, change: dict[str, Any]) -> None:
-        asking = change["new"] == "question"
+        asking = change["new"] in _ASKING
+        self.question.description = "Object" if change["new"] in ("detect", "point") else "Question"
+        self.question.placeholder = (
+            "What to find, then Enter" if change["new"] in ("detect", "point") else "Ask about the image, then Enter"
+        )
         self.question.disabled = not asking
         self.question.layout.display = None if asking else "none"
         for control in self.options.values():
@@ -251,8 +259,9 @@ class VLMWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
     def _apply(
         self, question: str | None, mode: Mode | None, max_new_tokens: int | None, options: dict[str, Any]
     ) -> None:
-        if mode not in (None, "caption", "question"):
-            raise RequestError(f"mode must be 'caption' or 'question', got {mode!r}.")
+        modes = [value for _, value in self.mode.options]
+        if mode is not None and mode not in modes:
+            raise RequestError(f"mode must be one of {', '.join(map(repr, modes))}, got {mode!r}.")
         if question is not None and not isinstance(question, str):
             raise RequestError(f"The question must be text, got a {type(question).__name__}.")
         if max_new_tokens is not None:
@@ -260,7 +269,7 @@ class VLMWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         set_option_values(self.options, options, self.model)
         if question is not None:
             self.question.value = question
-            mode = mode or "question"
+            mode = mode or ("question" if self.mode.value not in _ASKING else self.mode.value)
         if mode is not None:
             self.mode.value = mode
         if max_new_tokens is not None:
@@ -292,6 +301,9 @@ class VLMWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
 
     def _reset_view(self) -> None:
         self.output.outputs = ()  # not clear_output(): that can erase appends that follow it
+        if self._found is not None and self._image is not None:  # the last run's marks go with its answer
+            self._found = None
+            self.preview.value = thumbnail_png(self._image)
         self.figures.value = "loading the model…" if not self.model.loaded else "waiting for the model…"
         self._say("")
         self.run_button.disabled = True
@@ -350,9 +362,62 @@ class Qwen2VLWidget(VLMWidget):
 
 
 class MoondreamWidget(VLMWidget):
-    """A widget for Moondream, with the caption length as a choice (short, normal, long)."""
+    """A widget for Moondream, with the caption length as a choice (short, normal, long), and two
+    more modes: Detect draws a box around every object named, Point a point on each, on the preview
+    (``vlm_notebook.overlay``); the answer lists them.
+
+    >>> widget = MoondreamWidget(Moondream("shapes-moondream"), image=picture)
+    >>> widget.run("circle", mode="detect")
+    True
+    >>> widget.wait(30)
+    '1 circle: box x 0.25-0.75, y 0.25-0.75'
+    """
 
     family = "moondream"
+
+    @property
+    def found(self) -> list[dict[str, float]] | None:
+        """What the latest Detect or Point run found (as ``detect``/``point`` return it), else None."""
+        return self._found
+
+    def _make_controls(self) -> None:
+        super()._make_controls()
+        self.mode.options = [*self.mode.options, ("Detect", "detect"), ("Point", "point")]
+
+    def _open_stream(self, image: Image.Image, request: _Request) -> TextStream:
+        if request.mode not in ("detect", "point"):
+            return super()._open_stream(image, request)
+        locate = self.model.detect if request.mode == "detect" else self.model.point  # type: ignore[attr-defined]
+        name = request.question
+
+        def produce(sink: TokenSink) -> None:
+            found = locate(image, name)
+            self._found = found
+            sink.put_token(describe_found(found, name))
+            sink.set_finish_reason("stop")
+
+        return TextStream(produce)
+
+    def _finish(self, run: Run) -> None:
+        super()._finish(run)
+        if self._found is None or self._image is None or run.error is not None:
+            return
+        self.preview.value = thumbnail_png(overlay(self._image, self._found, label=self.question.value.strip()))
+        if run.stats is not None and run.stats.end_time is not None:  # no tokens to count: the time it took
+            self.figures.value = f"{self.mode.value} in {run.stats.end_time:.2f} s · ended {run.finished_at}"
+
+
+def describe_found(found: list[dict[str, float]], name: str) -> str:
+    """What ``detect`` or ``point`` found, as one line: '2 circles: box x 0.10-0.30, y ...; ...'."""
+    name = name.strip()
+    if not found:
+        return f"No {name} found."
+    parts = [
+        f"box x {item['x_min']:.2f}-{item['x_max']:.2f}, y {item['y_min']:.2f}-{item['y_max']:.2f}" if "x_min" in item
+        else f"point x {item['x']:.2f}, y {item['y']:.2f}"
+        for item in found
+    ]
+    return f"{len(found)} {name}{'' if len(found) == 1 else 's'}: " + "; ".join(parts)
 
 
 def thumbnail_png(picture: Image.Image) -> bytes:
