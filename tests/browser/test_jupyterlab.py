@@ -306,7 +306,11 @@ def real_size_answer(notebook: NotebookPage, real_size_widget: WidgetView) -> st
 
 
 @pytest.mark.timeout(180)
-def test_widget_captions_an_uploaded_picture(notebook: NotebookPage, lab_server: LabServer, screenshots: Path) -> None:
+@pytest.mark.parametrize("ui", ["lab", "notebook7"])
+def test_widget_captions_an_uploaded_picture(
+    ui: str, request: pytest.FixtureRequest, lab_server: LabServer, screenshots: Path
+) -> None:
+    notebook: NotebookPage = request.getfixturevalue("notebook" if ui == "lab" else "notebook7")
     notebook.run_cell(SHAPES_WIDGET)
     widget = WidgetView(notebook, SHAPES_WIDGET)
     widget.upload(lab_server.root / PICTURE)
@@ -322,7 +326,7 @@ def test_widget_captions_an_uploaded_picture(notebook: NotebookPage, lab_server:
     assert shown[-1] == CAPTION
     assert all(CAPTION.startswith(text) for text in shown), shown  # it only ever grows
     assert re.search(r"ended .*\(stop, ", widget.figures()), widget.figures()
-    widget.screenshot(screenshots / "widget-finished.png")
+    widget.screenshot(screenshots / ("widget-finished.png" if ui == "lab" else f"widget-finished-{ui}.png"))
 
 
 @pytest.mark.timeout(180)
@@ -368,7 +372,9 @@ def test_stop_mid_stream_leaves_a_shorter_text_and_an_idle_widget(
 
 
 @pytest.mark.timeout(180)
-def test_magic_streams_the_caption_into_the_cell_output(notebook: NotebookPage) -> None:
+@pytest.mark.parametrize("ui", ["lab", "notebook7"])
+def test_magic_streams_the_caption_into_the_cell_output(ui: str, request: pytest.FixtureRequest) -> None:
+    notebook: NotebookPage = request.getfixturevalue("notebook" if ui == "lab" else "notebook7")
     notebook.watch(MAGIC, ".jp-OutputArea-output", "magic")
     notebook.run_cell(MAGIC)
 
