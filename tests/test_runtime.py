@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
 import torch
 
-from vlm_notebook import get_model, runtime, shapes
+from vlm_notebook import cpu, get_model, runtime, shapes
 from vlm_notebook.errors import DeviceError, RequestError
 from vlm_notebook.models import Moondream, Qwen2VL, SmolVLM
 from vlm_notebook.models._decode import _buffers, _rotary_table
@@ -85,6 +86,32 @@ def test_the_cpu_format_follows_the_cpus_bf16_instructions(
     monkeypatch.delenv(runtime.CPU_DTYPE_VARIABLE, raising=False)
     monkeypatch.setattr(runtime, "has_fast_bf16", lambda: fast_bf16)
     assert runtime.auto_dtype(torch.device("cpu")) == expected
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ("fpu sse2 avx avx2 fma", torch.float32),  # AVX2 only: bf16 products tens of times slower
+        ("avx2 avx512f avx512_bf16 avx512_vnni", torch.bfloat16),  # Zen 4/5
+        ("avx2 avx512f amx_tile amx_bf16 amx_int8", torch.bfloat16),  # Xeon with AMX
+    ],
+)
+def test_the_cpu_flags_read_at_run_time_decide_the_default_format(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flags: str, expected: torch.dtype
+) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    monkeypatch.delenv(runtime.CPU_DTYPE_VARIABLE, raising=False)
+    monkeypatch.setattr(cpu, "_CPUINFO", info)
+    cpu.has_fast_bf16.cache_clear()
+    cpu.packs_bf16.cache_clear()
+    try:
+        assert choose_runtime("cpu", "auto").dtype == expected
+        if expected == torch.float32:
+            assert not cpu.packs_bf16()  # and nothing is packed for bf16 kernels the CPU lacks
+    finally:
+        cpu.has_fast_bf16.cache_clear()
+        cpu.packs_bf16.cache_clear()
 
 
 def test_the_cpu_format_can_be_set_for_the_process_and_a_bad_value_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
