@@ -272,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     found = targets(rows, measured)
     info = {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "cpu": cpu_model(),
+        "cpu": cpu.model_name(),
         "cores": cpu.physical_cores(),
         "load_average": load_average,
         "torch": torch.__version__,
@@ -288,13 +288,6 @@ def main(argv: Sequence[str] | None = None) -> None:
               "runs": {label: [asdict(run) for run in runs] for label, runs in measured.items()}}
     args.out.with_suffix(".json").write_text(json.dumps(record, indent=1))
     print(args.out.read_text())
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -26,9 +26,7 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -297,8 +295,9 @@ def rounds(processes: list[Process], count: int, tokens: int) -> list[Measured]:
 
 
 def median(values: Sequence[float | None]) -> float | None:
-    present = [value for value in values if value is not None]
-    return statistics.median(present) if present else None
+    from vlm_notebook.bench import percentile
+
+    return percentile([value for value in values if value is not None], 50)
 
 
 def spread(values: Sequence[float]) -> str:
@@ -378,21 +377,12 @@ whole prefill run; *follow-up*: another question about the same picture (ours re
 picture's work; OpenVINO does everything again). Decode tokens/s: tokens after the first over
 the time from the first token to the last, median over all requests. Peak RSS: the process's
 maximum resident memory, loading included. *ours, defaults*: `SmolVLM(path)` with `dtype="auto"`
-(the format in the last column, chosen from the CPU's flags), prefill on every core and decoding
-on one thread. *OpenVINO, defaults*: the fp32 export loaded with no settings (OpenVINO then
-computes in bf16 on CPUs with bf16 instructions); *strict fp32* sets its
+(the format in the last column, chosen from the CPU's flags), prefill on every core, decoding on
+every core or one thread, whichever its first steps measured faster. *OpenVINO, defaults*: the
+fp32 export loaded with no settings (OpenVINO then computes in bf16 on CPUs with bf16
+instructions); *strict fp32* sets its
 `INFERENCE_PRECISION_HINT` to f32; *int8 export*: `--weight-format int8`. The peer is given
 `min_new_tokens` so that both sides decode the same number of tokens."""
-
-
-def cpu_description() -> tuple[str, str]:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
-                 platform.processor() or "unknown CPU")
-    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
-    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
-    shown = [flag for flag in wanted if flag in flags]
-    return model, " ".join(shown) or "no AVX2"
 
 
 def say(text: str) -> None:
@@ -438,10 +428,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 process.close()
     rows = {record.variant.label: row(record) for record in measured}
     found = targets(rows)
-    model, flags = cpu_description()
     peer_versions = next((item.ready.get("openvino") for item in measured if item.variant.side == "openvino"), "?")
     info = {
-        "created": datetime.now(UTC).isoformat(timespec="seconds"), "cpu": model, "cpu_flags": flags,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"), "cpu": cpu.model_name(),
+        "cpu_flags": " ".join(cpu.matrix_flags()) or "no AVX2",
         "cores": cpu.physical_cores(), "load_average": load_average, "tokens": args.tokens,
         "rounds": args.rounds, "card_rounds": args.card_rounds, "torch": torch.__version__,
         "transformers": transformers.__version__,

@@ -15,7 +15,6 @@ other kernels: the figures belong to the machine named in the file.
 from __future__ import annotations
 
 import argparse
-import platform
 import warnings
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -54,14 +53,10 @@ def compare(name: str, asked: list[tuple[Any, str]], answers: bool) -> list[dict
     rows = []
     for label, settings in FORMATS.items():
         model = load(name, **settings)
-        worst = max(
-            float((model._first_logits(picture, question).float() - logits).abs().max() / logits.abs().max())
-            for (picture, question), logits in zip(asked, base, strict=True)
-        )
-        same_first = sum(
-            int(model._first_logits(picture, question).argmax()) == int(logits.argmax())
-            for (picture, question), logits in zip(asked, base, strict=True)
-        )
+        pairs = [(model._first_logits(picture, question).float(), logits)
+                 for (picture, question), logits in zip(asked, base, strict=True)]
+        worst = max(float((found - logits).abs().max() / logits.abs().max()) for found, logits in pairs)
+        same_first = sum(int(found.argmax()) == int(logits.argmax()) for found, logits in pairs)
         same = (sum(model.query(picture, question) == answer for (picture, question), answer
                     in zip(asked, base_answers, strict=True)) if answers else None)
         rows.append({"model": name, "format": label, "ran in": model.dtype, "questions": len(asked),
@@ -98,11 +93,7 @@ near-uniform logits, where any rounding can change the first token."""
 
 
 def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            flags = " with bf16 instructions" if cpu.has_fast_bf16() else " without bf16 instructions"
-            return line.split(":", 1)[1].strip() + flags
-    return platform.processor() or "unknown CPU"
+    return cpu.model_name() + (" with bf16 instructions" if cpu.has_fast_bf16() else " without bf16 instructions")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -31,6 +31,7 @@ import torch
 import transformers
 from PIL import Image
 
+from vlm_notebook import cpu
 from vlm_notebook.models import SmolVLM
 from vlm_notebook.random_checkpoints import default_cache_dir, published_shape, random_checkpoint
 
@@ -181,30 +182,12 @@ def run_rows(setting: Setting, runs: Sequence[Run]) -> list[str]:
     return rows
 
 
-def cpu_model() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor() or "unknown"
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else platform.processor() or "unknown"
-
-
-def cpu_flags() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return "unknown"
-    flags = next((set(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")), set())
-    present = [name for name in ("avx2", "avx512f", "amx_tile") if name in flags]
-    return ", ".join(present) or "none of avx2/avx512f/amx_tile"
-
-
 def machine_lines(attention: str) -> list[str]:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     threads = torch.get_num_threads()
     return [
-        f"- machine: {cores} cores usable ({os.cpu_count()} online), CPU `{cpu_model()}`, flags: {cpu_flags()}",
+        f"- machine: {cores} cores usable ({os.cpu_count()} online), CPU `{cpu.model_name()}`, "
+        f"flags: {', '.join(cpu.matrix_flags()) or 'no AVX2'}",
         f"- software: Python {platform.python_version()}, torch {torch.__version__} "
         f"({threads} thread{'' if threads == 1 else 's'}), transformers {transformers.__version__}; "
         f"fp32, attention `{attention}`",

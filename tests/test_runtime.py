@@ -107,6 +107,7 @@ def test_the_cpu_flags_read_at_run_time_decide_the_default_format(
     cpu.packs_bf16.cache_clear()
     try:
         assert choose_runtime("cpu", "auto").dtype == expected
+        assert cpu.matrix_flags() == [flag for flag in cpu.MATRIX_FLAGS if flag in flags.split()]
         if expected == torch.float32:
             assert not cpu.packs_bf16()  # and nothing is packed for bf16 kernels the CPU lacks
     finally:

@@ -32,7 +32,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from . import registry
+from . import cpu, registry
 from .hub import checkpoint_directory
 from .models.base import VLM
 from .random_checkpoints import MARKER_KEY, random_checkpoint
@@ -189,22 +189,13 @@ def machine_info() -> Machine:
     """Cores, CPU model, load and library versions of this machine, now."""
     return Machine(
         cores=os.cpu_count() or 0,
-        cpu_model=_cpu_model(),
+        cpu_model=cpu.model_name(),
         load_average=[round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else [],
         platform=platform.platform(),
         python=platform.python_version(),
         torch_threads=torch.get_num_threads(),
         libraries={name: _version(name) for name in _LIBRARIES},
     )
-
-
-def _cpu_model() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor() or "unknown"
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else platform.processor() or "unknown"
 
 
 def _version(name: str) -> str:

@@ -27,6 +27,7 @@ bytes, but answers can change.
 from __future__ import annotations
 
 import os
+import platform
 import threading
 import time
 import warnings
@@ -69,6 +70,30 @@ def has_fast_bf16() -> bool:
     except OSError:
         return False
     return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+#: The x86 flags that decide the number format and the matrix kernels: benchmarks name them.
+MATRIX_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
+
+
+def model_name() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (the platform's word for it elsewhere)."""
+    return _cpuinfo_field("model name") or platform.processor() or "unknown"
+
+
+def matrix_flags() -> list[str]:
+    """The ``MATRIX_FLAGS`` this CPU has."""
+    flags = set((_cpuinfo_field("flags") or "").split())
+    return [flag for flag in MATRIX_FLAGS if flag in flags]
+
+
+def _cpuinfo_field(name: str) -> str | None:
+    """The first value of ``name`` in ``/proc/cpuinfo``; None where it is absent or unreadable."""
+    try:
+        lines = _CPUINFO.read_text().splitlines()
+    except OSError:
+        return None
+    return next((line.split(":", 1)[1].strip() for line in lines if line.split(":", 1)[0].strip() == name), None)
 
 
 @dataclass(frozen=True)
