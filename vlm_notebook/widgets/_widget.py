@@ -32,8 +32,10 @@ from ._controls import (
 from ._run import Run, figures_box, figures_line, short_message, waiting_line
 
 Mode = Literal["caption", "question", "detect", "point"]
-#: Modes that ask about a thing in the picture; the widgets of families that can find things add theirs.
-_ASKING = ("question", "detect", "point")
+#: Modes that find a named thing in the picture (the widgets of families that can offer them).
+_FINDING = ("detect", "point")
+#: Modes whose text box holds what to ask about or find.
+_ASKING = ("question", *_FINDING)
 
 _BUSY = "A generation is running: wait for it to end, or press Stop."
 _NO_IMAGE = "No image yet: upload one, or pass image= when creating the widget."
@@ -95,7 +97,6 @@ class VLMWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         self._start_lock = threading.Lock()
         self._message_lock = threading.Lock()
         self._image: Image.Image | None = None
-        self._found: list[dict[str, float]] | None = None  # what the latest detect/point run found
         #: The model's work on the current picture, started when it arrived (``model.prepare``).
         self.preparing: Future[None] | None = None
         self._make_controls()
@@ -245,11 +246,9 @@ class VLMWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         self.preparing = self.model.prepare(picture)
 
     def _on_mode(self, change: dict[str, Any]) -> None:
-        asking = change["new"] in _ASKING
-        self.question.description = "Object" if change["new"] in ("detect", "point") else "Question"
-        self.question.placeholder = (
-            "What to find, then Enter" if change["new"] in ("detect", "point") else "Ask about the image, then Enter"
-        )
+        asking, finding = change["new"] in _ASKING, change["new"] in _FINDING
+        self.question.description = "Object" if finding else "Question"
+        self.question.placeholder = "What to find, then Enter" if finding else "Ask about the image, then Enter"
         self.question.disabled = not asking
         self.question.layout.display = None if asking else "none"
         for control in self.options.values():
@@ -301,9 +300,6 @@ class VLMWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
 
     def _reset_view(self) -> None:
         self.output.outputs = ()  # not clear_output(): that can erase appends that follow it
-        if self._found is not None and self._image is not None:  # the last run's marks go with its answer
-            self._found = None
-            self.preview.value = thumbnail_png(self._image)
         self.figures.value = "loading the model…" if not self.model.loaded else "waiting for the model…"
         self._say("")
         self.run_button.disabled = True
@@ -374,25 +370,33 @@ class MoondreamWidget(VLMWidget):
     """
 
     family = "moondream"
+    #: The latest Detect or Point run's picture, the name it looked for, and what it found.
+    _located: tuple[Image.Image, str, list[dict[str, float]]] | None = None
 
     @property
     def found(self) -> list[dict[str, float]] | None:
         """What the latest Detect or Point run found (as ``detect``/``point`` return it), else None."""
-        return self._found
+        return self._located[2] if self._located is not None else None
 
     def _make_controls(self) -> None:
         super()._make_controls()
         self.mode.options = [*self.mode.options, ("Detect", "detect"), ("Point", "point")]
 
+    def _reset_view(self) -> None:
+        super()._reset_view()
+        if self._located is not None and self._image is not None:  # the last run's marks go with its answer
+            self.preview.value = thumbnail_png(self._image)
+        self._located = None
+
     def _open_stream(self, image: Image.Image, request: _Request) -> TextStream:
-        if request.mode not in ("detect", "point"):
+        if request.mode not in _FINDING:
             return super()._open_stream(image, request)
         locate = self.model.detect if request.mode == "detect" else self.model.point  # type: ignore[attr-defined]
-        name = request.question
+        name = request.question.strip()
 
         def produce(sink: TokenSink) -> None:
             found = locate(image, name)
-            self._found = found
+            self._located = (image, name, found)
             sink.put_token(describe_found(found, name))
             sink.set_finish_reason("stop")
 
@@ -400,9 +404,11 @@ class MoondreamWidget(VLMWidget):
 
     def _finish(self, run: Run) -> None:
         super()._finish(run)
-        if self._found is None or self._image is None or run.error is not None:
+        if self._located is None or run.error is not None:
             return
-        self.preview.value = thumbnail_png(overlay(self._image, self._found, label=self.question.value.strip()))
+        image, name, found = self._located
+        if image is self._image:  # marks on the picture they were found on, not on one uploaded since
+            self.preview.value = thumbnail_png(overlay(image, found, label=name))
         if run.stats is not None and run.stats.end_time is not None:  # no tokens to count: the time it took
             self.figures.value = f"{self.mode.value} in {run.stats.end_time:.2f} s · ended {run.finished_at}"
 
