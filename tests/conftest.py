@@ -49,14 +49,19 @@ def model(request: pytest.FixtureRequest, shapes_smolvlm: SmolVLM, shapes_qwen2v
 
 
 @pytest.fixture
-def two_prefill_threads_one_decode() -> Iterator[None]:
-    """The thread policy prefill=2, decode=1 for one test (whatever the machine's cores), then the old one."""
+def thread_policy_restored() -> Iterator[None]:
+    """Whatever thread policy the test sets, the one before it is back afterwards."""
     saved = cpu.thread_policy()
-    cpu.set_thread_policy(prefill=2, decode=1)
     try:
         yield
     finally:
         cpu.set_thread_policy(prefill=saved.prefill, decode=saved.decode, measure_decode=saved.measure_decode)
+
+
+@pytest.fixture
+def two_prefill_threads_one_decode(thread_policy_restored: None) -> None:
+    """The thread policy prefill=2, decode=1 for one test (whatever the machine's cores), then the old one."""
+    cpu.set_thread_policy(prefill=2, decode=1)
 
 
 @pytest.fixture

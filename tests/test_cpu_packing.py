@@ -97,28 +97,22 @@ def test_a_decode_thread_count_set_by_hand_is_used_without_measuring(clock: Fake
     assert used == [2] * 5 and threads.chosen == 2
 
 
+@pytest.mark.usefixtures("thread_policy_restored")
 def test_set_thread_policy_turns_measuring_off_for_a_decode_count_given() -> None:
-    saved = cpu.thread_policy()
-    try:
-        cpu.set_thread_policy(prefill=2, decode=2, measure_decode=True)
-        assert cpu.set_thread_policy(prefill=1).measure_decode
-        assert not cpu.set_thread_policy(decode=2).measure_decode
-    finally:
-        cpu.set_thread_policy(prefill=saved.prefill, decode=saved.decode, measure_decode=saved.measure_decode)
+    cpu.set_thread_policy(prefill=2, decode=2, measure_decode=True)
+    assert cpu.set_thread_policy(prefill=1).measure_decode
+    assert not cpu.set_thread_policy(decode=2).measure_decode
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.usefixtures("thread_policy_restored")
 def test_a_generation_tries_both_thread_counts_then_keeps_one(shapes_smolvlm: SmolVLM) -> None:
-    saved = cpu.thread_policy()
     threads: list[int] = []  # torch's threads at each use of the output layer: once per forward pass
-    try:
-        cpu.set_thread_policy(prefill=2, decode=2, measure_decode=True)
-        with hook(shapes_smolvlm.model.lm_head, lambda module, args: threads.append(torch.get_num_threads())):
-            shapes_smolvlm.query(picture(), "What colour is the shape?", max_new_tokens=1)  # the picture's work
-            threads.clear()
-            shapes_smolvlm.caption(picture())
-    finally:
-        cpu.set_thread_policy(prefill=saved.prefill, decode=saved.decode, measure_decode=saved.measure_decode)
+    cpu.set_thread_policy(prefill=2, decode=2, measure_decode=True)
+    with hook(shapes_smolvlm.model.lm_head, lambda module, args: threads.append(torch.get_num_threads())):
+        shapes_smolvlm.query(picture(), "What colour is the shape?", max_new_tokens=1)  # the picture's work
+        threads.clear()
+        shapes_smolvlm.caption(picture())
     decodes = threads[1:]  # after the caption's own words
     assert decodes[:4] == [2, 2, 1, 1] and len(set(decodes[4:])) == 1
 
