@@ -275,8 +275,11 @@ class PackedLinear(torch.nn.Module):
         self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), _PACKING_ROWS)
         self.bias = linear.bias
         self.gelu = gelu
-        #: oneDNN's name for what follows the product, and its variant ("none", "") or ("gelu", "tanh").
-        self.post_op = ("gelu", "tanh") if gelu else ("none", "")
+
+    @property
+    def post_op(self) -> tuple[str, str]:
+        """oneDNN's name for what follows the product, and its variant: ("none", "") or ("gelu", "tanh")."""
+        return ("gelu", "tanh") if self.gelu else ("none", "")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result: torch.Tensor = torch.ops.mkldnn._linear_pointwise(
