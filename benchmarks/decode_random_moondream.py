@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import queue
 import statistics
-import time
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +28,7 @@ from vlm_notebook.cpu import phase_threads, quantize_int8
 from vlm_notebook.models.moondream import EncodedImage, Moondream
 from vlm_notebook.models.moondream.inference import generate_text, prefill_image
 from vlm_notebook.options import GenerationOptions
+from vlm_notebook.stream import StreamStats, TokenSink
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "decode_random_moondream.md"
 IMAGE_TOKENS = 729  # with BOS, a prefix of 730 tokens, as a 640x480 picture gives
@@ -43,17 +45,15 @@ def random_prefix(model: Moondream) -> EncodedImage:
 def decode_steps(model: Moondream, tokens: int) -> list[float]:
     """Seconds between consecutive tokens of one answer on a fresh random prefix."""
     encoded = random_prefix(model)
-    times: list[float] = []
     options = GenerationOptions(max_new_tokens=tokens)
     ids = model._query_ids("What is in this picture?")
+    stats = StreamStats()
+    sink = TokenSink(stats, queue.Queue(), threading.Event())  # records each token's time in stats
     with torch.inference_mode(), phase_threads() as decoding:
-        result = generate_text(
-            model.network, encoded, ids, options,
-            on_token=lambda token: times.append(time.perf_counter()), decoding=decoding,
-        )
-    if len(result.token_ids) < 3:
-        raise SystemExit(f"the random model answered only {len(result.token_ids)} tokens: too few steps to time")
-    return [later - earlier for earlier, later in itertools.pairwise(times)]
+        token_ids = generate_text(model.network, encoded, ids, options, sink, before_step=decoding)
+    if len(token_ids) < 3:
+        raise SystemExit(f"the random model answered only {len(token_ids)} tokens: too few steps to time")
+    return [later - earlier for earlier, later in itertools.pairwise(stats.token_times)]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

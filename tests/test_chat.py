@@ -18,10 +18,11 @@ from PIL import Image
 from remote_fixtures import Handler, chunk, tiny_server
 
 from vlm_notebook import RequestError, shapes
-from vlm_notebook.chat import Chat, Turn
+from vlm_notebook.chat import Chat
 from vlm_notebook.models import Moondream, RemoteVLM, SmolVLM
 from vlm_notebook.models.hf import TransformersVLM
 from vlm_notebook.options import GenerationOptions
+from vlm_notebook.request import Request
 from vlm_notebook.stream import TextStream
 
 RED_CIRCLE = shapes.Scene("circle", "red", "white")
@@ -34,8 +35,9 @@ def picture(scene: shapes.Scene = RED_CIRCLE) -> Image.Image:
 
 def cold_answer(model: TransformersVLM, chat: Chat, question: str) -> str:
     """Greedy answer to ``question`` after the chat's history, by the model card's path (nothing reused)."""
-    turn = Turn(chat.picture, chat.messages, question, GenerationOptions())
-    text = model.processor.apply_chat_template(turn.template_messages(), add_generation_prompt=True)
+    request = Request(chat.picture, question, history=tuple(chat.messages))
+    messages = request.template_messages(model.default_prompt)
+    text = model.processor.apply_chat_template(messages, add_generation_prompt=True)
     inputs = model._text_inputs(chat.picture, text)
     with torch.inference_mode():
         output = model.model.generate(**inputs, generation_config=model._generation_config(GenerationOptions()))

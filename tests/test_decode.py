@@ -1,5 +1,5 @@
-"""SmolVLM's own decoding loop (``vlm_notebook.models._decode``) against transformers' modules and
-``generate``, and the token sampler it shares with Moondream."""
+"""SmolVLM's own decoding step (``vlm_notebook.models.llama_step``, run by ``vlm_notebook.engine``)
+against transformers' modules and ``generate``, and the engine's token sampler."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import torch
 from transformers import DynamicCache
 
 from vlm_notebook import shapes
+from vlm_notebook.engine import Sampler
 from vlm_notebook.models import Qwen2VL, SmolVLM
-from vlm_notebook.models._decode import LlamaDecoder, llama_text_model
+from vlm_notebook.models.llama_step import LlamaStep, llama_text_model
 from vlm_notebook.options import GenerationOptions
-from vlm_notebook.sampling import Sampler
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_every_step_gives_the_logits_of_transformers_modules(
     steps = 60
     with torch.inference_mode():
         theirs = prefilled(model, ids)
-        ours = LlamaDecoder(model.model.model.text_model, model.model.lm_head, prefilled(model, ids), 40 + steps)
+        ours = LlamaStep(model.model.model.text_model, model.model.lm_head, prefilled(model, ids), 40 + steps)
         token_id = 5
         for _ in range(steps):
             expected, got = transformers_step(model, theirs, token_id), ours(token_id)
@@ -79,7 +79,7 @@ def test_answers_are_generates_answers_token_for_token(smolvlm_in: SmolVLM) -> N
     for scene in shapes.all_scenes()[::6]:
         image = shapes.draw(scene).image
         for prompt in [SmolVLM.default_prompt, *(question for question, _ in shapes.questions(scene))]:
-            ours = smolvlm_in._generate(image, prompt, GenerationOptions(), None)
+            ours = smolvlm_in._generate_text(image, smolvlm_in._chat_text(prompt), GenerationOptions(), None)
             inputs = smolvlm_in._inputs(image, prompt)
             with torch.inference_mode():
                 output = smolvlm_in.model.generate(**inputs, generation_config=config)
@@ -116,8 +116,8 @@ def test_temperature_sharpens_and_flattens() -> None:
 def test_the_same_seed_draws_the_same_tokens_and_banned_ids_are_never_drawn() -> None:
     logits = torch.zeros(50)
     options = GenerationOptions(temperature=1.0, seed=3)
-    first, second = Sampler(options, banned=[7]), Sampler(options, banned=[7])
-    picks = [first(logits) for _ in range(500)]
-    assert picks == [second(logits) for _ in range(500)]
+    first, second = Sampler(options), Sampler(options)
+    picks = [first(logits, banned={7}) for _ in range(500)]
+    assert picks == [second(logits, banned={7}) for _ in range(500)]
     assert 7 not in picks and len(set(picks)) > 40
-    assert Sampler(GenerationOptions(), banned=[0])(torch.tensor([9.0, 1.0, 2.0])) == 2, "greedy skips a ban"
+    assert Sampler(GenerationOptions())(torch.tensor([9.0, 1.0, 2.0]), banned={0}) == 2, "greedy skips a ban"

@@ -22,7 +22,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText
 from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
 
 from vlm_notebook import CheckpointError, CheckpointNotAvailableError, UnknownModelError, get_model, registry, shapes
-from vlm_notebook.models.generic import CAPTION_PROMPT, TransformersModel, load_processor
+from vlm_notebook.models.generic import TransformersModel, load_processor
 from vlm_notebook.stream import TextStream
 
 TOKENS = 12
@@ -83,7 +83,7 @@ def test_a_caption_streams_exactly_what_transformers_generate_answers(loaded: tu
     model.image_cache.clear()
     text, stream = streamed(model.caption(picture(), stream=True, max_new_tokens=TOKENS))
     whole = model.caption(picture(), max_new_tokens=TOKENS)
-    assert text == whole == reference_answer(directory, picture(), CAPTION_PROMPT)
+    assert text == whole == reference_answer(directory, picture(), TransformersModel.default_prompt)
     assert stream.stats.image_tokens and stream.stats.image_tokens > 0
     assert stream.stats.finish_reason in ("stop", "length") and stream.stats.tokens > 0
 

@@ -18,7 +18,7 @@ import torch
 from vlm_notebook import cpu, get_model, runtime, shapes
 from vlm_notebook.errors import DeviceError, RequestError
 from vlm_notebook.models import Moondream, Qwen2VL, SmolVLM
-from vlm_notebook.models._decode import _buffers, _rotary_table
+from vlm_notebook.models.llama_step import _buffers, _rotary_table
 from vlm_notebook.registry import CHECKPOINTS_DIR
 from vlm_notebook.runtime import Runtime, choose_runtime
 
@@ -141,6 +141,20 @@ def test_inputs_are_placed_on_the_device_and_pixels_take_the_number_format() -> 
     assert placed["input_ids"].device.type == placed["pixel_values"].device.type == "meta"
     assert placed["input_ids"].dtype == torch.long and placed["pixel_values"].dtype == torch.bfloat16
     assert placed["n"] == 2
+
+
+@pytest.mark.usefixtures("thread_policy_restored")
+def test_threads_are_the_cpu_runtimes_business_and_no_other_runtime_touches_them() -> None:
+    before = torch.get_num_threads()
+    cpu.set_thread_policy(prefill=before + 1, decode=before + 2)
+    with Runtime(torch.device("meta"), torch.float32).phases() as to_decoding:  # a device without CPU threads
+        to_decoding()
+        assert torch.get_num_threads() == before
+    with runtime.CPU_FLOAT32.phases() as to_decoding:
+        assert torch.get_num_threads() == before + 1, "the prefill's threads"
+        to_decoding()
+        assert torch.get_num_threads() == before + 2, "the decoding threads"
+    assert torch.get_num_threads() == before, "put back after"
 
 
 def test_the_decoding_loops_buffers_and_rotary_table_follow_the_cache_and_model() -> None:

@@ -10,7 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import RequestError
 from .languages import CAPTION_PROMPTS, caption_prompt
+from .options import clean_question
 
 
 @dataclass(frozen=True)
@@ -61,3 +63,42 @@ def flag(option: CaptionOption) -> tuple[str, dict[str, Any]]:
     families = ", ".join(families_taking(option))
     default = f"default {option.default}" if option.default else "default: the family's"
     return f"--{option.name}", {"choices": option.choices, "help": f"{option.help} ({families}; {default})"}
+
+
+def read(owner: str, names: tuple[str, ...], positional: tuple[Any, ...], named: dict[str, Any]) -> dict[str, str]:
+    """The caption options given to ``owner.caption`` (a family's class name), by name and checked.
+
+    ``positional`` values take ``names`` in order. An option the family lacks, a value its check
+    refuses, or a prompt given with a language is refused with a RequestError; a prompt of None
+    means the family's own prompt (as if not given).
+    """
+    if len(positional) > len(names):
+        raise RequestError(
+            f"{owner}.caption takes {len(names)} option(s) after the image ({', '.join(names) or 'none'}), "
+            f"got {len(positional)} values: pass options by name."
+        )
+    given = dict(zip(names, positional, strict=False))
+    twice = sorted(set(given) & set(named))
+    if twice:
+        raise RequestError(f"{owner}.caption got {', '.join(twice)} twice: by position and by name.")
+    given.update(named)
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        allowed = ", ".join(names) or "none"
+        raise RequestError(f"{owner} has no caption option {', '.join(unknown)}; its options: {allowed}.")
+    values = {name: _checked(BY_NAME[name], value) for name, value in given.items()}
+    settings = {name: value for name, value in values.items() if value is not None}
+    if PROMPT.name in settings and LANGUAGE.name in settings:
+        raise RequestError("Give a caption prompt or a language, not both: the language picks the prompt.")
+    return settings
+
+
+def _checked(option: CaptionOption, value: Any) -> str | None:
+    """``value`` as the family will use it (a cleaned prompt), or the option's refusal."""
+    if option is PROMPT:
+        return None if value is None else clean_question(value)
+    if option.check is not None:
+        option.check(value)
+    if option.choices is not None and value not in option.choices:
+        raise RequestError(f"Unknown caption {option.name} {value!r}: use one of {', '.join(option.choices)}.")
+    return str(value)

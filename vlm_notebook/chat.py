@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal, overload
 
@@ -39,40 +38,11 @@ from PIL import Image
 from .errors import RequestError
 from .images import load_image
 from .options import DEFAULT_MAX_NEW_TOKENS, GenerationOptions, clean_question
+from .request import Request, copy_message
 from .stream import TextStream, TokenSink
 
 if TYPE_CHECKING:
     from .models.base import VLM
-
-
-@dataclass
-class Turn:
-    """What a model needs to answer one turn: the picture, the history before it and the question.
-
-    ``memory`` is the family's own work kept between turns of one chat (e.g. its KV cache); a
-    family reads and replaces it, and it is dropped with ``Chat.reset()``.
-    """
-
-    picture: Image.Image
-    history: list[dict[str, Any]]
-    question: str
-    options: GenerationOptions
-    memory: dict[str, Any] = field(default_factory=dict)
-
-    def template_messages(self) -> list[dict[str, Any]]:
-        """The conversation with this turn's question, as chat templates take it (a placeholder image)."""
-        messages = [_copy_message(message) for message in self.history]
-        messages.append(_user_message(None if self.history else self.picture, self.question))
-        for message in messages:  # a template may only see the placeholder, never the picture
-            if isinstance(message["content"], list):
-                message["content"] = [
-                    {"type": "image"} if part["type"] == "image" else dict(part) for part in message["content"]
-                ]
-        return messages
-
-    def api_messages(self) -> list[dict[str, Any]]:
-        """The conversation with this turn's question, pictures included (for servers)."""
-        return [*self.history, _user_message(None if self.history else self.picture, self.question)]
 
 
 class Chat:
@@ -98,7 +68,7 @@ class Chat:
     def messages(self) -> list[dict[str, Any]]:
         """The history: OpenAI-style ``{"role", "content"}`` dicts, the picture in the first user turn (a copy)."""
         with self._lock:
-            return [_copy_message(message) for message in self._messages]
+            return [copy_message(message) for message in self._messages]
 
     def reset(self, image: Any = None) -> None:
         """Forget the conversation (and its kept work); with ``image``, talk about that picture from now on."""
@@ -134,11 +104,11 @@ class Chat:
         options = GenerationOptions(max_new_tokens, temperature, top_p, seed)
         question = clean_question(question)
         self.model.load()
-        self.model._check_request(self._picture, question)
         with self._lock:
             self._refuse_while_running("ask")
-            turn = Turn(self._picture, [_copy_message(m) for m in self._messages], question, options, self._memory)
-            answer = self.model._chat_stream(partial(self._produce, turn, self._generation))
+            history = tuple(copy_message(message) for message in self._messages)
+            request = Request(self._picture, question, options=options, history=history, memory=self._memory)
+            answer = self.model._stream(request, then=partial(self._keep, request, self._generation))
             self._running = answer
         if stream:
             return answer
@@ -157,19 +127,17 @@ class Chat:
 
     def _start(self, picture: Image.Image) -> None:
         self.model.load()
-        self.model._check_request(picture, "")  # the family's limits on pictures, before any question
+        self.model._check_request(Request(picture))  # the family's limits on pictures, before any question
         self._picture = picture
         self._messages: list[dict[str, Any]] = []
         self._memory: dict[str, Any] = {}
         self._generation = object()  # a turn of an earlier conversation must not join this one
 
-    def _produce(self, turn: Turn, generation: object, sink: TokenSink) -> None:
-        self.model._answer_turn(turn, sink)
-        if sink.cancelled:
-            return
+    def _keep(self, request: Request, generation: object, sink: TokenSink) -> None:
+        """Add a completed turn to the history (unless the conversation was reset meanwhile)."""
         with self._lock:
             if generation is self._generation:
-                self._messages.extend(turn.api_messages()[len(turn.history):])
+                self._messages.extend(request.api_messages(self.model.default_prompt)[len(request.history):])
                 self._messages.append({"role": "assistant", "content": "".join(sink.text_parts)})
 
     def _refuse_while_running(self, action: str) -> None:
@@ -178,21 +146,3 @@ class Chat:
                 f"Cannot {action} while the previous question is still being answered: read its stream to the "
                 "end, or cancel it (stream.cancel()), first."
             )
-
-
-def record(sink: TokenSink, name: str, value: Any) -> None:
-    """Add a family-specific figure to the stream's stats (``stats.extra``)."""
-    sink.set_extra(name, value)
-
-
-def _user_message(picture: Image.Image | None, question: str) -> dict[str, Any]:
-    content: list[dict[str, Any]] = [{"type": "image", "image": picture}] if picture is not None else []
-    content.append({"type": "text", "text": question})
-    return {"role": "user", "content": content}
-
-
-def _copy_message(message: dict[str, Any]) -> dict[str, Any]:
-    content = message["content"]
-    if isinstance(content, list):
-        content = [dict(part) for part in content]
-    return {"role": message["role"], "content": content}

@@ -20,6 +20,8 @@ blank picture hold NaN, the model moves to float32 with a warning (``Runtime.hal
 model on a CPU with oneDNN's bf16 kernels keeps its linear weights packed for them
 (:func:`vlm_notebook.cpu.pack_bf16_linears`). :func:`fit_weights` does both, once a model loads.
 Every tensor a model makes while answering is made on ``runtime.device``: nothing assumes the CPU.
+Threads are the CPU runtime's business: ``Runtime.phases`` sets them for each request on a CPU
+(the policy in ``vlm_notebook.cpu``) and nothing on a GPU.
 """
 
 from __future__ import annotations
@@ -27,14 +29,23 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .cpu import has_fast_bf16, pack_bf16_linears, packs_bf16, quantize_int8, unpack_linears
+from .cpu import (
+    has_fast_bf16,
+    pack_bf16_linears,
+    packs_bf16,
+    phase_threads,
+    quantize_int8,
+    threads_by_phase,
+    unpack_linears,
+)
 from .errors import DeviceError, RequestError
 from .options import DEVICE_CHOICES, DTYPE_CHOICES
 
@@ -76,8 +87,21 @@ class Runtime:
             return value.to(device=self.device, dtype=self.dtype)
         return value.to(device=self.device)
 
+    def phases(self, model: torch.nn.Module | None = None) -> AbstractContextManager[Callable[[], None]]:
+        """Where the work of one request runs. On a CPU: torch's threads for the prefill while the
+        block runs, and the yielded callable, called before each decode step, switches to the
+        decoding threads (``vlm_notebook.cpu``'s thread policy; with ``model``, a step of the model
+        itself switches too); the count is put back after. Elsewhere there are no threads to set."""
+        if self.device.type != "cpu":
+            return nullcontext(_no_switch)
+        return threads_by_phase(model) if model is not None else phase_threads()
+
     def __str__(self) -> str:
         return f"{self.device_name} · {self.dtype_name}"
+
+
+def _no_switch() -> None:
+    """The decoding switch of a runtime without CPU threads to set."""
 
 
 #: fp32 on the CPU: what training and the tests of exact numerics run in.

@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 
-from ..chat import record
 from ..errors import RequestError
 from ..stream import TokenSink
 
@@ -52,9 +51,9 @@ def resume(
     if kept is not None and shared > reused:
         cache, reused = crop(kept.cache, shared), shared
     if sink is not None:
-        record(sink, "conversation_cache", "hit" if cache is not prefix_cache else "miss")
-        record(sink, "reused_tokens", reused)
-        record(sink, "prefilled_tokens", length - reused)
+        sink.set_extra("conversation_cache", "hit" if cache is not prefix_cache else "miss")
+        sink.set_extra("reused_tokens", reused)
+        sink.set_extra("prefilled_tokens", length - reused)
     return cache
 
 

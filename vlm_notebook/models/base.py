@@ -6,17 +6,18 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, overload
 
 from PIL import Image
 
 from .. import registry
-from ..chat import Chat, Turn
-from ..errors import RequestError
+from ..caption_options import read as read_caption_options
+from ..chat import Chat
 from ..images import load_image
+from ..languages import CAPTION_PROMPTS
 from ..options import DEFAULT_MAX_NEW_TOKENS, GenerationOptions, clean_question
-from ..stream import Producer, TextStream, TokenSink
+from ..request import Request
+from ..stream import TextStream, TokenSink
 
 if TYPE_CHECKING:  # the runtime needs torch; this module must not import it (cheap front ends)
     from ..runtime import Runtime
@@ -31,13 +32,18 @@ _ONE_LOAD_AT_A_TIME = threading.Lock()
 class VLM(ABC):
     """A vision-language model of one family. Loading happens once, on ``load()`` or first use.
 
-    One generation runs at a time per model: a second caller (another thread, another widget,
-    a stream still running) waits until the current generation ends, then runs.
+    ``caption``, ``query`` and ``chat(...).ask`` each make a :class:`~vlm_notebook.request.Request`
+    and stream its answer; a family implements ``_load`` and the one hook ``_answer`` (request in,
+    tokens into a sink), and ``_check_request`` if it has limits. One generation runs at a time per
+    model: a second caller (another thread, another widget, a stream still running) waits until
+    the current generation ends, then runs (a server's requests run side by side instead).
     """
 
     family: ClassVar[str]
     default_model: ClassVar[str]
     caption_options: ClassVar[tuple[str, ...]] = ()  # the family's own options of ``caption``
+    #: What ``caption`` asks when no option says otherwise (families that take text prompts).
+    default_prompt: ClassVar[str] = CAPTION_PROMPTS["en"]
     #: Whether several requests may be in flight at once (a server batches them; a local model
     #: answers one at a time, so batch captioning sends it one picture after another).
     answers_concurrently: ClassVar[bool] = False
@@ -108,56 +114,78 @@ class VLM(ABC):
     ) -> str | TextStream:
         """Answer ``question`` about ``image``; with ``stream=True``, a stream of text chunks."""
         options = GenerationOptions(max_new_tokens, temperature, top_p, seed)
-        return self._respond(image, clean_question(question), options, stream)
+        request = Request(self._source(image), question=clean_question(question), options=options)
+        return self._respond(request, stream)
+
+    @overload
+    def caption(
+        self, image: Any, *values: Any, stream: Literal[False] = False, max_new_tokens: int = ...,
+        temperature: float = ..., top_p: float = ..., seed: int | None = ..., **named: Any,
+    ) -> str: ...
+
+    @overload
+    def caption(
+        self, image: Any, *values: Any, stream: Literal[True], max_new_tokens: int = ...,
+        temperature: float = ..., top_p: float = ..., seed: int | None = ..., **named: Any,
+    ) -> TextStream: ...
+
+    @overload
+    def caption(
+        self, image: Any, *values: Any, stream: bool, max_new_tokens: int = ...,
+        temperature: float = ..., top_p: float = ..., seed: int | None = ..., **named: Any,
+    ) -> str | TextStream: ...
+
+    def caption(
+        self, image: Any, *values: Any, stream: bool = False, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, **named: Any,
+    ) -> str | TextStream:
+        """Describe ``image``; with ``stream=True``, a stream of text chunks.
+
+        The family's own options (``caption_options``: SmolVLM's ``prompt``, Qwen2-VL's
+        ``language``, Moondream's ``length``; ``vlm_notebook.caption_options`` says what each
+        does) come by name, or after the image in that order: ``Moondream(...).caption(img, "short")``.
+        """
+        settings = read_caption_options(type(self).__name__, self.caption_options, values, named)
+        options = GenerationOptions(max_new_tokens, temperature, top_p, seed)
+        return self._respond(Request(self._source(image), caption=settings, options=options), stream)
 
     def caption_with(
         self, image: Any, *, stream: bool = False, options: Mapping[str, Any] | None = None, **generation: Any
     ) -> str | TextStream:
-        """``caption`` for callers that take options by name (magics, widgets, the command line).
+        """``caption`` for callers that hold the family's options in a mapping (magics, widgets,
+        the command line); any option the family lacks is refused."""
+        return self.caption(image, stream=stream, **generation, **dict(options or {}))
 
-        ``options`` are the family's own caption options (``caption_options``); any other is refused.
-        """
-        options = dict(options or {})
-        unknown = sorted(set(options) - set(self.caption_options))
-        if unknown:
-            allowed = ", ".join(self.caption_options) or "none"
-            raise RequestError(
-                f"{type(self).__name__} has no caption option {', '.join(unknown)}; its options: {allowed}."
-            )
-        caption: Callable[..., str | TextStream] = getattr(self, "caption")  # noqa: B009 (each family has its own)
-        return caption(image, stream=stream, **options, **generation)
+    def _source(self, image: Any) -> Any:
+        """What a request holds of ``image``: an RGB picture (Moondream also keeps its encoded images)."""
+        return load_image(image)
 
-    def _respond(self, image: Any, prompt: str, options: GenerationOptions, stream: bool) -> str | TextStream:
-        picture = load_image(image)
-
-        def checked() -> Producer:
-            self._check_request(picture, prompt)
-            return partial(self._produce, picture, prompt, options)
-
-        return self._started(checked, stream)
-
-    def _started(self, checked: Callable[[], Producer], stream: bool) -> str | TextStream:
-        """Generate with what ``checked`` returns, after the checks it makes with the loaded model.
-
-        Loaded, the checks run here, so a bad request is refused before any stream starts. Not yet
-        loaded, loading and the checks run on the worker thread: the call returns at once (a widget
-        or a notebook stays free while a checkpoint loads), and an error reaches the reader of the
-        stream, as a generation's would; ``stream=False`` raises it here either way.
-        """
-        if self.loaded:
-            produce = checked()
-        else:
-
-            def produce(sink: TokenSink) -> None:
-                self.load()
-                checked()(sink)
-
-        answer = self._stream(produce)
+    def _respond(self, request: Request, stream: bool) -> str | TextStream:
+        answer = self._stream(request)
         return answer if stream else join_stream(answer)
 
-    def _stream(self, produce: Producer) -> TextStream:
-        """A stream that runs ``produce`` on the worker thread, one generation at a time per model."""
-        answer = TextStream(produce, self._generation_lock)
+    def _stream(self, request: Request, then: Callable[[TokenSink], None] | None = None) -> TextStream:
+        """The stream of the answer to ``request``; ``then`` runs after a complete answer, on the worker.
+
+        Loaded, the request is checked here, so a bad one is refused before any stream starts. Not
+        yet loaded, loading and the check run on the worker thread: the call returns at once (a
+        widget or a notebook stays free while a checkpoint loads), and an error reaches the reader
+        of the stream, as a generation's would; ``stream=False`` raises it here either way.
+        One generation runs at a time per model, unless the family answers concurrently (a server).
+        """
+        checked = self.loaded
+        if checked:
+            self._check_request(request)
+
+        def produce(sink: TokenSink) -> None:
+            if not checked:
+                self.load()
+                self._check_request(request)
+            self._answer(request, sink)
+            if then is not None and not sink.cancelled:
+                then(sink)
+
+        answer = TextStream(produce, None if self.answers_concurrently else self._generation_lock)
         answer.stats.device, answer.stats.dtype = self.device, self.dtype
         return answer
 
@@ -176,7 +204,7 @@ class VLM(ABC):
         def work() -> None:
             try:
                 self.load()
-                self._check_request(picture, "")  # the family's limits on pictures, as a question would meet them
+                self._check_request(Request(picture))  # the family's limits on pictures, as a caption would meet them
                 with self._generation_lock:
                     self._prepare(picture)
             except BaseException as error:  # handed to whoever waits on the future
@@ -196,30 +224,19 @@ class VLM(ABC):
         (see ``vlm_notebook.chat`` for what each family does with them), ``chat.messages`` holds them."""
         return Chat(self, image)
 
-    def _chat_stream(self, produce: Producer) -> TextStream:
-        """The stream of one chat turn (default: one generation at a time per model, as ``query``)."""
-        return self._stream(produce)
-
-    def _answer_turn(self, turn: Turn, sink: TokenSink) -> None:
-        """Answer one chat turn into ``sink`` (default: the question on the picture alone, no history)."""
-        self._generate(turn.picture, turn.question, turn.options, sink)
-
-    def _produce(self, picture: Image.Image, prompt: str, options: GenerationOptions, sink: TokenSink) -> None:
-        self._generate(picture, prompt, options, sink)
-
-    def _check_request(self, picture: Image.Image, prompt: str) -> None:
-        """Refuse, before generating, a picture or prompt the loaded model cannot take (default: none)."""
-        del picture, prompt  # families with limits override this
+    def _check_request(self, request: Request) -> None:
+        """Refuse, before generating, a request the loaded model cannot take (default: none)."""
+        del request  # families with limits override this
 
     @abstractmethod
     def _load(self) -> None:
         """Load weights and processor; on failure leave nothing half-loaded."""
 
     @abstractmethod
-    def _generate(
-        self, picture: Image.Image, prompt: str, options: GenerationOptions, sink: TokenSink | None
-    ) -> list[int]:
-        """Generate the answer into ``sink`` (every token as it comes); return its token ids."""
+    def _answer(self, request: Request, sink: TokenSink) -> None:
+        """The one hook of a family: answer ``request`` into ``sink``, token by token as they come
+        (``vlm_notebook.engine`` states the contract). Runs on the stream's worker thread, loaded,
+        after ``_check_request``."""
 
     def __repr__(self) -> str:
         state = "loaded" if self._loaded else "not loaded"

@@ -18,7 +18,7 @@ import inspect
 import json
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any
 
 import transformers
 from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, ProcessorMixin
@@ -26,12 +26,8 @@ from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
 
 from .. import caption_options
 from ..errors import CheckpointError
-from ..options import DEFAULT_MAX_NEW_TOKENS, GenerationOptions, clean_question
-from ..stream import TextStream
 from .hf import TransformersVLM
 
-#: The prompt of ``caption`` when none is given.
-CAPTION_PROMPT = "Describe this image."
 #: Processor parts a picture never needs (video frames, audio): left out when they cannot be built.
 OPTIONAL_PARTS = ("video_processor", "feature_extractor")
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
@@ -48,7 +44,6 @@ class TransformersModel(TransformersVLM):
 
     family = "transformers"
     default_model = "qwen3.5-0.8b"
-    default_prompt = CAPTION_PROMPT
     caption_options = caption_options.names("transformers")
 
     def _load_processor(self, directory: Path) -> Any:
@@ -57,34 +52,6 @@ class TransformersModel(TransformersVLM):
     def _image_placeholder(self) -> str:
         token = getattr(self.processor, "image_token", None)
         return token if isinstance(token, str) and token else self.image_token
-
-    @overload
-    def caption(
-        self, image: Any, prompt: str | None = None, *, stream: Literal[False] = False, max_new_tokens: int = ...,
-        temperature: float = ..., top_p: float = ..., seed: int | None = ...,
-    ) -> str: ...
-
-    @overload
-    def caption(
-        self, image: Any, prompt: str | None = None, *, stream: Literal[True], max_new_tokens: int = ...,
-        temperature: float = ..., top_p: float = ..., seed: int | None = ...,
-    ) -> TextStream: ...
-
-    @overload
-    def caption(
-        self, image: Any, prompt: str | None = None, *, stream: bool, max_new_tokens: int = ...,
-        temperature: float = ..., top_p: float = ..., seed: int | None = ...,
-    ) -> str | TextStream: ...
-
-    def caption(
-        self, image: Any, prompt: str | None = None, *, stream: bool = False,
-        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, temperature: float = 0.0, top_p: float = 1.0,
-        seed: int | None = None,
-    ) -> str | TextStream:
-        """Describe ``image`` (with ``prompt``, default "Describe this image.")."""
-        options = GenerationOptions(max_new_tokens, temperature, top_p, seed)
-        text = clean_question(prompt) if prompt is not None else self.default_prompt
-        return self._respond(image, text, options, stream)
 
 
 def load_processor(directory: Path) -> Any:

@@ -27,24 +27,26 @@ from transformers import (
 from transformers.generation.streamers import BaseStreamer
 from transformers.utils import logging as transformers_logging
 
-from .. import registry
+from .. import engine, registry
 from ..cache import PrefixCache, PrefixEntry, image_digest
-from ..chat import Turn
-from ..cpu import threads_by_phase
-from ..decoding import ChunkDecoder
+from ..detokenizer import Detokenizer
+from ..engine import Step, finish_reason, stop_ids
 from ..errors import CheckpointError, RequestError, VLMError
 from ..hub import checkpoint_directory
 from ..options import GenerationOptions, fit_to_context, refuse_special_tokens
+from ..request import Request
 from ..runtime import Runtime, check_fits, choose_runtime, fit_weights, float32_if_not_finite
 from ..stream import TokenSink
 from . import _conversation
-from ._decode import LlamaDecoder, decode, llama_text_model
 from ._prefix import SplitPrompt, continuation_inputs, encode_prefix, split_prompt
 from .base import VLM
 
 #: ``defaults=`` values: "cpu" (the project's CPU policy) or "card" (the model card's settings).
 DEFAULTS = ("cpu", "card")
 
+
+#: Makes a family's own decoding step from transformers' cache after the prompt and the tokens it must hold.
+StepMaker = Callable[[Any, int], Step]
 
 #: The prompt of the first-logits check of a half-precision load (on a blank picture).
 PROBE_PROMPT = "Describe this image."
@@ -101,11 +103,9 @@ class TransformersVLM(VLM):
         self._image_token_id = processor.tokenizer.convert_tokens_to_ids(self._image_placeholder())
         self._special_tokens = [t.content for t in processor.tokenizer.added_tokens_decoder.values() if t.special]
         self._context_tokens: int | None = getattr(model.config.get_text_config(), "max_position_embeddings", None)
-        #: The text model when this package's decoding loop can run it (SmolVLM's Llama), else None.
-        self._text_model = llama_text_model(model)
 
-    def _check_request(self, picture: Image.Image, prompt: str) -> None:
-        refuse_special_tokens(prompt, self._special_tokens)
+    def _check_request(self, request: Request) -> None:
+        refuse_special_tokens(request.text(self.default_prompt), self._special_tokens)
 
     def _check_number_format(self) -> None:
         if not self.runtime.half_by_auto:
@@ -129,15 +129,12 @@ class TransformersVLM(VLM):
         family's ``image_token``; the generic family reads it from the loaded processor)."""
         return self.image_token
 
-    def _messages(self, prompt: str) -> list[dict[str, Any]]:
-        return chat_messages(prompt)
-
     def _processor_kwargs(self) -> dict[str, Any]:
         """Image settings handed to the processor with every picture (default: the checkpoint's)."""
         return {}
 
     def _chat_text(self, prompt: str) -> str:
-        text: str = self.processor.apply_chat_template(self._messages(prompt), add_generation_prompt=True)
+        text: str = self.processor.apply_chat_template(chat_messages(prompt), add_generation_prompt=True)
         return text
 
     def _inputs(self, picture: Image.Image, prompt: str) -> Any:
@@ -149,25 +146,23 @@ class TransformersVLM(VLM):
         inputs = self.processor(text=text, images=[picture], return_tensors="pt", **self._processor_kwargs())
         return self.runtime.place(inputs)
 
-    def _generate(
-        self, picture: Image.Image, prompt: str, options: GenerationOptions, sink: TokenSink | None
-    ) -> list[int]:
-        return self._generate_text(picture, self._chat_text(prompt), options, sink)
-
-    def _answer_turn(self, turn: Turn, sink: TokenSink) -> None:
-        """A chat turn: the whole history through the chat template, continued from the chat's KV cache."""
-        text: str = self.processor.apply_chat_template(turn.template_messages(), add_generation_prompt=True)
-        self._generate_text(turn.picture, text, turn.options, sink, turn.memory)
+    def _answer(self, request: Request, sink: TokenSink) -> None:
+        """The conversation through the chat template; a chat's turns continue from its KV cache."""
+        text: str = self.processor.apply_chat_template(
+            request.template_messages(self.default_prompt), add_generation_prompt=True
+        )
+        self._generate_text(request.picture, text, request.options, sink, request.memory)
 
     def _generate_text(
         self, picture: Image.Image, text: str, options: GenerationOptions, sink: TokenSink | None,
         conversation: dict[str, Any] | None = None,
     ) -> list[int]:
-        """Generate after the chat-formatted ``text``; ``conversation`` (a chat's memory) lends its KV cache."""
+        """Generate after the chat-formatted ``text``; ``conversation`` (a chat's memory) lends its KV cache.
+        Returns the answer's token ids."""
         split = split_prompt(text, self._image_placeholder())
         with (
             torch.inference_mode(), _seeded(options.generator_seed, self.runtime), _interruptible(self.model, sink),
-            threads_by_phase(self.model) as to_decoding,
+            self.runtime.phases(self.model) as to_decoding,
         ):
             if split is None:  # a chat template without exactly one picture slot: no reuse
                 inputs, cache = self._text_inputs(picture, text), None
@@ -180,13 +175,20 @@ class TransformersVLM(VLM):
                 sink.set_prompt(prompt_ids.shape[1], int((prompt_ids == self._image_token_id).sum()))
             options = fit_to_context(options, prompt_ids.shape[1], self._context_tokens)
             config = self._generation_config(options)
-            if self._text_model is not None and cache is not None and cache.get_seq_length() < prompt_ids.shape[1]:
-                token_ids = self._decode_here(inputs, cache, self._text_model, options, config, sink, to_decoding)
+            own_step = self._own_step()
+            if own_step is not None and cache is not None and cache.get_seq_length() < prompt_ids.shape[1]:
+                token_ids = self._decode_here(inputs, cache, own_step, options, config, sink, to_decoding)
             else:
                 token_ids = self._generate_ids(inputs, cache, config, sink)
         if conversation is not None:
             _conversation.keep(conversation, prompt_ids, token_ids, cache)
         return token_ids
+
+    def _own_step(self) -> StepMaker | None:
+        """How this family decodes one token without ``generate``, if it can (default: it cannot;
+        SmolVLM's Llama can). Called with transformers' cache after the prompt and the tokens it
+        must hold; the step it makes feeds one token and returns the next logits."""
+        return None
 
     def _generate_ids(
         self, inputs: dict[str, torch.Tensor], cache: Any, config: GenerationConfig, sink: TokenSink | None
@@ -196,26 +198,27 @@ class TransformersVLM(VLM):
             **inputs,
             cache=cache,
             generation_config=config,
-            streamer=_SinkStreamer(sink, ChunkDecoder(self._tokenizer)) if sink else None,
+            streamer=_SinkStreamer(sink, Detokenizer(self._tokenizer)) if sink else None,
             stopping_criteria=StoppingCriteriaList([_CancelCriterion(sink)]) if sink else None,
         )
         token_ids: list[int] = output[0, inputs["input_ids"].shape[1]:].tolist()
-        if sink is not None:
-            sink.set_finish_reason(_finish_reason(token_ids, config))
+        reason = finish_reason(token_ids, stop_ids(config.eos_token_id), config.max_new_tokens or 0)
+        if sink is not None:  # short of its length, generate stopped on a stop id or for a cancel
+            sink.set_finish_reason(reason or "stop")
         return token_ids
 
     def _decode_here(
         self,
         inputs: dict[str, torch.Tensor],
         cache: Any,
-        text_model: torch.nn.Module,
+        own_step: StepMaker,
         options: GenerationOptions,
         config: GenerationConfig,
         sink: TokenSink | None,
         to_decoding: Callable[[], None],
     ) -> list[int]:
-        """Prefill the words after the cached prefix, then decode with :class:`LlamaDecoder`
-        (same layers, same greedy tokens as ``generate``, less work per token)."""
+        """Prefill the words after the cached prefix, then decode through the engine with the
+        family's own step (same layers, same greedy tokens as ``generate``, less work per token)."""
         prompt_ids = inputs["input_ids"]
         started = time.perf_counter()
         output = self.model(
@@ -223,10 +226,11 @@ class TransformersVLM(VLM):
         )
         if sink is not None:
             sink.add_prefill_time(time.perf_counter() - started)
-        capacity = prompt_ids.shape[1] + options.max_new_tokens
-        decoder = LlamaDecoder(text_model, self.model.lm_head, output.cache, capacity)
-        chunks = ChunkDecoder(self._tokenizer)
-        return decode(output.logits[:, -1], decoder, options, _stop_ids(config), sink, chunks, before_step=to_decoding)
+        step = own_step(output.cache, prompt_ids.shape[1] + options.max_new_tokens)
+        return engine.generate(
+            output.logits[:, -1], step, options, stop_ids(config.eos_token_id), sink, Detokenizer(self._tokenizer),
+            before_step=to_decoding,
+        )
 
     def _continuation(
         self, picture: Image.Image, split: SplitPrompt, sink: TokenSink | None
@@ -256,7 +260,7 @@ class TransformersVLM(VLM):
     def _prepare(self, picture: Image.Image) -> None:
         split = split_prompt(self._chat_text("?"), self._image_placeholder())
         if split is not None:
-            with torch.inference_mode(), threads_by_phase(self.model):
+            with torch.inference_mode(), self.runtime.phases(self.model):
                 self._image_work(picture, split.before)
 
     def _forget_position_state(self) -> None:
@@ -330,21 +334,10 @@ def _load_part(part: str, directory: Path, load: Any) -> Any:
         ) from error
 
 
-def _stop_ids(config: GenerationConfig) -> set[int]:
-    eos = config.eos_token_id
-    return set(eos) if isinstance(eos, list) else {eos} if eos is not None else set()
-
-
-def _finish_reason(token_ids: list[int], config: GenerationConfig) -> str:
-    if token_ids and token_ids[-1] in _stop_ids(config):
-        return "stop"
-    return "length" if len(token_ids) >= (config.max_new_tokens or 0) else "stop"
-
-
 class _SinkStreamer(BaseStreamer):  # type: ignore[misc]
     """Receives tokens from ``generate`` (after the prompt) and hands their text to the sink."""
 
-    def __init__(self, sink: TokenSink, decoder: ChunkDecoder):
+    def __init__(self, sink: TokenSink, decoder: Detokenizer):
         self._sink = sink
         self._decoder = decoder
         self._prompt_seen = False

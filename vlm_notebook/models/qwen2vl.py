@@ -14,17 +14,14 @@ default.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal, overload
+from typing import Any, ClassVar
 
-from PIL import Image
 from transformers import AutoProcessor
 
 from .. import caption_options
 from ..errors import RequestError
 from ..images import check_aspect_ratio
-from ..languages import caption_prompt
-from ..options import DEFAULT_MAX_NEW_TOKENS, GenerationOptions
-from ..stream import TextStream
+from ..request import Request
 from ._qwen2vl_processor import load_image_only_processor
 from .hf import TransformersVLM
 
@@ -95,38 +92,10 @@ class Qwen2VL(TransformersVLM):
             return load_image_only_processor(directory)
         return processor
 
-    def _check_request(self, picture: Image.Image, prompt: str) -> None:
-        super()._check_request(picture, prompt)
-        check_aspect_ratio(picture, MAX_ASPECT_RATIO, "Qwen2-VL")
+    def _check_request(self, request: Request) -> None:
+        super()._check_request(request)
+        check_aspect_ratio(request.picture, MAX_ASPECT_RATIO, "Qwen2-VL")
 
     def _processor_kwargs(self) -> dict[str, Any]:
         min_pixels, max_pixels = self.pixel_range
         return {"size": {"shortest_edge": min_pixels, "longest_edge": max_pixels}}
-
-    @overload
-    def caption(
-        self, image: Any, language: str = "en", *, stream: Literal[False] = False, max_new_tokens: int = ...,
-        temperature: float = ..., top_p: float = ..., seed: int | None = ...,
-    ) -> str: ...
-
-    @overload
-    def caption(
-        self, image: Any, language: str = "en", *, stream: Literal[True], max_new_tokens: int = ...,
-        temperature: float = ..., top_p: float = ..., seed: int | None = ...,
-    ) -> TextStream: ...
-
-    @overload
-    def caption(
-        self, image: Any, language: str = "en", *, stream: bool, max_new_tokens: int = ...,
-        temperature: float = ..., top_p: float = ..., seed: int | None = ...,
-    ) -> str | TextStream: ...
-
-    def caption(
-        self, image: Any, language: str = "en", *, stream: bool = False,
-        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, temperature: float = 0.0, top_p: float = 1.0,
-        seed: int | None = None,
-    ) -> str | TextStream:
-        """Describe ``image`` in ``language`` (a code of ``CAPTION_PROMPTS``: en, ja, zh, ko, fr, de, es)."""
-        options = GenerationOptions(max_new_tokens, temperature, top_p, seed)
-        return self._respond(image, caption_prompt(language), options, stream)
-

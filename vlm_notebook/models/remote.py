@@ -34,19 +34,16 @@ import socket
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from functools import partial
-from typing import Any, Literal, overload
+from typing import Any, Literal
 
 import httpx
 from PIL import Image
 
 from .. import caption_options, registry
-from ..chat import Turn
 from ..errors import RemoteError, RemoteTimeoutError, RemoteUnavailableError, RequestError
-from ..images import load_image
-from ..languages import CAPTION_PROMPTS, caption_prompt
-from ..options import DEFAULT_MAX_NEW_TOKENS, GenerationOptions, clean_question
-from ..stream import GenerationCancelled, Producer, TextStream, TokenSink
+from ..options import GenerationOptions
+from ..request import Request
+from ..stream import GenerationCancelled, TokenSink
 from .base import VLM
 
 #: Where the API key is looked for when ``api_key`` is not given, in this order.
@@ -79,7 +76,6 @@ class RemoteVLM(VLM):
     multi_turn = True
     caption_options = caption_options.names("remote")
     answers_concurrently = True
-    default_prompt = CAPTION_PROMPTS["en"]
 
     def __init__(
         self,
@@ -106,37 +102,6 @@ class RemoteVLM(VLM):
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
         )
 
-    @overload
-    def caption(
-        self, image: Any, prompt: str | None = None, language: str | None = None, *, stream: Literal[False] = False,
-        max_new_tokens: int = ..., temperature: float = ..., top_p: float = ..., seed: int | None = ...,
-    ) -> str: ...
-
-    @overload
-    def caption(
-        self, image: Any, prompt: str | None = None, language: str | None = None, *, stream: Literal[True],
-        max_new_tokens: int = ..., temperature: float = ..., top_p: float = ..., seed: int | None = ...,
-    ) -> TextStream: ...
-
-    @overload
-    def caption(
-        self, image: Any, prompt: str | None = None, language: str | None = None, *, stream: bool,
-        max_new_tokens: int = ..., temperature: float = ..., top_p: float = ..., seed: int | None = ...,
-    ) -> str | TextStream: ...
-
-    def caption(
-        self, image: Any, prompt: str | None = None, language: str | None = None, *, stream: bool = False,
-        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, temperature: float = 0.0, top_p: float = 1.0,
-        seed: int | None = None,
-    ) -> str | TextStream:
-        """Describe ``image``: with ``prompt``, or with the caption prompt written in ``language``
-        (en, ja, zh, ko, fr, de, es; the same prompts as ``Qwen2VL``), default "Describe this image."."""
-        if prompt is not None and language is not None:
-            raise RequestError("Give a caption prompt or a language, not both: the language picks the prompt.")
-        options = GenerationOptions(max_new_tokens, temperature, top_p, seed)
-        text = clean_question(prompt) if prompt is not None else caption_prompt(language or "en")
-        return self._respond(image, text, options, stream)
-
     def close(self) -> None:
         """Release the HTTP client (open streams end with an error)."""
         self._client.close()
@@ -152,40 +117,21 @@ class RemoteVLM(VLM):
             except httpx.HTTPError as error:
                 raise _transport_error(error, self.base_url, tokens=None) from None
 
-    def _respond(self, image: Any, prompt: str, options: GenerationOptions, stream: bool) -> str | TextStream:
-        picture = load_image(image)
-        produce: Producer = partial(self._produce, picture, prompt, options)
-        if not self.loaded:  # the server's first answer (its model list) comes on the worker thread
-            produce = partial(_after_loading, self, produce)
-        answer = TextStream(produce)  # no lock: the server schedules
-        if stream:
-            return answer
-        with answer:
-            return "".join(answer)
-
-    def _produce(self, picture: Image.Image, prompt: str, options: GenerationOptions, sink: TokenSink) -> None:
-        self._send(_request_body(self.model_id, picture, prompt, options), options, sink)
-
-    def _chat_stream(self, produce: Producer) -> TextStream:
-        """A chat turn runs beside other requests, as a query does: the server schedules them."""
-        return TextStream(produce)
-
-    def _answer_turn(self, turn: Turn, sink: TokenSink) -> None:
-        """A chat turn: the whole conversation goes to the server, the picture in its first message."""
-        body = _request_body(self.model_id, turn.picture, turn.question, turn.options)
-        body["messages"] = [_api_message(message) for message in turn.api_messages()]
-        self._send(body, turn.options, sink)
+    def _answer(self, request: Request, sink: TokenSink) -> None:
+        """The whole conversation goes to the server, the picture in its first message."""
+        body = _request_body(self.model_id, request.api_messages(self.default_prompt), request.options)
+        self._send(body, request.options, sink)
 
     def _send(self, body: dict[str, Any], options: GenerationOptions, sink: TokenSink) -> None:
         """Stream the answer to a chat-completions request ``body`` into ``sink``."""
         exchange = _Exchange(sink, self.timeout, options.max_new_tokens)
         try:
             with _redacted(self._api_key):
-                self._answer(body, exchange, sink)
+                self._receive(body, exchange, sink)
         finally:
             exchange.finish()
 
-    def _answer(self, body: dict[str, Any], exchange: _Exchange, sink: TokenSink) -> None:
+    def _receive(self, body: dict[str, Any], exchange: _Exchange, sink: TokenSink) -> None:
         """Stream one answer into ``sink``, or raise the error that says why it could not be."""
         try:
             complete = self._stream_answer(body, exchange, sink)
@@ -207,13 +153,6 @@ class RemoteVLM(VLM):
         if exchange.cut_reason == "timeout":
             raise RemoteTimeoutError(_silence_message(self.base_url, self.timeout, exchange.tokens))
         return exchange.cut_reason == "answered"
-
-    # VLM's token-id hooks do not apply: a server sends text, and _respond above replaces the path
-    # that would call them (it also runs requests side by side instead of under the model's lock).
-    def _generate(
-        self, picture: Image.Image, prompt: str, options: GenerationOptions, sink: TokenSink | None
-    ) -> list[int]:
-        raise NotImplementedError("RemoteVLM receives text, not token ids: it answers through _respond.")
 
     def _stream_answer(self, body: dict[str, Any], exchange: _Exchange, sink: TokenSink) -> bool:
         """Stream one answer into ``sink``; True if it is complete (the server said so, or the bound was met)."""
@@ -400,14 +339,10 @@ def _shut(connection: socket.socket) -> None:
 _SERVER_SEEDS = 2**63
 
 
-def _request_body(model: str, picture: Image.Image, prompt: str, options: GenerationOptions) -> dict[str, Any]:
-    content = [
-        {"type": "image_url", "image_url": {"url": _data_url(picture)}},
-        {"type": "text", "text": prompt},
-    ]
+def _request_body(model: str, messages: list[dict[str, Any]], options: GenerationOptions) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": model,
-        "messages": [{"role": "user", "content": content}],
+        "messages": [_api_message(message) for message in messages],
         "stream": True,
         "stream_options": {"include_usage": True},
         "max_tokens": options.max_new_tokens,
@@ -622,8 +557,3 @@ def _check_base_url(base_url: str) -> None:
         raise RequestError(f"base_url {base_url!r} needs a host and a port from 1 to 65535 {example}.")
     if url.query or url.fragment:
         raise RequestError(f"base_url {base_url!r} must be the API root, without '?...' or '#...' {example}.")
-
-
-def _after_loading(model: RemoteVLM, produce: Producer, sink: TokenSink) -> None:
-    model.load()
-    produce(sink)

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from .. import caption_options
 from ..errors import CheckpointError
 from .generic import TransformersModel
+from .hf import StepMaker
+from .llama_step import LlamaStep, llama_text_model
 
 
 class SmolVLM(TransformersModel):
     """SmolVLM / SmolVLM2 instruct checkpoints; default ``smolvlm-256m`` from the Hub.
 
     The generic transformers family with SmolVLM's extras: one tile per picture on a CPU, a clear
-    error for SmolVLM2's video-only dependencies, and its own decoding loop (``hf``).
+    error for SmolVLM2's video-only dependencies, and its own decoding step (``llama_step``).
 
     ``defaults="cpu"`` (the default) shows the vision encoder one tile per picture;
     ``defaults="card"`` restores the model card's image sizes (many tiles per photo).
@@ -44,6 +47,11 @@ class SmolVLM(TransformersModel):
         if tile is None or longest is None or longest <= tile:
             return {}
         return {"size": {"longest_edge": tile}}
+
+    def _own_step(self) -> StepMaker | None:
+        """:class:`LlamaStep` over SmolVLM's Llama text model (None for a text model it cannot run)."""
+        text_model = llama_text_model(self.model)
+        return None if text_model is None else partial(LlamaStep, text_model, self.model.lm_head)
 
     def _load_processor(self, directory: Path) -> Any:
         if _model_type(directory) == "smolvlm" and not _has_modules("torchvision", "num2words"):

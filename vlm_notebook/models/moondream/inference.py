@@ -11,21 +11,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import replace
 
 import torch
 from PIL import Image
 
+from ... import engine
+from ...detokenizer import Detokenizer
 from ...errors import RequestError
 from ...options import GenerationOptions
-from ...sampling import Sampler
+from ...stream import TokenSink
 from .cache import EncodedImage, KVCache
 from .crops import overlap_crops, stitch
 from .network import MoondreamNetwork
 from .text import continuation_mask
 
 Check = Callable[[], None]
-TokenCallback = Callable[[int], None]
 
 
 def image_embeddings(
@@ -88,52 +89,34 @@ def _prefill(
     return cache, hidden[:, -1:]
 
 
-@dataclass
-class TextResult:
-    token_ids: list[int]
-    finish_reason: str  # "stop", "length" or "cancelled"
-
-
 def generate_text(
     net: MoondreamNetwork,
     encoded: EncodedImage,
     prompt_ids: list[int],
     options: GenerationOptions,
-    on_token: TokenCallback | None = None,
-    cancelled: Callable[[], bool] | None = None,
+    sink: TokenSink | None = None,
+    detokenizer: Detokenizer | None = None,
     check: Check | None = None,
-    decoding: Callable[[], None] | None = None,
-) -> TextResult:
-    """Token ids of the answer to ``prompt_ids`` (EOS not included); ``decoding`` is called before
-    each decode step (the CPU's decoding threads: ``cpu.DecodeThreads``).
+    before_step: Callable[[], None] | None = None,
+) -> list[int]:
+    """The token ids of the answer to ``prompt_ids`` (a stop ends them), decoded by the engine
+    (``vlm_notebook.engine``) into ``sink``; ``check`` runs between the prefill's layers.
 
     As in the reference, the answer token may be the first token generated but never a later one.
     """
     tokens = net.config.tokenizer
-    sample = Sampler(options)
     cache, hidden = _prefill(net, encoded, _ids(net, prompt_ids), options.max_new_tokens, check)
-    token = sample(net.text.logits(hidden))
-    generated: list[int] = []
-    while token != tokens.eos_id:
-        if cancelled is not None and cancelled():
-            return TextResult(generated, "cancelled")
-        generated.append(token)
-        if on_token is not None:
-            on_token(token)
-        if len(generated) >= options.max_new_tokens or cache.length >= cache.capacity:
-            return TextResult(generated, "length")
-        if decoding is not None:
-            decoding()
-        hidden = net.text(net.text.embed(_ids(net, [token])), cache.length, cache=cache)
-        token = sample(_banned(net.text.logits(hidden), tokens.answer_id))
-    return TextResult(generated, "stop")
+    # The last token is never fed back, so the cache's free places bound the answer's length plus one.
+    options = replace(options, max_new_tokens=min(options.max_new_tokens, cache.capacity - cache.length + 1))
 
+    def step(token: int) -> torch.Tensor:
+        logits: torch.Tensor = net.text.logits(net.text(net.text.embed(_ids(net, [token])), cache.length, cache=cache))
+        return logits
 
-def _banned(logits: torch.Tensor, token: int) -> torch.Tensor:
-    """``logits`` with ``token`` made impossible to pick."""
-    out = logits.clone()
-    out[..., token] = float("-inf")
-    return out
+    return engine.generate(
+        net.text.logits(hidden), step, options, {tokens.eos_id}, sink, detokenizer,
+        banned_after_first={tokens.answer_id}, before_step=before_step,
+    )
 
 
 def _device(net: MoondreamNetwork) -> torch.device:

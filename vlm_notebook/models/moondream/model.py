@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from functools import partial
-from typing import Any, Literal, overload
+from typing import Any
 
 import torch
 from PIL import Image
@@ -13,14 +12,15 @@ from tokenizers import Tokenizer
 
 from ... import caption_options, registry
 from ...cache import PrefixCache, image_digest
-from ...cpu import phase_threads
-from ...decoding import ChunkDecoder
+from ...caption_options import LENGTH
+from ...detokenizer import Detokenizer
 from ...errors import CheckpointError, RequestError
 from ...hub import checkpoint_directory
 from ...images import load_image
-from ...options import DEFAULT_MAX_NEW_TOKENS, GenerationOptions, clean_question
+from ...options import clean_question
+from ...request import Request
 from ...runtime import Runtime, check_fits, choose_runtime, fit_weights, float32_if_not_finite
-from ...stream import TextStream, TokenSink
+from ...stream import TokenSink
 from ..base import VLM
 from .cache import EncodedImage
 from .checkpoint import WEIGHTS_FILE, load_network, load_tokenizer, read_config
@@ -33,8 +33,6 @@ PINNED_REVISION = "2025-06-21"  # the release this implementation follows
 CAPTION_LENGTHS = caption_options.CAPTION_LENGTHS
 DEFAULT_MAX_OBJECTS = 50
 KEPT_IMAGES = 4  # encoded pictures kept per model for follow-up questions (~290 MB each at full size)
-
-Length = Literal["short", "normal", "long"]
 
 
 class Moondream(VLM):
@@ -110,37 +108,8 @@ class Moondream(VLM):
             return self._checked(image)
         picture = load_image(image)
         self.load()
-        with self._generation_lock, phase_threads():
+        with self._generation_lock, self.runtime.phases():
             return self._encoded_picture(picture)[0]
-
-    @overload
-    def caption(
-        self, image: Any, length: str = ..., *, stream: Literal[False] = False, max_new_tokens: int = ...,
-        temperature: float = ..., top_p: float = ..., seed: int | None = ...,
-    ) -> str: ...
-
-    @overload
-    def caption(
-        self, image: Any, length: str = ..., *, stream: Literal[True], max_new_tokens: int = ...,
-        temperature: float = ..., top_p: float = ..., seed: int | None = ...,
-    ) -> TextStream: ...
-
-    @overload
-    def caption(
-        self, image: Any, length: str = ..., *, stream: bool, max_new_tokens: int = ...,
-        temperature: float = ..., top_p: float = ..., seed: int | None = ...,
-    ) -> str | TextStream: ...
-
-    def caption(
-        self, image: Any, length: str = "normal", *, stream: bool = False,
-        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, temperature: float = 0.0, top_p: float = 1.0,
-        seed: int | None = None,
-    ) -> str | TextStream:
-        """Describe ``image`` (a picture or an encoded image); ``length`` is short, normal or long."""
-        if length not in CAPTION_LENGTHS:
-            raise RequestError(f"Unknown caption length {length!r}: use one of {', '.join(CAPTION_LENGTHS)}.")
-        options = GenerationOptions(max_new_tokens, temperature, top_p, seed)
-        return self._answer(image, lambda: caption_prompt(self.network.config.tokenizer, length), options, stream)
 
     def detect(self, image: Any, object: str, *, max_objects: int = DEFAULT_MAX_OBJECTS) -> list[dict[str, float]]:
         """Boxes of every ``object`` in ``image``: dicts of x_min, y_min, x_max, y_max, normalised to 0..1."""
@@ -150,59 +119,47 @@ class Moondream(VLM):
         """A point (dict of x, y, normalised to 0..1) on every ``object`` in ``image``."""
         return self._locate(image, object, "point", max_objects)
 
-    # -- the shared generation path -------------------------------------------------------------
+    # -- the one hook ---------------------------------------------------------------------------
 
-    def _respond(self, image: Any, prompt: str, options: GenerationOptions, stream: bool) -> str | TextStream:
-        """``query``: the base class checked the question; images may be encoded images here."""
-        return self._answer(image, lambda: self._query_ids(prompt), options, stream)
+    def _source(self, image: Any) -> Image.Image | EncodedImage:
+        """A request's picture: an image, or an encoded image of this model (checked)."""
+        return self._checked(image) if isinstance(image, EncodedImage) else load_image(image)
 
-    def _answer(
-        self, image: Any, prompt_ids: Callable[[], list[int]], options: GenerationOptions, stream: bool
-    ) -> str | TextStream:
-        """Check the image; once loaded, build the prompt (it needs the tokenizer) and generate."""
-        source = self._checked(image) if isinstance(image, EncodedImage) else load_image(image)
-        return self._started(lambda: partial(self._produce_ids, source, prompt_ids(), options), stream)
+    def _check_request(self, request: Request) -> None:
+        if request.question is not None:
+            self._text_ids(request.question)  # refuses text that spells a special token
 
-    def _produce_ids(
-        self, source: Image.Image | EncodedImage, ids: list[int], options: GenerationOptions, sink: TokenSink
-    ) -> None:
-        self._run(source, ids, options, sink)
-
-    def _run(
-        self, source: Image.Image | EncodedImage, ids: list[int], options: GenerationOptions, sink: TokenSink
-    ) -> list[int]:
-        check = sink.raise_if_cancelled
-        with torch.inference_mode(), phase_threads() as decoding:
-            if isinstance(source, EncodedImage):
-                encoded, seconds, hit = source, 0.0, True
-            else:
-                started = time.perf_counter()
-                encoded, hit = self._encoded_picture(source, check)
-                seconds = 0.0 if hit else time.perf_counter() - started
+    def _answer(self, request: Request, sink: TokenSink) -> None:
+        """Moondream has no multi-turn prompt: the question (or the caption) on the picture alone."""
+        ids = self._prompt_ids(request)
+        with torch.inference_mode(), self.runtime.phases() as decoding:
+            encoded, hit, seconds = self._encoded(request.picture, sink.raise_if_cancelled)
             sink.set_prompt(encoded.tokens + len(ids), encoded.tokens - 1)
             sink.set_image_work(cache_hit=hit, tiles=encoded.crops, vision_seconds=seconds, prefill_seconds=0.0)
-            decoder = ChunkDecoder(self.tokenizer)
-            result = generate_text(
-                self.network, encoded, ids, options,
-                on_token=lambda token: sink.put_token(decoder.step(token)),
-                cancelled=lambda: sink.cancelled,
-                check=check,
-                decoding=decoding,
+            generate_text(
+                self.network, encoded, ids, request.options, sink, Detokenizer(self.tokenizer),
+                check=sink.raise_if_cancelled, before_step=decoding,
             )
-        if result.finish_reason != "cancelled":
-            sink.set_finish_reason(result.finish_reason)
-        return result.token_ids
 
-    def _generate(
-        self, picture: Image.Image, prompt: str, options: GenerationOptions, sink: TokenSink | None
-    ) -> list[int]:
-        if sink is None:  # every path here streams into a sink; stream=False joins the stream
-            raise TypeError("Moondream generates into a TokenSink")
-        return self._run(picture, self._query_ids(prompt), options, sink)
+    def _prompt_ids(self, request: Request) -> list[int]:
+        if request.question is None:
+            length = request.caption.get(LENGTH.name, LENGTH.default or "normal")
+            return caption_prompt(self.network.config.tokenizer, length)
+        return self._query_ids(request.question)
+
+    def _encoded(
+        self, source: Image.Image | EncodedImage, check: Callable[[], None]
+    ) -> tuple[EncodedImage, bool, float]:
+        """The encoding of ``source``, whether it was made before, and the seconds spent on it now."""
+        if isinstance(source, EncodedImage):
+            return source, True, 0.0
+        started = time.perf_counter()
+        encoded, hit = self._encoded_picture(source, check)
+        return encoded, hit, 0.0 if hit else time.perf_counter() - started
 
     def _prepare(self, picture: Image.Image) -> None:
         """``prepare(image)``: encode the picture ahead, so the next request about it starts from it."""
-        with phase_threads():
+        with self.runtime.phases():
             self._encoded_picture(picture)
 
     def _encoded_picture(
@@ -225,7 +182,7 @@ class Moondream(VLM):
         source = self._checked(image) if isinstance(image, EncodedImage) else load_image(image)
         self.load()
         ids = locate_prompt(self.network.config.tokenizer, self._text_ids, kind, name)
-        with self._generation_lock, torch.inference_mode(), phase_threads() as decoding:
+        with self._generation_lock, torch.inference_mode(), self.runtime.phases() as decoding:
             encoded = source if isinstance(source, EncodedImage) else self._encoded_picture(source)[0]
             return locate(
                 self.network, encoded, ids, with_size=kind == "detect", max_objects=max_objects, decoding=decoding

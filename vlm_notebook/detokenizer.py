@@ -11,7 +11,7 @@ from tokenizers import Tokenizer
 from tokenizers.decoders import DecodeStream
 
 
-class ChunkDecoder:
+class Detokenizer:
     """Turns one token id at a time into the text it completes ("" while a character is partial)."""
 
     def __init__(self, tokenizer: Tokenizer):

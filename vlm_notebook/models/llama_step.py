@@ -1,19 +1,17 @@
-"""Decoding after the prefill, one token per step, without transformers' ``generate``.
+"""SmolVLM's decoding step: one token through its Llama text model, without transformers' ``generate``.
 
 A step through ``generate`` pays for the per-step work of a general tool: masks, cache objects
-that grow by concatenation, rotary angles recomputed, logits processors, hooks. :class:`LlamaDecoder`
+that grow by concatenation, rotary angles recomputed, logits processors, hooks. :class:`LlamaStep`
 calls the same weights as single operators (packed bf16 and int8 layers as they are), keeps keys
 and values in buffers made once, reads rotary angles from a table and attends with one fused
 operator; its logits stay within 1e-5 of transformers' (tests/test_decode.py) and greedy tokens
-equal ``generate``'s. :func:`decode` picks tokens, streams them and stops. Decode speeds, with the
-machine they were measured on: ``benchmarks/results/cpu_vs_openvino.md``.
-
-Only Llama text models (SmolVLM's) decode this way; other families keep ``generate``.
+equal ``generate``'s. The engine (``vlm_notebook.engine``) calls it once per token. Decode speeds,
+with the machine they were measured on: ``benchmarks/results/cpu_vs_openvino.md``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -23,17 +21,10 @@ import torch.nn.functional as F
 from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 
 from ..cpu import PackedLinear
-from ..decoding import ChunkDecoder
-from ..options import GenerationOptions
-from ..sampling import Sampler
-from ..stream import TokenSink
-
-#: Returns the next token's logits (1 x vocabulary) after feeding one token id.
-Step = Callable[[int], torch.Tensor]
 
 
 def llama_text_model(model: torch.nn.Module) -> torch.nn.Module | None:
-    """The Llama text model inside a transformers image-text model, if :class:`LlamaDecoder` can run it."""
+    """The Llama text model inside a transformers image-text model, if :class:`LlamaStep` can run it."""
     text = getattr(getattr(model, "model", None), "text_model", None)
     config = getattr(text, "config", None)
     if config is None or getattr(config, "model_type", None) != "llama":
@@ -49,7 +40,7 @@ def llama_text_model(model: torch.nn.Module) -> torch.nn.Module | None:
     return text if fits else None
 
 
-class LlamaDecoder:
+class LlamaStep:
     """One token at a time through a Llama text model, continuing from the prefill's KV cache.
 
     ``cache`` is transformers' cache after the prompt; ``capacity`` the prompt plus the most new
@@ -190,42 +181,3 @@ def _rotate(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     """Rotary embedding of ``states`` (heads x dim)."""
     turned = states.view(states.shape[0], 2, -1).flip(1).view(states.shape)  # halves swapped
     return torch.addcmul(states * cos, turned, sin)
-
-
-def decode(
-    first_logits: torch.Tensor,
-    step: Step,
-    options: GenerationOptions,
-    stop_ids: Iterable[int],
-    sink: TokenSink | None,
-    chunks: ChunkDecoder,
-    before_step: Callable[[], None] | None = None,
-) -> list[int]:
-    """Pick tokens from ``first_logits`` onwards, calling ``step`` for the next logits, until a stop
-    token, ``options.max_new_tokens`` or a cancel (checked after every token). Returns the ids.
-    ``before_step`` runs before each step (the CPU's decoding threads: ``cpu.DecodeThreads``)."""
-    stops = set(stop_ids)
-    pick = Sampler(options)
-    token_ids: list[int] = []
-    logits = first_logits
-    while True:
-        token_id = pick(logits)
-        token_ids.append(token_id)
-        if sink is not None:
-            sink.put_token(chunks.step(token_id))
-        if token_id in stops:
-            _finish(sink, "stop")
-            return token_ids
-        if len(token_ids) >= options.max_new_tokens:
-            _finish(sink, "length")
-            return token_ids
-        if sink is not None and sink.cancelled:
-            return token_ids
-        if before_step is not None:
-            before_step()
-        logits = step(token_id)
-
-
-def _finish(sink: TokenSink | None, reason: str) -> None:
-    if sink is not None:
-        sink.set_finish_reason(reason)
