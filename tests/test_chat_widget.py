@@ -123,6 +123,26 @@ def test_what_cannot_be_asked_is_refused_with_a_message_and_nothing_is_lost(shap
     assert len(widget.messages) == 4
 
 
+def paste(widget: ChatWidget, content: dict[str, str], data: bytes | None = None) -> None:
+    """What the paste box's browser code sends after a Ctrl+V (tests/browser pastes for real)."""
+    widget.paste._handle_custom_msg(content, [memoryview(data)] if data is not None else [])
+
+
+@pytest.mark.timeout(60)
+def test_a_pasted_picture_starts_a_conversation_and_a_bad_paste_loses_nothing(shapes_smolvlm: SmolVLM) -> None:
+    widget = ChatWidget(shapes_smolvlm)
+    paste(widget, {"kind": "nothing"})
+    assert "The clipboard holds no picture" in widget.message.value and widget.image is None
+    buffer = io.BytesIO()
+    picture().save(buffer, format="PNG")
+    paste(widget, {"kind": "picture", "name": "copied.png"}, buffer.getvalue())
+    assert widget.image is not None and widget.message.value == ""
+    assert widget.ask(QUESTIONS[0]) and widget.wait(30) == "Gray."
+    paste(widget, {"kind": "picture", "name": "broken.png"}, b"abc")
+    assert "Cannot use 'broken.png'" in widget.message.value
+    assert widget.ask(QUESTIONS[1]) and widget.wait(30) == "A circle.", "the picture and the conversation stay"
+
+
 def test_the_plain_text_repr_is_deterministic(shapes_smolvlm: SmolVLM) -> None:
     assert repr(ChatWidget(shapes_smolvlm)) == "ChatWidget(model='shapes-smolvlm')"
 

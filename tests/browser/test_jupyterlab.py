@@ -22,6 +22,7 @@ the README shows).
 from __future__ import annotations
 
 import ast
+import base64
 import json
 import os
 import re
@@ -410,6 +411,43 @@ def test_chat_widget_streams_a_second_turn_that_knows_the_first(
     )
     assert answers.nth(1).locator(".jp-RenderedMarkdown").count() == 1, "answers are rendered as Markdown"
     chat.screenshot(screenshots / ("chat-widget.png" if ui == "lab" else f"chat-widget-{ui}.png"))
+
+
+# Pastes into `box` what a user's Ctrl+V would: a file of `type` holding `base64`, or plain text.
+_PASTE = """([box, kind, payload]) => {
+  const data = new DataTransfer();
+  if (kind === 'text') {
+    data.setData('text/plain', payload);
+  } else {
+    const bytes = Uint8Array.from(atob(payload), (c) => c.charCodeAt(0));
+    data.items.add(new File([bytes], 'copied.png', {type: kind}));
+  }
+  box.focus();
+  box.dispatchEvent(new ClipboardEvent('paste', {clipboardData: data, bubbles: true, cancelable: true}));
+}"""
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("ui", ["lab", "notebook7"])
+def test_chat_widget_talks_about_a_picture_pasted_from_the_clipboard(
+    ui: str, request: pytest.FixtureRequest, lab_server: LabServer
+) -> None:
+    notebook: NotebookPage = request.getfixturevalue("notebook" if ui == "lab" else "notebook7")
+    notebook.run_cell(CHAT)  # a new widget, with no picture
+    chat = WidgetView(notebook, CHAT)
+    box = chat.area.locator(".vlm-paste-box").element_handle(timeout=WAIT_MS)
+    notebook.page.evaluate(_PASTE, [box, "text", "not a picture"])
+    refusal = chat.area.get_by_text("The clipboard holds no picture")
+    notebook.expect(refusal, "the refusal of a paste without a picture").to_be_visible()
+    picture = base64.b64encode((lab_server.root / PICTURE).read_bytes()).decode()
+    notebook.page.evaluate(_PASTE, [box, "image/png", picture])
+    preview = chat.area.locator("img").element_handle(timeout=WAIT_MS)
+    notebook.page.wait_for_function("image => image.naturalWidth > 0", arg=preview, timeout=WAIT_MS)
+    question = chat.area.get_by_placeholder("Ask about the picture, then Enter")
+    question.fill(CHAT_TURNS[0][0])
+    question.press("Enter")
+    answer = chat.area.locator(".widget-output").first
+    notebook.expect(answer, "the answer about the pasted picture").to_have_text(CHAT_TURNS[0][1])
 
 
 def _write_notebook(path: Path) -> None:

@@ -24,16 +24,18 @@ from ..options import DEFAULT_MAX_NEW_TOKENS
 from ..stream import StreamStats, TextStream
 from ._coalesce import DEFAULT_MAX_RATE
 from ._controls import on_enter
+from ._paste import PasteBox
 from ._run import Run, figures_box, figures_line, short_message, waiting_line
 from ._widget import ERROR_COLOUR, thumbnail_png
 
 _BUSY = "An answer is coming: wait for it to end, or press Stop."
-_NO_IMAGE = "No picture yet: upload one, or pass image= when creating the widget."
+_NO_IMAGE = "No picture yet: upload or paste one, or pass image= when creating the widget."
+_NO_PICTURE_PASTED = "The clipboard holds no picture: copy one (right-click a picture, Copy image), then paste it here."
 _NO_QUESTION = "Type a question first."
 
 
 class ChatWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
-    """Talk with ``model`` about a picture: upload one (or pass ``image=``), type a question, press
+    """Talk with ``model`` about a picture: upload or paste one (or pass ``image=``), type a question, press
     Enter or Send; each answer streams in under its question, with the figures of the turn. Stop
     ends the answer within a token (a stopped turn is not kept in the conversation); Clear starts
     the conversation again. ``messages`` holds it, as ``Chat.messages`` does.
@@ -141,6 +143,7 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         self.upload = widgets.FileUpload(
             accept="image/*", multiple=False, description="Picture", tooltip="Choose a picture to talk about"
         )
+        self.paste = PasteBox(self._take_picture, on_nothing=lambda: self._say(_NO_PICTURE_PASTED, error=True))
         self.preview = widgets.Image(format="png", layout=widgets.Layout(width="192px", display="none"))
         self.transcript = widgets.VBox(layout=widgets.Layout(border="1px solid #ccc", padding="4px", min_height="2em"))
         self.question = widgets.Text(
@@ -154,7 +157,7 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         )
         self.figures = figures_box()
         self.message = widgets.Label(value="")
-        self._owned = (self.transcript, self.upload, self.preview, self.question, self.send_button,
+        self._owned = (self.transcript, self.upload, self.paste, self.preview, self.question, self.send_button,
                        self.stop_button, self.clear_button, self.figures, self.message)
         self.upload.observe(self._on_upload, names="value")
         on_enter(self.question, lambda: self._send(self.question.value))
@@ -165,8 +168,8 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
     def _layout(self) -> list[Any]:
         wrap = widgets.Layout(flex_flow="row wrap", align_items="center")
         asking = widgets.HBox([self.question, self.send_button, self.stop_button, self.clear_button], layout=wrap)
-        return [widgets.HBox([self.upload, self.preview], layout=wrap), self.transcript, asking, self.figures,
-                self.message]
+        picture = widgets.HBox([self.upload, self.paste, self.preview], layout=wrap)
+        return [picture, self.transcript, asking, self.figures, self.message]
 
     # Kernel thread: pictures, questions, starting a turn -----------------------------------------
 
@@ -174,10 +177,14 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         if not change["new"]:
             return
         upload = change["new"][-1]
+        self._take_picture(bytes(upload["content"]), upload["name"])
+
+    def _take_picture(self, data: bytes, name: str) -> None:
+        """An uploaded or pasted picture's bytes: talk about it from now on, or say why not."""
         try:
-            self._use_image(load_image(bytes(upload["content"])))
+            self._use_image(load_image(data))
         except (ImageError, RequestError) as error:  # the conversation and its picture stay as they were
-            self._say(f"Cannot use {upload['name']!r}: {error}", error=True)
+            self._say(f"Cannot use {name!r}: {error}", error=True)
 
     def _use_image(self, picture: Image.Image) -> None:
         with self._start_lock:
