@@ -301,6 +301,16 @@ def test_a_bad_upload_gives_a_message_and_a_good_upload_then_works(
 
 
 @pytest.mark.timeout(60)
+def test_a_pasted_picture_is_used_as_an_upload_is_and_a_paste_of_no_picture_is_refused(shapes_smolvlm: SmolVLM) -> None:
+    widget = SmolVLMWidget(shapes_smolvlm, image=picture())
+    widget.paste._handle_custom_msg({"kind": "nothing"}, [])  # what the browser sends after pasting text
+    assert "The clipboard holds no picture" in widget.message.value and widget.image is not None
+    widget.paste._handle_custom_msg({"kind": "picture", "name": "blue.png"}, [memoryview(png(BLUE_SQUARE))])
+    assert widget.message.value == "" and widget.preview.layout.display is None
+    assert widget.run() and widget.wait(30) == "A blue square on a gray background."
+
+
+@pytest.mark.timeout(60)
 def test_a_model_failure_shows_a_short_message_and_everything_keeps_working(
     shapes_smolvlm: SmolVLM, capfd: pytest.CaptureFixture[str]
 ) -> None:

@@ -17,6 +17,8 @@ import traitlets
 
 #: The kind of a message that carries a pasted picture's bytes, and of one that says there was none.
 PICTURE, NOTHING = "picture", "nothing"
+#: What a widget says when a paste held no picture.
+NO_PICTURE_PASTED = "The clipboard holds no picture: copy one (right-click a picture, Copy image), then paste it here."
 
 _ESM = """
 function render({ model, el }) {
@@ -25,7 +27,8 @@ function render({ model, el }) {
   box.tabIndex = 0;
   box.title = "Click here, then paste a picture you copied";
   box.textContent = model.get("label");
-  box.style.cssText = "border: 1px dashed #888; border-radius: 4px; padding: 4px 8px; cursor: pointer;";
+  box.style.cssText = "display: inline-flex; align-items: center; height: 28px; box-sizing: border-box; "
+    + "padding: 0 10px; border: 1px dashed #888; border-radius: 2px; cursor: pointer; white-space: nowrap;";
   box.addEventListener("click", () => box.focus());
   box.addEventListener("paste", async (event) => {
     event.preventDefault();
@@ -49,7 +52,7 @@ class PasteBox(anywidget.AnyWidget):
     """Click it, then paste: ``on_picture(bytes, name)`` receives the picture the clipboard held."""
 
     _esm = _ESM
-    label = traitlets.Unicode("📋 Paste a picture").tag(sync=True)
+    label = traitlets.Unicode("Paste a picture (Ctrl+V)").tag(sync=True)
 
     def __init__(self, on_picture: Callable[[bytes, str], None], on_nothing: Callable[[], None], **kwargs: Any):
         super().__init__(**kwargs)

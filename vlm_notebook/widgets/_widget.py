@@ -29,6 +29,7 @@ from ._controls import (
     option_values,
     set_option_values,
 )
+from ._paste import NO_PICTURE_PASTED, PasteBox
 from ._run import Run, figures_box, figures_line, short_message, waiting_line
 
 Mode = Literal["caption", "question", "detect", "point"]
@@ -38,7 +39,7 @@ _FINDING = ("detect", "point")
 _ASKING = ("question", *_FINDING)
 
 _BUSY = "A generation is running: wait for it to end, or press Stop."
-_NO_IMAGE = "No image yet: upload one, or pass image= when creating the widget."
+_NO_IMAGE = "No image yet: upload or paste one, or pass image= when creating the widget."
 _PREVIEW_PIXELS = 256  # the preview travels over the comm: a thumbnail, never the original
 ERROR_COLOUR = "#b00020"
 
@@ -180,6 +181,7 @@ class VLMWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         self.upload = widgets.FileUpload(
             accept="image/*", multiple=False, description="Image", tooltip="Choose a picture to ask about"
         )
+        self.paste = PasteBox(self._take_picture, on_nothing=lambda: self._say(NO_PICTURE_PASTED, error=True))
         # Hidden until there is a picture: an empty Image shows the browser's broken-image icon.
         self.preview = widgets.Image(format="png", layout=widgets.Layout(width="192px", display="none"))
         self.title = widgets.HTML(value=f"<b>{html.escape(self.model.name)}</b> ({self.model.family})")
@@ -214,9 +216,9 @@ class VLMWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
     def _layout(self) -> list[Any]:
         buttons = widgets.HBox([self.run_button, self.stop_button])
         request = widgets.VBox([self.mode, self.question, *self.options.values(), self.max_new_tokens, buttons])
-        picture = widgets.VBox([self.upload, self.preview])
+        picture = widgets.VBox([self.upload, self.paste, self.preview])
         top = widgets.HBox([picture, request], layout=widgets.Layout(flex_flow="row wrap"))
-        self._owned = (top, picture, request, buttons, self.title, self.upload, self.preview, self.mode,
+        self._owned = (top, picture, request, buttons, self.title, self.upload, self.paste, self.preview, self.mode,
                        self.question, *self.options.values(), self.max_new_tokens, self.run_button,
                        self.stop_button, self.output, self.figures, self.message)
         return [self.title, top, self.output, self.figures, self.message]
@@ -227,12 +229,16 @@ class VLMWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         if not change["new"]:
             return
         upload = change["new"][-1]
+        self._take_picture(bytes(upload["content"]), upload["name"])
+
+    def _take_picture(self, data: bytes, name: str) -> None:
+        """An uploaded or pasted picture's bytes: use it from now on, or say why not."""
         try:
             # Decoded here, not at Run, so a bad file is reported the moment it arrives.
-            picture = load_image(bytes(upload["content"]))
+            picture = load_image(data)
         except ImageError as error:  # the picture before it, if any, stays in use (and in view)
             kept = " The picture before it is still the one used." if self._image is not None else ""
-            self._say(f"Cannot use {upload['name']!r}: {error}{kept}", error=True)
+            self._say(f"Cannot use {name!r}: {error}{kept}", error=True)
             return
         self._use_image(picture)
         self._say("")
