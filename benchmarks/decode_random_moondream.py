@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 from ttft_random_moondream import build_random_checkpoint, checkpoint_dir
 
-from vlm_notebook.cpu import phase_threads, quantize_int8
+from vlm_notebook import cpu
+from vlm_notebook.cpu import quantize_int8
 from vlm_notebook.models.moondream import EncodedImage, Moondream
 from vlm_notebook.models.moondream.inference import generate_text, prefill_image
 from vlm_notebook.options import GenerationOptions
@@ -38,7 +39,8 @@ def random_prefix(model: Moondream) -> EncodedImage:
     """A prefilled image prefix of random image embeddings (what ``encode_image`` would leave)."""
     dim = model.network.config.text.dim
     embeddings = torch.randn(IMAGE_TOKENS, dim, generator=torch.Generator().manual_seed(0)) * 0.02
-    with torch.inference_mode(), phase_threads():
+    embeddings = embeddings.to(model.network.text.wte.dtype)
+    with torch.inference_mode(), model.runtime.phases():
         return prefill_image(model.network, embeddings, (640, 480), crops=9)
 
 
@@ -49,7 +51,7 @@ def decode_steps(model: Moondream, tokens: int) -> list[float]:
     ids = model._query_ids("What is in this picture?")
     stats = StreamStats()
     sink = TokenSink(stats, queue.Queue(), threading.Event())  # records each token's time in stats
-    with torch.inference_mode(), phase_threads() as decoding:
+    with torch.inference_mode(), model.runtime.phases() as decoding:
         token_ids = generate_text(model.network, encoded, ids, options, sink, before_step=decoding)
     if len(token_ids) < 3:
         raise SystemExit(f"the random model answered only {len(token_ids)} tokens: too few steps to time")
@@ -62,7 +64,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     load = os.getloadavg()
-    model = Moondream(str(build_random_checkpoint(checkpoint_dir(None))))
+    # fp32 as the baseline on every CPU (dtype="auto" is bf16 on one with bf16 instructions).
+    model = Moondream(str(build_random_checkpoint(checkpoint_dir(None))), dtype="float32")
     model.load()
     fp32 = decode_steps(model, args.tokens)
     quantize_int8(model.network)  # what Moondream(..., int8=True) does on load
@@ -74,8 +77,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{datetime.now(UTC).isoformat(timespec='seconds')} · torch {torch.__version__} · "
         f"load average at start {[round(x, 2) for x in load]} · `python benchmarks/decode_random_moondream.py`",
         "",
+        f"Machine: {os.cpu_count()} cores of `{cpu.model_name()}` (matrix instructions: "
+        f"{' '.join(cpu.matrix_flags()) or 'no AVX2'}).",
+        "",
         f"A {IMAGE_TOKENS + 1}-token random image prefix, one question, {args.tokens} new tokens, "
-        "decoding on one thread.",
+        f"decoding threads as the package chooses them ({cpu.thread_policy()}).",
         "Medians of the gaps between tokens. Random weights: only the times count.",
         "",
         "| weights | decode step (ms) | tokens/s | steps measured |",
