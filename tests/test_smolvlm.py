@@ -245,3 +245,20 @@ def test_a_smolvlm2_checkpoint_without_torchvision_says_what_to_install(tmp_path
     with pytest.raises(CheckpointError, match=r"SmolVLM2 checkpoint.*torchvision and num2words"):
         model.load()
     assert not model.loaded
+
+
+def test_the_vision_encoder_gets_contiguous_patches_and_computes_the_same_numbers(shapes_smolvlm: SmolVLM) -> None:
+    vision = shapes_smolvlm.model.model.vision_model
+    pixels = shapes_smolvlm._inputs(picture(), "Describe this image.")["pixel_values"].flatten(0, 1)
+    with torch.inference_mode():
+        laid_out = vision(pixel_values=pixels).last_hidden_state
+        hooks = dict(vision.embeddings._forward_hooks)
+        vision.embeddings._forward_hooks.clear()  # the encoder as transformers lays it out
+        try:
+            as_transformers = vision(pixel_values=pixels).last_hidden_state
+            side = vision.config.image_size // vision.config.patch_size
+            patches = vision.embeddings(pixels, torch.ones(pixels.shape[0], side, side, dtype=torch.bool))
+        finally:
+            vision.embeddings._forward_hooks.update(hooks)
+    assert not patches.is_contiguous(), "transformers' patches are a transposed view (else this fix is moot)"
+    assert torch.equal(laid_out, as_transformers)

@@ -38,7 +38,7 @@ from ..request import Request
 from ..runtime import Runtime, check_fits, choose_runtime, fit_weights, float32_if_not_finite
 from ..stream import TokenSink
 from . import _conversation
-from ._prefix import SplitPrompt, continuation_inputs, encode_prefix, split_prompt
+from ._prefix import SplitPrompt, continuation_inputs, encode_prefix, split_prompt, vision_module
 from .base import VLM
 
 #: ``defaults=`` values: "cpu" (the project's CPU policy) or "card" (the model card's settings).
@@ -304,7 +304,25 @@ def _load_weights(directory: Path, runtime: Runtime) -> PreTrainedModel:
         )
     loaded: PreTrainedModel = model.to(runtime.device).eval()
     fit_weights(loaded, runtime)
+    contiguous_vision_embeddings(loaded)
     return loaded
+
+
+def contiguous_vision_embeddings(model: torch.nn.Module) -> None:
+    """Have the vision encoder's patch embeddings come out contiguous in memory.
+
+    SigLIP-style embeddings (SmolVLM's, and those of many checkpoints of the generic family) return
+    the patches as a transposed view, and the encoder keeps that layout to its end: each layer norm
+    copies its input first, and each residual add runs strided. One copy at the start gives the same
+    numbers with less work (tested); ``benchmarks/results/cpu_vs_openvino.md`` times the encoder.
+    """
+    embeddings = getattr(vision_module(model), "embeddings", None)
+    if isinstance(embeddings, torch.nn.Module):
+        embeddings.register_forward_hook(_contiguous_output)
+
+
+def _contiguous_output(module: torch.nn.Module, args: Any, output: Any) -> Any:
+    return output.contiguous() if isinstance(output, torch.Tensor) else None
 
 
 @contextmanager
