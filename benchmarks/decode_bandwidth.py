@@ -1,0 +1,127 @@
+"""Where a decode step of SmolVLM-256M goes on this CPU: the weights it reads against what memory streams.
+
+    python benchmarks/decode_bandwidth.py [--steps N] [--out FILE]
+
+A decode step multiplies one token's vector by every linear weight of the text model and by the
+output layer: it reads all of them once, so memory bandwidth, not arithmetic, sets its floor.
+In one run, on the same-shape random-weight SmolVLM-256M in the CPU's default number format:
+
+- what memory streams: the sum of a 512 MB tensor, best of five, on one thread and on every core;
+- the bytes one step reads (the linear weights of the text model and the output layer);
+- our step (``LlamaStep``, as answers decode), the median over ``--steps`` steps;
+- the same step's matrix products alone: the same layers called in the same order on vectors of
+  the same size, so "other" is what the step does besides them (norms, rotary, attention, the
+  Python between operations).
+
+The floor is bytes / streaming bandwidth. Random weights: only the times count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from vlm_notebook import cpu, shapes
+from vlm_notebook.models import SmolVLM
+from vlm_notebook.models.llama_step import LlamaStep, llama_text_model
+from vlm_notebook.random_checkpoints import random_checkpoint
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "decode_bandwidth.md"
+STREAMED_BYTES = 512 << 20
+LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+           "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+def streaming_gb_per_s() -> float:
+    """GB/s at which torch sums a tensor too large for any cache (best of five)."""
+    data = torch.ones(STREAMED_BYTES // 2, dtype=torch.bfloat16)
+    data.sum()
+    best = min(_seconds(data.sum) for _ in range(5))
+    return STREAMED_BYTES / best / 1e9
+
+
+def _seconds(work: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    work()
+    return time.perf_counter() - started
+
+
+def products(text_model: torch.nn.Module, lm_head: torch.nn.Module) -> tuple[list[Callable[[], object]], int]:
+    """Calls of every matrix product of one step, in its order, and the bytes of their weights."""
+    calls: list[Callable[[], object]] = []
+    weight_bytes = 0
+    modules = [layer.get_submodule(name) for layer in text_model.layers for name in LINEARS] + [lm_head]
+    for module in modules:
+        vector = torch.randn(1, 1, module.in_features, dtype=text_model.embed_tokens.weight.dtype)
+        calls.append(lambda module=module, vector=vector: module(vector))
+        weight_bytes += module.in_features * module.out_features * text_model.embed_tokens.weight.element_size()
+    return calls, weight_bytes
+
+
+def median_ms(work: Callable[[], object], steps: int) -> float:
+    work()
+    return statistics.median(_seconds(work) for _ in range(steps)) * 1e3
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    model = SmolVLM(str(random_checkpoint("smolvlm-256m", image_splitting=False)))
+    model.load()
+    picture = shapes.draw(shapes.Scene("circle", "red", "white")).image
+    inputs = model._inputs(picture, "Describe this image.")
+    text_model = llama_text_model(model.model)
+    assert text_model is not None, "SmolVLM-256M's text model is a Llama"
+    calls, weight_bytes = products(text_model, model.model.lm_head)
+    rows = []
+    with torch.inference_mode():
+        prompt = model.model(**inputs, use_cache=True, logits_to_keep=1)
+        for threads in sorted({1, cpu.physical_cores()}):
+            torch.set_num_threads(threads)
+            bandwidth = streaming_gb_per_s()
+            capacity = inputs["input_ids"].shape[1] + args.steps + 2
+            step = LlamaStep(text_model, model.model.lm_head, prompt.cache, capacity)
+            step_ms = median_ms(partial(step, 5), args.steps)
+            products_ms = median_ms(lambda: [call() for call in calls], args.steps)
+            rows.append((threads, bandwidth, step_ms, products_ms, weight_bytes / bandwidth / 1e6))
+    write(args.out, rows, weight_bytes, model.dtype or "", args.steps)
+
+
+def write(out: Path, rows: list[tuple[int, float, float, float, float]], weight_bytes: int, dtype: str,
+          steps: int) -> None:
+    lines = [
+        "# A decode step of SmolVLM-256M on this CPU: weights read against what memory streams",
+        "",
+        f"{datetime.now(UTC).isoformat(timespec='seconds')} · {cpu.model_name()} "
+        f"({' '.join(cpu.matrix_flags()) or 'no AVX2'}) · {os.cpu_count()} cores online · load average at end "
+        f"{[round(x, 2) for x in os.getloadavg()]} · torch {torch.__version__} · weights in {dtype} · "
+        f"medians of {steps} steps · `python benchmarks/decode_bandwidth.py`",
+        "",
+        f"One step reads {weight_bytes / 1e6:.0f} MB of linear weights (the text model's and the output layer's).",
+        "",
+        "| threads | memory streams GB/s | floor ms (bytes / streaming) | our step ms | its matrix products ms "
+        "| other ms | products' GB/s | step / floor |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for threads, bandwidth, step_ms, products_ms, floor_ms in rows:
+        lines.append(
+            f"| {threads} | {bandwidth:.1f} | {floor_ms:.1f} | {step_ms:.1f} | {products_ms:.1f} "
+            f"| {step_ms - products_ms:.1f} | {weight_bytes / products_ms / 1e6:.1f} | {step_ms / floor_ms:.2f} |"
+        )
+    lines += ["", "Random weights: only the times count. See the script's docstring for how each figure is taken.", ""]
+    out.write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
