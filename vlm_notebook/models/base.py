@@ -154,7 +154,9 @@ class VLM(ABC):
     ) -> str | TextStream:
         """``caption`` for callers that hold the family's options in a mapping (magics, widgets,
         the command line); any option the family lacks is refused."""
-        return self.caption(image, stream=stream, **generation, **dict(options or {}))
+        settings = read_caption_options(type(self).__name__, self.caption_options, (), dict(options or {}))
+        request = Request(self._source(image), caption=settings, options=GenerationOptions(**generation))
+        return self._respond(request, stream)
 
     def _source(self, image: Any) -> Any:
         """What a request holds of ``image``: an RGB picture (Moondream also keeps its encoded images)."""
