@@ -571,6 +571,22 @@ def test_moondream_widget_detects_and_points_on_its_preview_and_a_caption_clears
     widget.close()
 
 
+@pytest.mark.timeout(120)
+def test_the_figures_of_a_point_run_name_it_even_if_the_mode_changed_meanwhile(shapes_moondream: Moondream) -> None:
+    from vlm_notebook.widgets import MoondreamWidget
+
+    widget = MoondreamWidget(shapes_moondream, image=picture())
+    widget.preparing.result(60)  # the picture encoded, so the next pass through the text model is the point's
+    with held_at_call(shapes_moondream.network.text, 1) as (reached, resume):
+        assert widget.run("circle", mode="point")
+        assert reached.wait(30)
+        widget.mode.value = "detect"  # the user clicks another mode while the point run works
+        resume.set()
+        assert widget.wait(60) == "1 circle: point x 0.50, y 0.50"
+    assert widget.figures.value.startswith("point in ")
+    widget.close()
+
+
 def test_only_a_family_that_finds_things_offers_detect_and_point(shapes_smolvlm: SmolVLM) -> None:
     widget = SmolVLMWidget(shapes_smolvlm, image=picture())
     assert [value for _, value in widget.mode.options] == ["caption", "question"]

@@ -377,12 +377,13 @@ class MoondreamWidget(VLMWidget):
 
     family = "moondream"
     #: The latest Detect or Point run's picture, the name it looked for, and what it found.
-    _located: tuple[Image.Image, str, list[dict[str, float]]] | None = None
+    #: The latest Detect or Point run: the picture, the mode, the object's name and what was found.
+    _located: tuple[Image.Image, str, str, list[dict[str, float]]] | None = None
 
     @property
     def found(self) -> list[dict[str, float]] | None:
         """What the latest Detect or Point run found (as ``detect``/``point`` return it), else None."""
-        return self._located[2] if self._located is not None else None
+        return self._located[3] if self._located is not None else None
 
     def _make_controls(self) -> None:
         super()._make_controls()
@@ -402,7 +403,7 @@ class MoondreamWidget(VLMWidget):
 
         def produce(sink: TokenSink) -> None:
             found = locate(image, name)
-            self._located = (image, name, found)
+            self._located = (image, request.mode, name, found)
             sink.put_token(describe_found(found, name))
             sink.set_finish_reason("stop")
 
@@ -412,11 +413,11 @@ class MoondreamWidget(VLMWidget):
         super()._finish(run)
         if self._located is None or run.error is not None:
             return
-        image, name, found = self._located
+        image, mode, name, found = self._located
         if image is self._image:  # marks on the picture they were found on, not on one uploaded since
             self.preview.value = thumbnail_png(overlay(image, found, label=name))
         if run.stats is not None and run.stats.end_time is not None:  # no tokens to count: the time it took
-            self.figures.value = f"{self.mode.value} in {run.stats.end_time:.2f} s · ended {run.finished_at}"
+            self.figures.value = f"{mode} in {run.stats.end_time:.2f} s · ended {run.finished_at}"
 
 
 def describe_found(found: list[dict[str, float]], name: str) -> str:
