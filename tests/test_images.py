@@ -94,6 +94,11 @@ def test_bad_inputs_give_a_clear_error(given: object, message: str) -> None:
         load_image(given)
 
 
+def test_a_folder_given_as_a_picture_is_named_as_a_folder(tmp_path: Path) -> None:
+    with pytest.raises(ImageError, match="is a folder: give the path of one image file in it"):
+        load_image(tmp_path)
+
+
 def test_a_decompression_bomb_is_refused_before_decoding() -> None:
     bomb = encoded(Image.new("1", (10_000, 10_000)))  # 100 MP, a few kB of PNG
     assert len(bomb) < 100_000

@@ -81,6 +81,8 @@ def _open_pil(picture: Image.Image) -> Image.Image:
 
 def _open_path(path: Path, max_pixels: int) -> Image.Image:
     try:
+        if path.is_dir():
+            raise ImageError(f"{_shown(str(path))} is a folder: give the path of one image file in it.")
         if not path.is_file():
             raise ImageError(f"No image file at {_shown(str(path))}: check the path.")
         data = path.read_bytes()
