@@ -435,3 +435,5 @@ def test_bad_arguments_are_refused_with_what_to_write() -> None:
 def test_a_model_name_with_at_signs_keeps_them() -> None:
     model = RemoteVLM("remote:/models/shapes@main@http://127.0.0.1:9/v1/")
     assert (model.model_id, model.base_url) == ("/models/shapes@main", "http://127.0.0.1:9/v1")
+    with_password = registry.parse_remote_name("remote:m@main@https://user:p@ss@host:8000/v1")
+    assert with_password == ("m@main", "https://user:p@ss@host:8000/v1"), "the URL's own '@' stays in the URL"

@@ -156,8 +156,11 @@ REMOTE_PREFIX = "remote:"
 
 
 def parse_remote_name(name: str) -> tuple[str, str]:
-    """``(model, base_url)`` of ``remote:<model>@<base_url>``; the model may itself contain "@"."""
-    model, _, base_url = name.removeprefix(REMOTE_PREFIX).rpartition("@")
+    """``(model, base_url)`` of ``remote:<model>@<base_url>``: split where the URL starts, so the model
+    and the URL (a password in it) may both contain "@"."""
+    rest = name.removeprefix(REMOTE_PREFIX)
+    starts = [at for at in (rest.find("@http://"), rest.find("@https://")) if at >= 0]
+    model, base_url = (rest[: min(starts)], rest[min(starts) + 1 :]) if starts else (rest, "")
     if not name.startswith(REMOTE_PREFIX) or not model or not base_url.startswith(("http://", "https://")):
         raise UnknownModelError(
             f"{name!r} is not a remote model name: write remote:<model>@<base_url>, "
