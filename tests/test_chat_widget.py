@@ -140,6 +140,8 @@ def test_a_pasted_picture_starts_a_conversation_and_a_bad_paste_loses_nothing(sh
     assert widget.ask(QUESTIONS[0]) and widget.wait(30) == "Gray."
     paste(widget, {"kind": "picture", "name": "broken.png"}, b"abc")
     assert "Cannot use 'broken.png'" in widget.message.value
+    paste(widget, {"kind": "too-large", "size": 30 << 20})  # the browser sends no bytes for it
+    assert "The pasted picture is 30 MB; a paste can carry at most 8 MB" in widget.message.value
     assert widget.ask(QUESTIONS[1]) and widget.wait(30) == "A circle.", "the picture and the conversation stay"
 
 

@@ -418,6 +418,8 @@ _PASTE = """([box, kind, payload]) => {
   const data = new DataTransfer();
   if (kind === 'text') {
     data.setData('text/plain', payload);
+  } else if (kind === 'huge') {
+    data.items.add(new File([new Uint8Array(payload)], 'huge.png', {type: 'image/png'}));
   } else {
     const bytes = Uint8Array.from(atob(payload), (c) => c.charCodeAt(0));
     data.items.add(new File([bytes], 'copied.png', {type: kind}));
@@ -439,6 +441,9 @@ def test_chat_widget_talks_about_a_picture_pasted_from_the_clipboard(
     notebook.page.evaluate(_PASTE, [box, "text", "not a picture"])
     refusal = chat.area.get_by_text("The clipboard holds no picture")
     notebook.expect(refusal, "the refusal of a paste without a picture").to_be_visible()
+    notebook.page.evaluate(_PASTE, [box, "huge", 9 << 20])  # over what one message to the kernel may carry
+    too_large = chat.area.get_by_text("The pasted picture is 9 MB")
+    notebook.expect(too_large, "the refusal of a picture too large to send").to_be_visible()
     picture = base64.b64encode((lab_server.root / PICTURE).read_bytes()).decode()
     notebook.page.evaluate(_PASTE, [box, "image/png", picture])
     preview = chat.area.locator("img").element_handle(timeout=WAIT_MS)

@@ -24,7 +24,7 @@ from ..options import DEFAULT_MAX_NEW_TOKENS
 from ..stream import StreamStats, TextStream
 from ._coalesce import DEFAULT_MAX_RATE
 from ._controls import on_enter
-from ._paste import NO_PICTURE_PASTED, PasteBox
+from ._paste import PasteBox
 from ._run import Run, figures_box, figures_line, short_message, waiting_line
 from ._widget import ERROR_COLOUR, thumbnail_png
 
@@ -142,7 +142,7 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         self.upload = widgets.FileUpload(
             accept="image/*", multiple=False, description="Picture", tooltip="Choose a picture to talk about"
         )
-        self.paste = PasteBox(self._take_picture, on_nothing=lambda: self._say(NO_PICTURE_PASTED, error=True))
+        self.paste = PasteBox(self._take_picture, on_refused=lambda text: self._say(text, error=True))
         self.preview = widgets.Image(format="png", layout=widgets.Layout(width="192px", display="none"))
         self.transcript = widgets.VBox(layout=widgets.Layout(border="1px solid #ccc", padding="4px", min_height="2em"))
         self.question = widgets.Text(

@@ -29,7 +29,7 @@ from ._controls import (
     option_values,
     set_option_values,
 )
-from ._paste import NO_PICTURE_PASTED, PasteBox
+from ._paste import PasteBox
 from ._run import Run, figures_box, figures_line, short_message, waiting_line
 
 Mode = Literal["caption", "question", "detect", "point"]
@@ -181,7 +181,7 @@ class VLMWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         self.upload = widgets.FileUpload(
             accept="image/*", multiple=False, description="Image", tooltip="Choose a picture to ask about"
         )
-        self.paste = PasteBox(self._take_picture, on_nothing=lambda: self._say(NO_PICTURE_PASTED, error=True))
+        self.paste = PasteBox(self._take_picture, on_refused=lambda text: self._say(text, error=True))
         # Hidden until there is a picture: an empty Image shows the browser's broken-image icon.
         self.preview = widgets.Image(format="png", layout=widgets.Layout(width="192px", display="none"))
         self.title = widgets.HTML(value=f"<b>{html.escape(self.model.name)}</b> ({self.model.family})")
