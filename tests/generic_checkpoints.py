@@ -23,6 +23,7 @@ from transformers import (
     GenerationConfig,
     LlavaProcessor,
     PreTrainedTokenizerFast,
+    Qwen2_5_VLProcessor,
     Qwen2VLImageProcessorPil,
     Qwen3VLProcessor,
 )
@@ -92,9 +93,9 @@ def _qwen_vision(out: int) -> dict[str, Any]:
             "num_position_embeddings": 16, "deepstack_visual_indexes": [1]}
 
 
-def _qwen_processor() -> Any:
+def _qwen_processor(processor_class: type = Qwen3VLProcessor) -> Any:
     tokenizer = _tokenizer(QWEN_SPECIALS, "<|im_end|>", "<|endoftext|>")
-    return image_only(Qwen3VLProcessor)(
+    return image_only(processor_class)(
         image_processor=_qwen_image_processor(), tokenizer=tokenizer, video_processor=None,
         chat_template=QWEN_TEMPLATE,
     )
@@ -117,6 +118,22 @@ def qwen3_vl() -> tuple[Any, Any]:
     config = AutoConfig.for_model(
         "qwen3_vl", text_config=text, vision_config=_qwen_vision(32), tie_word_embeddings=False,
         **_qwen_token_ids(processor),
+    )
+    return processor, config
+
+
+def qwen2_5_vl() -> tuple[Any, Any]:
+    """Qwen2.5-VL (the ``qwen2vl`` family's second model type): window attention in the vision tower."""
+    processor = _qwen_processor(Qwen2_5_VLProcessor)
+    text = {**TEXT, "vocab_size": len(processor.tokenizer), "bos_token_id": None,
+            "eos_token_id": processor.tokenizer.eos_token_id,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 2, 2]}}
+    vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "patch_size": 16,
+              "spatial_merge_size": 2, "temporal_patch_size": 2, "out_hidden_size": 32, "window_size": 64,
+              "fullatt_block_indexes": [1]}
+    config = AutoConfig.for_model(
+        "qwen2_5_vl", text_config=text, vision_config=vision, tie_word_embeddings=False,
+        bos_token_id=None, eos_token_id=processor.tokenizer.eos_token_id, **_qwen_token_ids(processor),
     )
     return processor, config
 
@@ -184,7 +201,7 @@ def llava() -> tuple[Any, Any]:
 
 
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
-    "qwen3_vl": qwen3_vl, "qwen3_5": qwen3_5, "gemma4": gemma4, "llava": llava,
+    "qwen3_vl": qwen3_vl, "qwen3_5": qwen3_5, "gemma4": gemma4, "llava": llava, "qwen2_5_vl": qwen2_5_vl,
 }
 
 

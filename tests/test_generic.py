@@ -22,14 +22,17 @@ from transformers import AutoConfig, AutoModelForImageTextToText
 from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
 
 from vlm_notebook import CheckpointError, CheckpointNotAvailableError, UnknownModelError, get_model, registry, shapes
+from vlm_notebook.models import Qwen2VL
 from vlm_notebook.models.generic import TransformersModel, load_processor
+from vlm_notebook.models.hf import TransformersVLM
 from vlm_notebook.stream import TextStream
 
 TOKENS = 12
 QUESTION = "What colour is the shape?"
 FOLLOW_UP = "What shape is it?"
-#: Model types that have a registry name but no named family, and one (llava) with no name at all.
-MODEL_TYPES = ["qwen3_vl", "qwen3_5", "gemma4", "llava"]
+#: Model types that have a registry name but no named family, one (llava) with no name at all, and
+#: Qwen2.5-VL, which loads as the named Qwen2-VL family (a small specialization of the same class).
+MODEL_TYPES = ["qwen3_vl", "qwen3_5", "gemma4", "llava", "qwen2_5_vl"]
 
 
 RED_CIRCLE = shapes.Scene("circle", "red", "white")
@@ -46,10 +49,10 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module", params=MODEL_TYPES)
-def loaded(request: pytest.FixtureRequest, checkpoints: dict[str, Path]) -> tuple[TransformersModel, Path]:
+def loaded(request: pytest.FixtureRequest, checkpoints: dict[str, Path]) -> tuple[TransformersVLM, Path]:
     directory = checkpoints[request.param]
     model = get_model(directory, device="cpu", dtype="float32")
-    assert isinstance(model, TransformersModel)
+    assert isinstance(model, TransformersModel if request.param != "qwen2_5_vl" else Qwen2VL)
     model.load()
     return model, directory
 
@@ -78,7 +81,7 @@ def streamed(stream: str | TextStream) -> tuple[str, TextStream]:
 
 
 @pytest.mark.timeout(120)
-def test_a_caption_streams_exactly_what_transformers_generate_answers(loaded: tuple[TransformersModel, Path]) -> None:
+def test_a_caption_streams_exactly_what_transformers_generate_answers(loaded: tuple[TransformersVLM, Path]) -> None:
     model, directory = loaded
     model.image_cache.clear()
     text, stream = streamed(model.caption(picture(), stream=True, max_new_tokens=TOKENS))
@@ -89,7 +92,7 @@ def test_a_caption_streams_exactly_what_transformers_generate_answers(loaded: tu
 
 
 @pytest.mark.timeout(120)
-def test_a_follow_up_reuses_the_picture_and_answers_as_if_asked_cold(loaded: tuple[TransformersModel, Path]) -> None:
+def test_a_follow_up_reuses_the_picture_and_answers_as_if_asked_cold(loaded: tuple[TransformersVLM, Path]) -> None:
     model, directory = loaded
     model.image_cache.clear()
     first = model.query(picture(), QUESTION, stream=True, max_new_tokens=TOKENS)
@@ -104,7 +107,7 @@ def test_a_follow_up_reuses_the_picture_and_answers_as_if_asked_cold(loaded: tup
 
 
 @pytest.mark.timeout(120)
-def test_prepare_encodes_ahead_so_the_question_hits(loaded: tuple[TransformersModel, Path]) -> None:
+def test_prepare_encodes_ahead_so_the_question_hits(loaded: tuple[TransformersVLM, Path]) -> None:
     model, _ = loaded
     model.image_cache.clear()
     other = picture(shapes.Scene("square", "blue", "gray"))
@@ -115,7 +118,7 @@ def test_prepare_encodes_ahead_so_the_question_hits(loaded: tuple[TransformersMo
 
 
 @pytest.mark.timeout(60)
-def test_a_cancelled_stream_stops_and_the_model_keeps_answering(loaded: tuple[TransformersModel, Path]) -> None:
+def test_a_cancelled_stream_stops_and_the_model_keeps_answering(loaded: tuple[TransformersVLM, Path]) -> None:
     model, _ = loaded
     expected = model.query(picture(), QUESTION, max_new_tokens=TOKENS)
     with model._generation_lock:  # hold the model so the cancel lands before any work
@@ -125,13 +128,13 @@ def test_a_cancelled_stream_stops_and_the_model_keeps_answering(loaded: tuple[Tr
     assert model.query(picture(), QUESTION, max_new_tokens=TOKENS) == expected
 
 
-def test_the_model_reports_where_it_runs(loaded: tuple[TransformersModel, Path]) -> None:
+def test_the_model_reports_where_it_runs(loaded: tuple[TransformersVLM, Path]) -> None:
     model, _ = loaded
     assert (model.device, model.dtype) == ("cpu", "float32")
-    assert model.caption_options == ("prompt",)
+    assert model.caption_options == (("language",) if isinstance(model, Qwen2VL) else ("prompt",))
 
 
-def test_the_processor_is_the_model_types_own_even_without_torchvision(loaded: tuple[TransformersModel, Path]) -> None:
+def test_the_processor_is_the_model_types_own_even_without_torchvision(loaded: tuple[TransformersVLM, Path]) -> None:
     model, directory = loaded
     own = PROCESSOR_MAPPING_NAMES[json.loads((directory / "config.json").read_text())["model_type"]]
     assert any(base.__name__ == own for base in type(model.processor).__mro__)
@@ -139,7 +142,7 @@ def test_the_processor_is_the_model_types_own_even_without_torchvision(loaded: t
 
 
 @pytest.mark.timeout(60)
-def test_sampling_with_a_seed_is_repeatable_and_streams_the_same(loaded: tuple[TransformersModel, Path]) -> None:
+def test_sampling_with_a_seed_is_repeatable_and_streams_the_same(loaded: tuple[TransformersVLM, Path]) -> None:
     model, _ = loaded
     options: dict[str, Any] = {"temperature": 2.0, "top_p": 0.9, "seed": 7, "max_new_tokens": TOKENS}
     first = model.query(picture(), QUESTION, **options)
@@ -195,7 +198,7 @@ def test_an_image_processor_that_needs_torchvision_says_to_install_it(tmp_path: 
 
 
 @pytest.mark.timeout(60)
-def test_concurrent_questions_are_answered_one_at_a_time(loaded: tuple[TransformersModel, Path]) -> None:
+def test_concurrent_questions_are_answered_one_at_a_time(loaded: tuple[TransformersVLM, Path]) -> None:
     model, _ = loaded
     expected = model.query(picture(), QUESTION, max_new_tokens=TOKENS)
     answers: list[str] = []

@@ -16,13 +16,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from transformers import AutoProcessor
-
 from .. import caption_options
 from ..errors import RequestError
 from ..images import check_aspect_ratio
 from ..request import Request
-from ._qwen2vl_processor import load_image_only_processor
+from .generic import load_processor
 from .hf import TransformersVLM
 
 #: Default cap on a picture's size in pixels: at most about 256 image tokens.
@@ -82,15 +80,10 @@ class Qwen2VL(TransformersVLM):
         return min_pixels, max_pixels
 
     def _load_processor(self, directory: Path) -> Any:
-        """``AutoProcessor`` when it can build a Qwen2-VL processor (it needs torchvision for the
-        video part), else the same processor built from its parts without a video processor."""
-        try:
-            processor = AutoProcessor.from_pretrained(directory)
-        except Exception:  # ImportError without torchvision; missing processor files
-            return load_image_only_processor(directory)
-        if not hasattr(processor, "image_processor") or not hasattr(processor, "tokenizer"):
-            return load_image_only_processor(directory)
-        return processor
+        """The checkpoint's own processor class (Qwen2-VL's or Qwen2.5-VL's): ``AutoProcessor`` when
+        it can build it (it needs torchvision for the video part), else the same class built from
+        its picture parts (``generic.load_processor``)."""
+        return load_processor(directory)
 
     def _check_request(self, request: Request) -> None:
         super()._check_request(request)
