@@ -25,7 +25,13 @@ from pathlib import Path
 
 import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-from transformers import AutoConfig, AutoModelForImageTextToText, GenerationConfig, PreTrainedTokenizerFast
+from transformers import (
+    AutoConfig,
+    AutoModelForImageTextToText,
+    GenerationConfig,
+    PreTrainedTokenizerFast,
+    Qwen2VLProcessor,
+)
 from ttft_random_smolvlm import (
     contention_note,
     count,
@@ -39,7 +45,7 @@ from ttft_random_smolvlm import (
 )
 
 from vlm_notebook.models import Qwen2VL
-from vlm_notebook.models._qwen2vl_processor import ImageOnlyQwen2VLProcessor
+from vlm_notebook.models.generic import image_only
 from vlm_notebook.models.qwen2vl import DEFAULT_MAX_PIXELS, MODEL_CARD_MAX_PIXELS
 from vlm_notebook.random_checkpoints import default_cache_dir
 from vlm_notebook.training.qwen2vl import CHAT_TEMPLATE, build_image_processor
@@ -157,7 +163,7 @@ def random_checkpoint(cache_dir: Path | None, seed: int = 0) -> Path:
     del model
     image_processor = build_image_processor()
     image_processor.size = {"shortest_edge": 56 * 56, "longest_edge": MODEL_CARD_MAX_PIXELS}  # the card's
-    processor = ImageOnlyQwen2VLProcessor(
+    processor = image_only(Qwen2VLProcessor)(
         image_processor=image_processor, tokenizer=build_tokenizer(), video_processor=None, chat_template=CHAT_TEMPLATE
     )
     processor.save_pretrained(directory)

@@ -19,7 +19,7 @@ from typing import Any
 from transformers.cli.serving.model_manager import ModelManager
 from transformers.cli.transformers import app
 
-from vlm_notebook.models._qwen2vl_processor import load_image_only_processor
+from vlm_notebook.models.generic import load_image_only_processor
 
 _stock_load_processor = ModelManager._load_processor
 

@@ -31,11 +31,11 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen2VLConfig,
     Qwen2VLImageProcessorPil,
+    Qwen2VLProcessor,
 )
 
 from vlm_notebook import shapes
-from vlm_notebook.models._qwen2vl_processor import ImageOnlyQwen2VLProcessor as Qwen2VLProcessor
-from vlm_notebook.models._qwen2vl_processor import load_image_only_processor
+from vlm_notebook.models.generic import image_only, load_image_only_processor
 from vlm_notebook.training.conversations import earlier_turns, prompt_renderer
 from vlm_notebook.training.loop import (
     Batch,
@@ -150,7 +150,7 @@ def build_image_processor() -> Qwen2VLImageProcessorPil:
 
 def build_processor() -> Qwen2VLProcessor:
     """The real ``Qwen2VLProcessor``, without a video processor (which needs torchvision)."""
-    return Qwen2VLProcessor(
+    return image_only(Qwen2VLProcessor)(
         image_processor=build_image_processor(),
         tokenizer=build_tokenizer_fast(),
         video_processor=None,
@@ -160,7 +160,8 @@ def build_processor() -> Qwen2VLProcessor:
 
 def load_processor(directory: Path) -> Qwen2VLProcessor:
     """Load the saved processor without torchvision."""
-    return load_image_only_processor(directory)
+    processor: Qwen2VLProcessor = load_image_only_processor(directory)
+    return processor
 
 
 def _token_id(processor: Qwen2VLProcessor, token: str) -> int:
