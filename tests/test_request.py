@@ -39,6 +39,9 @@ def test_chat_templates_see_a_placeholder_for_the_picture_and_servers_the_pictur
 def test_caption_options_come_by_position_in_the_familys_order_or_by_name() -> None:
     assert read("Remote", ("prompt", "language"), ("Say it.",), {}) == {"prompt": "Say it."}
     assert read("Remote", ("prompt", "language"), (None, "ja"), {}) == {"language": "ja"}, "no prompt: the language's"
+    assert read("Remote", ("prompt", "language"), (), {"language": None}) == {}, "alternatives: None is not given"
+    with pytest.raises(RequestError, match="Unknown caption language None"):
+        read("Qwen2VL", ("language",), (None,), {})
     with pytest.raises(RequestError, match="got prompt twice"):
         read("Remote", ("prompt", "language"), ("Say it.",), {"prompt": "Say it again."})
     with pytest.raises(RequestError, match=r"takes 1 option\(s\) after the image \(length\), got 2 values"):

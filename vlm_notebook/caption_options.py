@@ -69,8 +69,9 @@ def read(owner: str, names: tuple[str, ...], positional: tuple[Any, ...], named:
     """The caption options given to ``owner.caption`` (a family's class name), by name and checked.
 
     ``positional`` values take ``names`` in order. An option the family lacks, a value its check
-    refuses, or a prompt given with a language is refused with a RequestError; a prompt of None
-    means the family's own prompt (as if not given).
+    refuses, or a prompt given with a language is refused with a RequestError. None means "not
+    given" for a prompt, and for a language where the family takes a prompt too (the two are
+    alternatives there); a family whose only option is a language refuses None as a language.
     """
     if len(positional) > len(names):
         raise RequestError(
@@ -86,17 +87,22 @@ def read(owner: str, names: tuple[str, ...], positional: tuple[Any, ...], named:
     if unknown:
         allowed = ", ".join(names) or "none"
         raise RequestError(f"{owner} has no caption option {', '.join(unknown)}; its options: {allowed}.")
-    values = {name: _checked(BY_NAME[name], value) for name, value in given.items()}
-    settings = {name: value for name, value in values.items() if value is not None}
+    alternatives = PROMPT.name in names and LANGUAGE.name in names
+    given = {name: value for name, value in given.items() if value is not None or not _may_be_none(name, alternatives)}
+    settings = {name: _checked(BY_NAME[name], value) for name, value in given.items()}
     if PROMPT.name in settings and LANGUAGE.name in settings:
         raise RequestError("Give a caption prompt or a language, not both: the language picks the prompt.")
     return settings
 
 
-def _checked(option: CaptionOption, value: Any) -> str | None:
+def _may_be_none(name: str, alternatives: bool) -> bool:
+    return name == PROMPT.name or (name == LANGUAGE.name and alternatives)
+
+
+def _checked(option: CaptionOption, value: Any) -> str:
     """``value`` as the family will use it (a cleaned prompt), or the option's refusal."""
     if option is PROMPT:
-        return None if value is None else clean_question(value)
+        return clean_question(value)
     if option.check is not None:
         option.check(value)
     if option.choices is not None and value not in option.choices:
