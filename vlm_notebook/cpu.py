@@ -65,11 +65,7 @@ def physical_cores() -> int:
 @cache
 def has_fast_bf16() -> bool:
     """Whether the CPU has bf16 matrix instructions (AMX or AVX-512 BF16)."""
-    try:
-        flags = _CPUINFO.read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    return bool({"amx_bf16", "avx512_bf16"} & set(matrix_flags()))
 
 
 #: The x86 flags that decide the number format and the matrix kernels: benchmarks name them.

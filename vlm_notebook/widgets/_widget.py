@@ -376,7 +376,6 @@ class MoondreamWidget(VLMWidget):
     """
 
     family = "moondream"
-    #: The latest Detect or Point run's picture, the name it looked for, and what it found.
     #: The latest Detect or Point run: the picture, the mode, the object's name and what was found.
     _located: tuple[Image.Image, str, str, list[dict[str, float]]] | None = None
 

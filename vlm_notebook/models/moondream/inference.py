@@ -110,7 +110,7 @@ def generate_text(
     options = replace(options, max_new_tokens=min(options.max_new_tokens, cache.capacity - cache.length + 1))
 
     def step(token: int) -> torch.Tensor:
-        logits: torch.Tensor = net.text.logits(net.text(net.text.embed(_ids(net, [token])), cache.length, cache=cache))
+        logits: torch.Tensor = net.text.logits(_step(net, cache, net.text.embed(_ids(net, [token]))))
         return logits
 
     return engine.generate(

@@ -148,7 +148,7 @@ class Moondream(VLM):
         return self._query_ids(request.question)
 
     def _encoded(
-        self, source: Image.Image | EncodedImage, check: Callable[[], None]
+        self, source: Image.Image | EncodedImage, check: Callable[[], None] | None = None
     ) -> tuple[EncodedImage, bool, float]:
         """The encoding of ``source``, whether it was made before, and the seconds spent on it now."""
         if isinstance(source, EncodedImage):
@@ -179,11 +179,11 @@ class Moondream(VLM):
         name = _object_name(object, kind)
         if isinstance(max_objects, bool) or not isinstance(max_objects, int) or max_objects < 1:
             raise RequestError(f"max_objects must be a whole number of at least 1, got {max_objects!r}.")
-        source = self._checked(image) if isinstance(image, EncodedImage) else load_image(image)
+        source = self._source(image)
         self.load()
         ids = locate_prompt(self.network.config.tokenizer, self._text_ids, kind, name)
         with self._generation_lock, torch.inference_mode(), self.runtime.phases() as decoding:
-            encoded = source if isinstance(source, EncodedImage) else self._encoded_picture(source)[0]
+            encoded = self._encoded(source)[0]
             return locate(
                 self.network, encoded, ids, with_size=kind == "detect", max_objects=max_objects, decoding=decoding
             )
