@@ -30,6 +30,16 @@ def test_a_packed_linear_computes_exactly_what_f_linear_computes(rows: int) -> N
 
 
 @needs_packing
+def test_model_code_that_reads_a_linears_weight_learns_its_format_device_and_shape() -> None:
+    """Gemma 4's patch embedder casts its pixels to ``input_proj.weight.dtype``."""
+    linear = torch.nn.Linear(192, 128, bias=False, dtype=torch.bfloat16)
+    packed = cpu.PackedLinear(linear)
+    assert (packed.weight.dtype, packed.weight.device, packed.weight.shape) == (
+        torch.bfloat16, torch.device("cpu"), linear.weight.shape
+    )
+
+
+@needs_packing
 def test_packing_replaces_the_bf16_linears_and_unpacking_brings_them_back() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4)).to(torch.bfloat16)
     fp32_layer = torch.nn.Linear(4, 4)

@@ -273,6 +273,13 @@ class PackedLinear(torch.nn.Module):
         self.gelu = gelu
 
     @property
+    def weight(self) -> torch.Tensor:
+        """The packed weight, for model code that reads a linear's weight to learn its dtype, device or
+        shape (Gemma 4's patch embedder casts its pixels to ``input_proj.weight.dtype``); arithmetic on
+        it needs :meth:`unpacked`."""
+        return self.packed
+
+    @property
     def post_op(self) -> tuple[str, str]:
         """oneDNN's name for what follows the product, and its variant: ("none", "") or ("gelu", "tanh")."""
         return ("gelu", "tanh") if self.gelu else ("none", "")
