@@ -1,12 +1,12 @@
-"""Command line: ``python -m vlm_notebook.training smolvlm|qwen2vl|moondream [--out DIR] [--steps N] [--seed S]``
+"""Command line: ``python -m vlm_notebook.training smolvlm|qwen2vl|gemma4|moondream [--out DIR] [--steps N] [--seed S]``
 (also ``--vision-steps N``, ``--threads N``, ``--batch-size N``, ``--lr RATE`` and ``--init-from DIR``, which starts
 from a saved checkpoint's weights instead of random ones). With no options a family trains from
 scratch; each shipped checkpoint's card (its README.md) gives the command that made it.
 
 ``smolvlm`` trains the tiny SmolVLM (English), ``qwen2vl`` the tiny Qwen2-VL (captions in seven
-languages, questions in English and Japanese); each saves with ``save_pretrained``, reloads the
-saved directory to evaluate it, and writes ``training.json`` and ``README.md`` next to the
-weights. ``assets`` writes a few canonical example pictures for demos.
+languages, questions in English and Japanese), ``gemma4`` the tiny Gemma 4 (English); each saves
+with ``save_pretrained``, reloads the saved directory to evaluate it, and writes ``training.json``
+and ``README.md`` next to the weights. ``assets`` writes a few canonical example pictures for demos.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from typing import Any, TypeVar
 import torch
 
 from vlm_notebook import shapes
-from vlm_notebook.training import card, evaluate, moondream, qwen2vl, robustness, smolvlm
+from vlm_notebook.models.generic import load_image_only_processor
+from vlm_notebook.training import card, evaluate, gemma4, moondream, qwen2vl, robustness, smolvlm
+from vlm_notebook.training.loop import Trained, save
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 ASSETS_DIR = PACKAGE_DIR / "assets"
@@ -52,6 +54,10 @@ FAMILY_DEFAULTS: dict[str, FamilyDefaults] = {
     "qwen2vl": FamilyDefaults(
         "train and save the tiny shapes-qwen2vl (captions in 7 languages, questions in 2)",
         PACKAGE_DIR / "checkpoints" / "shapes-qwen2vl", 2000, 2000, 1,
+    ),
+    "gemma4": FamilyDefaults(
+        "train and save the tiny shapes-gemma4 (a current architecture, through the generic family)",
+        PACKAGE_DIR / "checkpoints" / "shapes-gemma4", 2000, 1000, 1,
     ),
     "moondream": FamilyDefaults(
         "train and save the tiny shapes-moondream (captions, detect, point)",
@@ -89,7 +95,7 @@ def _command(args: argparse.Namespace) -> str:
     return command if Path(args.out).resolve() == default_out else f"{command} --out {args.out}"
 
 
-R = TypeVar("R", smolvlm.Recipe, qwen2vl.Recipe, moondream.Recipe)
+R = TypeVar("R", smolvlm.Recipe, qwen2vl.Recipe, gemma4.Recipe, moondream.Recipe)
 
 
 def _sized(recipe: R, args: argparse.Namespace) -> R:
@@ -109,7 +115,7 @@ def _mean_tail(losses: list[float], n: int = 100) -> float:
 
 
 def _record(
-    args: argparse.Namespace, trained: smolvlm.Trained | qwen2vl.Trained, recipe: smolvlm.Recipe | qwen2vl.Recipe
+    args: argparse.Namespace, trained: Trained, recipe: smolvlm.Recipe | qwen2vl.Recipe | gemma4.Recipe
 ) -> dict[str, Any]:
     return {
         "name": Path(args.out).name,
@@ -134,20 +140,7 @@ def _record(
 
 def run_smolvlm(args: argparse.Namespace) -> dict[str, Any]:
     """Train, save, reload and evaluate; write the record and the model card."""
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    recipe = _sized(smolvlm.Recipe(), args)
-    trained = smolvlm.train_model(args.steps, args.vision_steps, args.seed, recipe, _log, _init(args))
-    smolvlm.save(trained.processor, trained.model, out)
-    _log(f"saved to {out}; evaluating the saved directory")
-    started = time.perf_counter()
-    record = _record(args, trained, recipe)
-    record["evaluation"] = evaluate.evaluate_dir(out, random_seed=args.seed + EVAL_SEED_OFFSET)
-    record["evaluation"]["pictures"] = _pictures(out)
-    record["eval_seconds"] = round(time.perf_counter() - started, 1)
-    card.write_record(out, record)
-    card.write_card(out, record)
-    return record
+    return _run_chat_template_family(args, smolvlm)
 
 
 def _pictures(out: Path) -> dict[str, Any]:
@@ -160,22 +153,31 @@ def _pictures(out: Path) -> dict[str, Any]:
 
 def run_qwen2vl(args: argparse.Namespace) -> dict[str, Any]:
     """Train, save, reload and evaluate (every caption language); write the record and the card."""
+    return _run_chat_template_family(
+        args, qwen2vl, languages=shapes.CAPTION_LANGUAGES, per_scene=QWEN2VL_PER_SCENE,
+        image_size=qwen2vl.IMAGE_SIZE, load_processor=qwen2vl.load_processor,
+    )
+
+
+def run_gemma4(args: argparse.Namespace) -> dict[str, Any]:
+    """Train, save, reload and evaluate (English); write the record and the card."""
+    return _run_chat_template_family(args, gemma4, load_processor=load_image_only_processor)
+
+
+def _run_chat_template_family(args: argparse.Namespace, recipes: Any, **evaluation: Any) -> dict[str, Any]:
+    """Train with ``recipes`` (the family's training module), save, reload, evaluate (``evaluation``:
+    ``evaluate.evaluate_dir``'s options, and the picture size to record if any); write record and card."""
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    recipe = _sized(qwen2vl.Recipe(), args)
-    trained = qwen2vl.train_model(args.steps, args.vision_steps, args.seed, recipe, _log, _init(args))
-    qwen2vl.save(trained.processor, trained.model, out)
+    recipe = _sized(recipes.Recipe(), args)
+    trained = recipes.train_model(args.steps, args.vision_steps, args.seed, recipe, _log, _init(args))
+    save(trained.processor, trained.model, out)
     _log(f"saved to {out}; evaluating the saved directory")
     started = time.perf_counter()
     record = _record(args, trained, recipe)
-    record["image_size"] = qwen2vl.IMAGE_SIZE
-    record["evaluation"] = evaluate.evaluate_dir(
-        out,
-        random_seed=args.seed + EVAL_SEED_OFFSET,
-        per_scene=QWEN2VL_PER_SCENE,
-        languages=shapes.CAPTION_LANGUAGES,
-        load_processor=qwen2vl.load_processor,
-    )
+    if (image_size := evaluation.pop("image_size", None)) is not None:
+        record["image_size"] = image_size
+    record["evaluation"] = evaluate.evaluate_dir(out, random_seed=args.seed + EVAL_SEED_OFFSET, **evaluation)
     record["evaluation"]["pictures"] = _pictures(out)
     record["eval_seconds"] = round(time.perf_counter() - started, 1)
     card.write_record(out, record)
@@ -251,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for path in write_assets(Path(args.out)):
             _log(str(path))
         return 0
-    runs = {"qwen2vl": run_qwen2vl, "moondream": run_moondream}
+    runs = {"qwen2vl": run_qwen2vl, "gemma4": run_gemma4, "moondream": run_moondream}
     record = runs.get(args.family, run_smolvlm)(args)
     for name in ("canonical", "random"):
         score = record["evaluation"][name]

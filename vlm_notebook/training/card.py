@@ -37,6 +37,8 @@ def _per_prompt_rows(score: dict[str, Any]) -> list[str]:
 def _about(record: dict[str, Any]) -> list[str]:
     if record.get("family") == "qwen2vl":
         return _about_qwen2vl(record)
+    if record.get("family") == "gemma4":
+        return _about_gemma4(record)
     return [
         f"# {record['name']}",
         "",
@@ -91,8 +93,40 @@ def _about_qwen2vl(record: dict[str, Any]) -> list[str]:
     ]
 
 
+def _about_gemma4(record: dict[str, Any]) -> list[str]:
+    return [
+        f"# {record['name']}",
+        "",
+        "A tiny Gemma 4 (transformers `gemma4` architecture: vision encoder with 2D rotary positions and",
+        "position-aware pooling, a text model with sliding and full attention layers and per-layer input",
+        "embeddings) trained from scratch on synthetic pictures of one coloured shape on a plain background",
+        "(`vlm_notebook.shapes`: 4 shapes x 6 colours x 3 backgrounds = 72 scenes). It captions them and",
+        "answers four questions, one in Japanese with an emoji. It is the shipped checkpoint of a current",
+        "architecture (Gemma 4 E2B/E4B are the most downloaded small VLMs of late 2026 whose image processor",
+        "runs without torchvision); vlm-notebook loads it through its generic transformers family.",
+        "It knows nothing else: it is a test and demo model, not a general VLM.",
+        "",
+        "## Format",
+        "",
+        f"- {record['parameters']:,} parameters, fp32 safetensors. Pictures keep their aspect ratio: Gemma 4's",
+        "  processor fits each to at most 280 patches of 8 px, pooled 2 x 2 into at most 70 image tokens",
+        "  (a square is seen at 128 x 128, a 3:1 picture at 224 x 64).",
+        "- Byte-level BPE trained on the English text only; Gemma 4's special tokens and turn format",
+        "  (our own chat template): `<bos><|turn>user\\n<|image|>Describe this image.<turn|>\\n<|turn>model\\n`",
+        "- Load with `AutoProcessor` (or, without torchvision, the image processor, tokenizer and chat",
+        "  template as `vlm_notebook.models.generic` does) and `AutoModelForImageTextToText`;",
+        "  `get_model(\"shapes-gemma4\")` in vlm-notebook.",
+        "",
+    ]
+
+
 def _how(record: dict[str, Any]) -> list[str]:
-    if record.get("family") == "qwen2vl":
+    if record.get("family") == "gemma4":
+        stage1 = ("encoder and multimodal embedder alone: linear heads on the mean of a picture's image tokens"
+                  " classify shape, colour and background.")
+        frozen = record["recipe"].get("freeze_vision")
+        stage2 = ("the text model (vision side frozen)" if frozen else "the whole model") + " on the answers"
+    elif record.get("family") == "qwen2vl":
         stage1 = ("tower and patch merger alone: linear heads on the mean of the merged image tokens"
                   " classify shape, colour and background.")
         frozen = record["recipe"].get("freeze_vision")

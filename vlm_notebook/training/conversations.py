@@ -12,6 +12,12 @@ from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any
 
+import torch
+
+from vlm_notebook import shapes
+from vlm_notebook.training.loop import Batch, BatchMaker, answer_labels
+from vlm_notebook.training.pictures import PictureSource
+
 #: A question and its answer.
 Turn = tuple[str, str]
 #: How often an example has 0, 1 or 2 earlier turns (the chat tests ask three questions in a row).
@@ -44,3 +50,30 @@ def prompt_renderer(processor: Any) -> Callable[[tuple[Turn, ...], str], str]:
         return text
 
     return render
+
+
+def answer_batch_maker(
+    processor: Any, batch_size: int, source: PictureSource, pairs: Callable[[shapes.Scene], Sequence[Turn]], end: str
+) -> BatchMaker:
+    """Batches of random scenes through the real processor and chat template: earlier turns (English),
+    then a (prompt, answer) pair drawn from ``pairs(scene)``, the answer followed by ``end`` (the
+    token that ends the model's turn). Labels cover only the last answer and its end."""
+    render = prompt_renderer(processor)
+    scenes = shapes.all_scenes()
+
+    def make_batch(rng: random.Random) -> Batch:
+        samples = []
+        for _ in range(batch_size):
+            scene = rng.choice(scenes)
+            history = earlier_turns(rng, shapes.examples(scene))
+            prompt, answer = rng.choice(pairs(scene))
+            samples.append((source.drawing(rng, scene).image, render(history, prompt), answer + end))
+        texts = [prompt + answer for _, prompt, answer in samples]
+        images = [[image] for image, _, _ in samples]  # one picture per text, as every processor reads it
+        inputs = processor(text=texts, images=images, padding=True, padding_side="right", return_tensors="pt")
+        lengths = [len(processor.tokenizer(answer, add_special_tokens=False)["input_ids"]) for _, _, answer in samples]
+        batch = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+        batch["labels"] = answer_labels(batch["input_ids"], batch["attention_mask"], lengths)
+        return batch
+
+    return make_batch

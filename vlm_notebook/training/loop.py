@@ -49,6 +49,23 @@ class TrainResult:
     seconds: float = 0.0
 
 
+@dataclass
+class Trained:
+    """What a recipe's ``train_model`` gives back: the processor, the trained model and both stages' results."""
+
+    processor: Any
+    model: Any
+    vision: TrainResult
+    text: TrainResult
+
+
+def save(processor: Any, model: Any, directory: Path) -> None:
+    """Write model weights, configs and processor files with ``save_pretrained``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+
+
 def seed_everything(seed: int) -> None:
     """Seed torch's and Python's global generators (call before building the model)."""
     random.seed(seed)

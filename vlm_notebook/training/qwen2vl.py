@@ -36,14 +36,14 @@ from transformers import (
 
 from vlm_notebook import shapes
 from vlm_notebook.models.generic import image_only, load_image_only_processor
-from vlm_notebook.training.conversations import earlier_turns, prompt_renderer
+from vlm_notebook.training.conversations import answer_batch_maker
 from vlm_notebook.training.loop import (
     Batch,
     BatchMaker,
     Logger,
     TrainConfig,
+    Trained,
     TrainResult,
-    answer_labels,
     load_start_weights,
     seed_everything,
     train,
@@ -100,11 +100,6 @@ class TinySizes:
     text_init_std: float = 0.06
     mrope_section: tuple[int, int, int] = (4, 6, 6)
     max_positions: int = 512
-
-
-def answer_text(answer: str) -> str:
-    """What the model must produce after ``<|im_start|>assistant\\n``."""
-    return f"{answer}{IM_END}"
 
 
 def all_examples(scene: shapes.Scene) -> list[tuple[str, str]]:
@@ -269,29 +264,7 @@ class _VisionClassifier(torch.nn.Module):
 def make_batch_maker(processor: Qwen2VLProcessor, batch_size: int, mix: Mix = DEFAULT_MIX) -> BatchMaker:
     """Random scenes and prompts in either language through the real processor; labels
     cover only the answer and its ``<|im_end|>``."""
-    render = prompt_renderer(processor)
-    source = PictureSource(mix)
-
-    def make_batch(rng: random.Random) -> Batch:
-        samples = []
-        for _ in range(batch_size):
-            scene = rng.choice(SCENES)
-            history = earlier_turns(rng, shapes.examples(scene))  # earlier turns in English
-            prompt, answer = rng.choice(all_examples(scene))
-            samples.append((source.drawing(rng, scene), history, prompt, answer))
-        texts = [render(history, prompt) + answer_text(answer) for _, history, prompt, answer in samples]
-        images = [drawing.image for drawing, _, _, _ in samples]
-        inputs = processor(text=texts, images=images, padding=True, padding_side="right", return_tensors="pt")
-        lengths = [_answer_length(processor, answer) for _, _, _, answer in samples]
-        batch = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}
-        batch["labels"] = answer_labels(batch["input_ids"], batch["attention_mask"], lengths)
-        return batch
-
-    return make_batch
-
-
-def _answer_length(processor: Qwen2VLProcessor, answer: str) -> int:
-    return len(processor.tokenizer(answer_text(answer), add_special_tokens=False)["input_ids"])
+    return answer_batch_maker(processor, batch_size, PictureSource(mix), all_examples, IM_END)
 
 
 @dataclass(frozen=True)
@@ -316,16 +289,6 @@ class Recipe:
     def as_dict(self) -> dict[str, Any]:
         """The recipe as plain JSON-ready values."""
         return asdict(self)
-
-
-@dataclass
-class Trained:
-    """The result of :func:`train_model`."""
-
-    processor: Qwen2VLProcessor
-    model: PreTrainedModel
-    vision: TrainResult
-    text: TrainResult
 
 
 def pretrain_vision(
@@ -357,10 +320,3 @@ def train_model(
     text = train(model, maker, config, lambda m: log(f"text {m}"))
     model.model.visual.requires_grad_(True)
     return Trained(processor, model, vision, text)
-
-
-def save(processor: Qwen2VLProcessor, model: PreTrainedModel, directory: Path) -> None:
-    """Write model weights, configs and processor files with ``save_pretrained``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory)
-    processor.save_pretrained(directory)

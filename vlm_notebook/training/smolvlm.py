@@ -38,6 +38,7 @@ from vlm_notebook.training.loop import (
     BatchMaker,
     Logger,
     TrainConfig,
+    Trained,
     TrainResult,
     answer_labels,
     load_start_weights,
@@ -289,16 +290,6 @@ class Recipe:
         return asdict(self)
 
 
-@dataclass
-class Trained:
-    """The result of :func:`train_model`."""
-
-    processor: Idefics3Processor
-    model: PreTrainedModel
-    vision: TrainResult
-    text: TrainResult
-
-
 def pretrain_vision(
     processor: Idefics3Processor, model: PreTrainedModel, steps: int, seed: int, recipe: Recipe, log: Logger
 ) -> TrainResult:
@@ -325,10 +316,3 @@ def train_model(
     maker = make_batch_maker(processor, recipe.batch_size, recipe.mix)
     text = train(model, maker, config, lambda m: log(f"text {m}"))
     return Trained(processor, model, vision, text)
-
-
-def save(processor: Idefics3Processor, model: PreTrainedModel, directory: Path) -> None:
-    """Write model weights, configs and processor files with ``save_pretrained``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory)
-    processor.save_pretrained(directory)
