@@ -268,7 +268,7 @@ class PackedLinear(torch.nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         #: The packed weight: a plain attribute, not a parameter (``.to()`` cannot convert it; see
         #: ``unpack_linears``).
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), _PACKING_ROWS)
+        self.packed: torch.Tensor = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), _PACKING_ROWS)
         self.bias = linear.bias
         self.gelu = gelu
 
