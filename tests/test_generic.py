@@ -241,7 +241,9 @@ def test_any_hub_id_loads_through_the_generic_class() -> None:
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
-def test_every_model_type_answers_in_bf16_with_its_linears_packed(checkpoints: dict[str, Path], model_type: str) -> None:
+def test_every_model_type_answers_in_bf16_with_its_linears_packed(
+    checkpoints: dict[str, Path], model_type: str
+) -> None:
     """bf16 is the CPU default where the CPU has bf16 instructions, and then the linear weights are
     packed for oneDNN: model code that reads a weight (for its dtype) must still run."""
     model = get_model(checkpoints[model_type], device="cpu", dtype="bfloat16")
