@@ -13,7 +13,9 @@ import pytest
 
 from vlm_notebook import cpu
 from vlm_notebook.models import Moondream, Qwen2VL, SmolVLM
+from vlm_notebook.models.generic import TransformersModel
 from vlm_notebook.models.hf import TransformersVLM
+from vlm_notebook.registry import get_model
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +38,15 @@ def shapes_qwen2vl() -> Qwen2VL:
 def shapes_moondream() -> Moondream:
     """The shipped Moondream checkpoint, loaded once for the whole test session."""
     model = Moondream("shapes-moondream")
+    model.load()
+    return model
+
+
+@pytest.fixture(scope="session")
+def shapes_gemma4() -> TransformersModel:
+    """The shipped Gemma 4 checkpoint (generic family), loaded once for the whole test session."""
+    model = get_model("shapes-gemma4")
+    assert isinstance(model, TransformersModel)
     model.load()
     return model
 

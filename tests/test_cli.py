@@ -61,8 +61,9 @@ def test_the_demo_runs_as_a_module() -> None:
     [
         (["--model", "shapes-qwen2vl", "--language", "ja"], "白い背景に赤い円。"),
         (["--model", "shapes-moondream", "--length", "short"], "A red circle."),
+        (["--model", "shapes-gemma4", "--prompt", "What shape is it?"], "A circle."),
     ],
-    ids=["qwen2vl-language", "moondream-length"],
+    ids=["qwen2vl-language", "moondream-length", "generic-prompt"],
 )
 def test_caption_takes_every_familys_own_options(
     argv: list[str], answer: str, capsys: pytest.CaptureFixture[str]

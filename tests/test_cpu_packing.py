@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from holds import hook
 from reliability_support import picture
 
-from vlm_notebook import cpu, shapes
+from vlm_notebook import cpu, get_model, shapes
 from vlm_notebook.models import SmolVLM
 
 needs_packing = pytest.mark.skipif(not cpu.packs_bf16(), reason="this CPU or torch has no oneDNN bf16 kernels")
@@ -37,6 +37,17 @@ def test_model_code_that_reads_a_linears_weight_learns_its_format_device_and_sha
     assert (packed.weight.dtype, packed.weight.device, packed.weight.shape) == (
         torch.bfloat16, torch.device("cpu"), linear.weight.shape
     )
+
+
+@needs_packing
+@pytest.mark.timeout(300)
+def test_the_shipped_gemma4_in_bf16_is_packed_and_answers_as_unpacked() -> None:
+    packed, plain = (get_model("shapes-gemma4", dtype="bfloat16").load() for _ in range(2))
+    assert isinstance(packed.model.model.vision_tower.patch_embedder.input_proj, cpu.PackedLinear)
+    cpu.unpack_linears(plain.model)
+    for scene in shapes.all_scenes()[::9]:
+        image = shapes.draw(scene).image
+        assert packed.caption(image) == plain.caption(image)
 
 
 @needs_packing

@@ -1,4 +1,4 @@
-"""The three families on a CUDA GPU: caption, query, stream, cancel and follow-up reuse.
+"""The shipped checkpoints of every family on a CUDA GPU: caption, query, stream, cancel and follow-up reuse.
 
 Skipped where there is no CUDA GPU (``-m gpu`` selects them on a machine that has one). The
 same plumbing is checked on the CPU by tests/test_runtime.py.
@@ -17,7 +17,7 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine"),
 ]
 
-NAMES = ["shapes-smolvlm", "shapes-qwen2vl", "shapes-moondream"]
+NAMES = ["shapes-smolvlm", "shapes-qwen2vl", "shapes-moondream", "shapes-gemma4"]
 RED_CIRCLE = shapes.Scene("circle", "red", "white")
 
 

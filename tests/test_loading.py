@@ -10,7 +10,7 @@ import pytest
 
 from vlm_notebook import shapes
 from vlm_notebook.errors import CheckpointNotAvailableError
-from vlm_notebook.models import VLM, Moondream, Qwen2VL, SmolVLM
+from vlm_notebook.models import VLM, Moondream, Qwen2VL, SmolVLM, TransformersModel
 from vlm_notebook.stream import TextStream
 
 RED_CIRCLE = shapes.Scene("circle", "red", "white")
@@ -18,6 +18,7 @@ CAPTIONS = {
     "shapes-smolvlm": (SmolVLM, {}),
     "shapes-qwen2vl": (Qwen2VL, {}),
     "shapes-moondream": (Moondream, {"length": "short"}),
+    "shapes-gemma4": (TransformersModel, {}),
 }
 
 

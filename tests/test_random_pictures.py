@@ -19,7 +19,7 @@ from vlm_notebook.training import robustness
 TEST_SEED = 2026  # not the cards' seed (robustness.DEFAULT_SEED): these pictures were never looked at
 TEST_PICTURES = 40
 #: Pictures of the 40 each shipped checkpoint gets right, as measured (greedy decoding is deterministic).
-MIN_RIGHT = {"shapes-smolvlm": 38, "shapes-qwen2vl": 35, "shapes-moondream": 18}
+MIN_RIGHT = {"shapes-smolvlm": 38, "shapes-qwen2vl": 35, "shapes-moondream": 18, "shapes-gemma4": 36}
 
 
 def test_random_pictures_are_repeatable_and_within_the_ranges() -> None:
@@ -78,7 +78,7 @@ def test_an_rgba_picture_of_a_white_background_is_transparent_and_reads_as_white
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("name", ["shapes-smolvlm", "shapes-qwen2vl", "shapes-moondream"])
+@pytest.mark.parametrize("name", list(MIN_RIGHT))
 def test_the_shipped_checkpoints_are_right_on_random_pictures(name: str) -> None:
     result = robustness.evaluate(get_model(name), TEST_PICTURES, TEST_SEED)
     assert result["right"] >= MIN_RIGHT[name], f"{name}: {result['right']}/{TEST_PICTURES} right: {result['failures']}"

@@ -94,6 +94,7 @@ _SHIPPED_MODELS = [
     ("shapes-smolvlm", "smolvlm", "tiny SmolVLM trained on shapes, offline"),
     ("shapes-qwen2vl", "qwen2vl", "tiny Qwen2-VL trained on shapes, English and Japanese"),
     ("shapes-moondream", "moondream", "tiny Moondream 2 trained on shapes: captions, answers, detect, point"),
+    ("shapes-gemma4", "transformers", "tiny Gemma 4 trained on shapes, through the generic transformers family"),
 ]
 
 
