@@ -57,7 +57,7 @@ FAMILY_DEFAULTS: dict[str, FamilyDefaults] = {
     ),
     "gemma4": FamilyDefaults(
         "train and save the tiny shapes-gemma4 (a current architecture, through the generic family)",
-        PACKAGE_DIR / "checkpoints" / "shapes-gemma4", 2000, 1000, 1,
+        PACKAGE_DIR / "checkpoints" / "shapes-gemma4", 1500, 1500, 2,
     ),
     "moondream": FamilyDefaults(
         "train and save the tiny shapes-moondream (captions, detect, point)",
