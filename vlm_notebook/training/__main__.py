@@ -164,9 +164,11 @@ def run_gemma4(args: argparse.Namespace) -> dict[str, Any]:
     return _run_chat_template_family(args, gemma4, load_processor=load_image_only_processor)
 
 
-def _run_chat_template_family(args: argparse.Namespace, recipes: Any, **evaluation: Any) -> dict[str, Any]:
+def _run_chat_template_family(
+    args: argparse.Namespace, recipes: Any, image_size: int | None = None, **evaluation: Any
+) -> dict[str, Any]:
     """Train with ``recipes`` (the family's training module), save, reload, evaluate (``evaluation``:
-    ``evaluate.evaluate_dir``'s options, and the picture size to record if any); write record and card."""
+    ``evaluate.evaluate_dir``'s options); write the record (with ``image_size`` when given) and the card."""
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     recipe = _sized(recipes.Recipe(), args)
@@ -175,7 +177,7 @@ def _run_chat_template_family(args: argparse.Namespace, recipes: Any, **evaluati
     _log(f"saved to {out}; evaluating the saved directory")
     started = time.perf_counter()
     record = _record(args, trained, recipe)
-    if (image_size := evaluation.pop("image_size", None)) is not None:
+    if image_size is not None:
         record["image_size"] = image_size
     record["evaluation"] = evaluate.evaluate_dir(out, random_seed=args.seed + EVAL_SEED_OFFSET, **evaluation)
     record["evaluation"]["pictures"] = _pictures(out)

@@ -48,7 +48,7 @@ from vlm_notebook.training.loop import (
 )
 from vlm_notebook.training.pictures import DEFAULT_MIX, Mix, PictureSource
 from vlm_notebook.training.tokenizer import build_tokenizer
-from vlm_notebook.training.vision import LABEL_SIZES, ClassifierOutput, scene_labels
+from vlm_notebook.training.vision import SceneHeads, labelled_pictures
 
 PATCH_SIZE = 8
 POOLING = 2
@@ -193,14 +193,11 @@ class _VisionClassifier(torch.nn.Module):
     def __init__(self, model: PreTrainedModel, width: int):
         super().__init__()
         self.model = model.model
-        self.heads = torch.nn.ModuleList(torch.nn.Linear(width, n) for n in LABEL_SIZES)
+        self.heads = SceneHeads(width)
 
     def forward(self, pixel_values: torch.Tensor, image_position_ids: torch.Tensor, labels: torch.Tensor) -> Any:
         tokens = self.model.get_image_features(pixel_values, image_position_ids).pooler_output
-        pooled = torch.stack([picture.mean(dim=0) for picture in tokens])
-        logits = [head(pooled) for head in self.heads]
-        losses = [torch.nn.functional.cross_entropy(out, labels[:, i]) for i, out in enumerate(logits)]
-        return ClassifierOutput(loss=torch.stack(losses).sum(), logits=logits)
+        return self.heads(torch.stack([picture.mean(dim=0) for picture in tokens]), labels)
 
 
 def make_vision_batch_maker(processor: Gemma4Processor, batch_size: int, mix: Mix = DEFAULT_MIX) -> BatchMaker:
@@ -208,10 +205,8 @@ def make_vision_batch_maker(processor: Gemma4Processor, batch_size: int, mix: Mi
     source = PictureSource(mix)
 
     def make_batch(rng: random.Random) -> Batch:
-        scenes = [rng.choice(SCENES) for _ in range(batch_size)]
-        images = [source.drawing(rng, scene).image for scene in scenes]
+        images, labels = labelled_pictures(rng, source, batch_size)
         pixels = processor.image_processor(images=images, return_tensors="pt")
-        labels = torch.tensor([scene_labels(scene) for scene in scenes])
         return {"pixel_values": pixels["pixel_values"], "image_position_ids": pixels["image_position_ids"],
                 "labels": labels}
 

@@ -51,7 +51,7 @@ from vlm_notebook.training.loop import Batch, BatchMaker, Logger, TrainConfig, T
 from vlm_notebook.training.pictures import Mix, PictureSource
 from vlm_notebook.training.robustness import iou
 from vlm_notebook.training.tokenizer import build_tokenizer
-from vlm_notebook.training.vision import PooledClassifier, scene_labels
+from vlm_notebook.training.vision import PooledClassifier, labelled_pictures
 
 IMAGE_SIZE = 64
 RANDOM_PICTURES = 200  # pictures as users send them in the evaluation (``training.robustness``)
@@ -345,10 +345,9 @@ def make_vision_batch_maker(config: MoondreamConfig, recipe: Recipe) -> BatchMak
     source = PictureSource(recipe.mix, IMAGE_SIZE)
 
     def make_batch(rng: random.Random) -> Batch:
-        scenes = [rng.choice(SCENES) for _ in range(recipe.batch_size)]
-        drawings = [source.drawing(rng, scene) for scene in scenes]
-        pixels = torch.cat([overlap_crops(d.image, config.vision).pixels[:1] for d in drawings])
-        return {"pixel_values": pixels, "labels": torch.tensor([scene_labels(s) for s in scenes])}
+        images, labels = labelled_pictures(rng, source, recipe.batch_size)
+        pixels = torch.cat([overlap_crops(image, config.vision).pixels[:1] for image in images])
+        return {"pixel_values": pixels, "labels": labels}
 
     return make_batch
 

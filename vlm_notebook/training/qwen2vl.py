@@ -50,7 +50,7 @@ from vlm_notebook.training.loop import (
 )
 from vlm_notebook.training.pictures import DEFAULT_MIX, Mix, PictureSource
 from vlm_notebook.training.tokenizer import build_tokenizer
-from vlm_notebook.training.vision import LABEL_SIZES, ClassifierOutput, scene_labels
+from vlm_notebook.training.vision import SceneHeads, labelled_pictures
 
 IMAGE_SIZE = 112
 PATCH_SIZE = 14
@@ -234,10 +234,8 @@ def make_vision_batch_maker(
     source = PictureSource(mix)
 
     def make_batch(rng: random.Random) -> Batch:
-        scenes = [rng.choice(SCENES) for _ in range(batch_size)]
-        images = [source.drawing(rng, scene).image for scene in scenes]
+        images, labels = labelled_pictures(rng, source, batch_size)
         pixels = processor.image_processor(images=images, return_tensors="pt")
-        labels = torch.tensor([scene_labels(scene) for scene in scenes])
         return {"pixel_values": pixels["pixel_values"], "grid_thw": pixels["image_grid_thw"], "labels": labels}
 
     return make_batch
@@ -250,15 +248,13 @@ class _VisionClassifier(torch.nn.Module):
     def __init__(self, visual: torch.nn.Module, width: int):
         super().__init__()
         self.visual = visual
-        self.heads = torch.nn.ModuleList(torch.nn.Linear(width, n) for n in LABEL_SIZES)
+        self.heads = SceneHeads(width)
 
     def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor, labels: torch.Tensor) -> Any:
         merged = self.visual(pixel_values, grid_thw=grid_thw).pooler_output  # (image tokens of all pictures, width)
         counts = (grid_thw.prod(dim=1) // MERGE_SIZE**2).tolist()  # pictures of other shapes have other counts
         pooled = torch.stack([tokens.mean(dim=0) for tokens in merged.split(counts)])  # (pictures, width)
-        logits = [head(pooled) for head in self.heads]
-        losses = [torch.nn.functional.cross_entropy(out, labels[:, i]) for i, out in enumerate(logits)]
-        return ClassifierOutput(loss=torch.stack(losses).sum(), logits=logits)
+        return self.heads(pooled, labels)
 
 
 def make_batch_maker(processor: Qwen2VLProcessor, batch_size: int, mix: Mix = DEFAULT_MIX) -> BatchMaker:

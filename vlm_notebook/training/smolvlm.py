@@ -47,7 +47,7 @@ from vlm_notebook.training.loop import (
 )
 from vlm_notebook.training.pictures import DEFAULT_MIX, Mix, PictureSource
 from vlm_notebook.training.tokenizer import build_tokenizer
-from vlm_notebook.training.vision import PooledClassifier, scene_labels
+from vlm_notebook.training.vision import PooledClassifier, labelled_pictures
 
 IMAGE_SIZE = 64
 PATCH_SIZE = 8
@@ -232,10 +232,8 @@ def make_vision_batch_maker(
     source = PictureSource(mix, IMAGE_SIZE)
 
     def make_batch(rng: random.Random) -> Batch:
-        scenes = [rng.choice(SCENES) for _ in range(batch_size)]
-        images = [[source.drawing(rng, scene).image] for scene in scenes]
-        pixels = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
-        labels = torch.tensor([scene_labels(scene) for scene in scenes])
+        images, labels = labelled_pictures(rng, source, batch_size)
+        pixels = processor.image_processor(images=[[image] for image in images], return_tensors="pt")["pixel_values"]
         return {"pixel_values": pixels[:, 0], "labels": labels}
 
     return make_batch

@@ -10,13 +10,16 @@ takes ``pixel_values`` and returns an object with ``last_hidden_state``.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from PIL import Image
 from torch import nn
 
 from vlm_notebook import shapes
+from vlm_notebook.training.pictures import PictureSource
 
 LABEL_SIZES: tuple[int, ...] = (len(shapes.SHAPES), len(shapes.COLOURS), len(shapes.BACKGROUNDS))
 
@@ -38,17 +41,37 @@ class ClassifierOutput:
     logits: list[torch.Tensor]
 
 
+def labelled_pictures(rng: random.Random, source: PictureSource, count: int) -> tuple[list[Image.Image], torch.Tensor]:
+    """``count`` pictures of random scenes from ``source`` and their labels, (count, 3) class indices."""
+    scenes = [rng.choice(shapes.all_scenes()) for _ in range(count)]
+    images = [source.drawing(rng, scene).image for scene in scenes]
+    return images, torch.tensor([scene_labels(scene) for scene in scenes])
+
+
+class SceneHeads(nn.Module):
+    """One linear head per label (shape, colour, background) on pooled vision features."""
+
+    def __init__(self, width: int, label_sizes: Sequence[int] = LABEL_SIZES) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(nn.Linear(width, n) for n in label_sizes)
+
+    def forward(self, pooled: torch.Tensor, labels: torch.Tensor) -> ClassifierOutput:
+        """Sum of the heads' cross-entropies; ``pooled`` is (batch, width), ``labels`` (batch, heads)."""
+        logits = [head(pooled) for head in self.heads]
+        losses = [nn.functional.cross_entropy(out, labels[:, i]) for i, out in enumerate(logits)]
+        return ClassifierOutput(loss=torch.stack(losses).sum(), logits=logits)
+
+
 class PooledClassifier(nn.Module):
     """Linear heads on the mean of a vision tower's output tokens, one head per label."""
 
     def __init__(self, tower: nn.Module, width: int, label_sizes: Sequence[int] = LABEL_SIZES) -> None:
         super().__init__()
         self.tower = tower
-        self.heads = nn.ModuleList(nn.Linear(width, n) for n in label_sizes)
+        self.heads = SceneHeads(width, label_sizes)
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> ClassifierOutput:
         """Sum of the heads' cross-entropies; ``labels`` is (batch, number of heads)."""
         pooled = self.tower(pixel_values=pixel_values).last_hidden_state.mean(dim=1)
-        logits = [head(pooled) for head in self.heads]
-        losses = [nn.functional.cross_entropy(out, labels[:, i]) for i, out in enumerate(logits)]
-        return ClassifierOutput(loss=torch.stack(losses).sum(), logits=logits)
+        result: ClassifierOutput = self.heads(pooled, labels)
+        return result
