@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -50,12 +51,18 @@ def test_every_question_is_answered_exactly(shapes_gemma4: TransformersModel) ->
     assert not wrong, f"{len(wrong)} answers wrong: {wrong}"
 
 
+@pytest.fixture(scope="module")
+def transformers_alone() -> tuple[Any, Any]:
+    """The checkpoint's processor and model loaded by transformers itself, no vlm-notebook in between."""
+    return evaluate.load(Path(registry.resolve("shapes-gemma4").source), load_image_only_processor)
+
+
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("scene", SCENES[::9], ids=lambda s: f"{s.colour}-{s.shape}-on-{s.background}")
 def test_streamed_text_is_the_plain_text_and_transformers_own_answer(
-    shapes_gemma4: TransformersModel, scene: shapes.Scene
+    shapes_gemma4: TransformersModel, transformers_alone: tuple[Any, Any], scene: shapes.Scene
 ) -> None:
-    processor, reference = evaluate.load(Path(registry.resolve("shapes-gemma4").source), load_image_only_processor)
+    processor, reference = transformers_alone
     for question in ("Describe this image.", *(q for q, _ in shapes.questions(scene))):
         stream = shapes_gemma4.query(picture(scene), question, stream=True)
         assert isinstance(stream, TextStream)
