@@ -13,7 +13,8 @@ EDITABLE := --no-deps --no-build-isolation -e .
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: setup setup-demo system-packages demo test lint checkpoint benchmark notebooks lock test-latest clean
+.PHONY: setup setup-demo system-packages demo test test-torchvision lint checkpoint benchmark notebooks lock \
+	test-latest clean
 
 setup: system-packages $(DEV_STAMP)
 setup-demo: $(RUNTIME_STAMP)
@@ -65,6 +66,30 @@ lint: setup
 
 test: lint
 	HF_HUB_OFFLINE=1 $(BIN)/pytest
+	$(MAKE) test-torchvision
+
+# Most users have torchvision, and some processors exist only for it (LFM2-VL's image processor):
+# the generic family's tests run again in a second environment that has it. PyPI's torchvision does
+# not import beside the lock's CPU torch, so that environment takes torch 2.14.1 with torchvision
+# 0.29.1 (a CUDA build that also runs on the CPU, about 5.5 GB; pip takes it from this project's
+# machines' disk), and every other package of the lock.
+TV_VENV := .venv-torchvision
+TV_STAMP := $(TV_VENV)/.installed
+TORCHVISION := torch==2.14.1 torchvision==0.29.1
+
+$(TV_STAMP): pyproject.toml $(LOCK)
+	rm -rf $(TV_VENV)
+	$(PYTHON) -m venv $(TV_VENV)
+	grep -E '^(pip|setuptools)==' $(LOCK) | xargs $(TV_VENV)/bin/pip install --quiet
+	$(TV_VENV)/bin/pip install --quiet $(TORCHVISION)
+	grep -v '^torch==' $(LOCK) > $(TV_VENV)/lock-but-torch.txt
+	$(TV_VENV)/bin/pip install --quiet -r $(TV_VENV)/lock-but-torch.txt
+	$(TV_VENV)/bin/pip install --quiet $(EDITABLE)
+	$(TV_VENV)/bin/pip check
+	touch $@
+
+test-torchvision: $(TV_STAMP)
+	HF_HUB_OFFLINE=1 $(TV_VENV)/bin/pytest tests/test_generic.py
 
 # Renew requirements/test.lock: the newest releases that pyproject.toml admits, installed into a
 # scratch environment the way the lock is installed, then frozen. Review the diff, run make test.
@@ -107,4 +132,4 @@ notebooks: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python notebooks/execute.py
 
 clean:
-	rm -rf $(VENV) .venv-lock .venv-latest .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(TV_VENV) .venv-lock .venv-latest .mypy_cache .ruff_cache .pytest_cache

@@ -2,8 +2,8 @@
 
 Each is the model type's real transformers classes at a shrunk size (published-style config with
 small widths and depths), its real processor class with a small byte-level BPE carrying the model's
-special tokens, its PIL image processor (no torchvision) and a chat template in the style of the
-published one, saved with ``save_pretrained`` like a Hub checkpoint.
+special tokens, its PIL image processor (no torchvision; LFM2-VL's exists only for torchvision) and
+a chat template in the style of the published one, saved with ``save_pretrained`` like a Hub checkpoint.
 """
 
 from __future__ import annotations
@@ -63,6 +63,16 @@ GEMMA_NAMED = {"boi_token": "<|image>", "eoi_token": "<image|>", "image_token": 
                "boa_token": "<|audio>", "eoa_token": "<audio|>", "audio_token": "<|audio|>"}
 GEMMA_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<|turn>", "<turn|>", "<|video|>", *GEMMA_NAMED.values()]
 LLAVA_SPECIALS = ["<unk>", "<s>", "</s>", "<image>", "<pad>"]
+LFM2_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+#: LFM2-VL's picture markers: around the picture, before the thumbnail, before each tile of a 2x2 grid.
+LFM2_PICTURE = ["<|image_start|>", "<|image_end|>", "<|img_thumbnail|>",
+                *(f"<|img_row_{row}_col_{col}|>" for row in (1, 2) for col in (1, 2))]
+LFM2_SPECIALS = ["<|pad|>", "<|startoftext|>", "<|im_start|>", "<|im_end|>", "<image>", *LFM2_PICTURE]
 
 TEXT = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
         "num_key_value_heads": 1, "max_position_embeddings": 1024}
@@ -200,8 +210,34 @@ def llava() -> tuple[Any, Any]:
     return processor, config
 
 
+def lfm2_vl() -> tuple[Any, Any]:
+    """LFM2-VL: a SigLIP2 tower with native aspect ratios, tiles and a thumbnail for large pictures, and
+    LFM2's hybrid text model (short convolutions and attention). Its image processor needs torchvision."""
+    from transformers import Lfm2VlImageProcessor, Lfm2VlProcessor
+
+    tokenizer = _tokenizer(LFM2_SPECIALS, "<|im_end|>", "<|pad|>", bos_token="<|startoftext|>")
+    # patch 8, pixels unshuffled 2x2: 4 to 16 image tokens; a picture larger than 2x that is cut in 32 px tiles
+    image_processor = Lfm2VlImageProcessor(
+        encoder_patch_size=8, downsample_factor=2, min_image_tokens=4, max_image_tokens=16, tile_size=32,
+        min_tiles=2, max_tiles=4,
+    )
+    processor = Lfm2VlProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=LFM2_TEMPLATE)
+    vision = {"model_type": "siglip2_vision_model", "hidden_size": 32, "intermediate_size": 64,
+              "num_hidden_layers": 2, "num_attention_heads": 2, "patch_size": 8, "num_patches": 64,
+              "vision_use_head": False}
+    text = {"model_type": "lfm2", **TEXT, "vocab_size": len(tokenizer), "layer_types":
+            ["conv", "full_attention"], "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    config = AutoConfig.for_model(
+        "lfm2_vl", vision_config=vision, text_config=text, image_token_id=_ids(tokenizer, "<image>")[0],
+        projector_hidden_size=32, downsample_factor=2, tie_word_embeddings=False,
+    )
+    return processor, config
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "qwen3_vl": qwen3_vl, "qwen3_5": qwen3_5, "gemma4": gemma4, "llava": llava, "qwen2_5_vl": qwen2_5_vl,
+    "lfm2_vl": lfm2_vl,
 }
 
 

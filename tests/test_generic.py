@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import random
 import threading
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText
 from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
 
 from vlm_notebook import CheckpointError, CheckpointNotAvailableError, UnknownModelError, get_model, registry, shapes
+from vlm_notebook.images import load_image
 from vlm_notebook.models import Qwen2VL
 from vlm_notebook.models.generic import TransformersModel, load_processor
 from vlm_notebook.models.hf import TransformersVLM
@@ -30,12 +32,18 @@ from vlm_notebook.stream import TextStream
 TOKENS = 12
 QUESTION = "What colour is the shape?"
 FOLLOW_UP = "What shape is it?"
+HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
+#: LFM2-VL's image processor exists only for torchvision: its tests run where torchvision is installed
+#: (``make test-torchvision``, part of ``make test``).
+NEEDS_TORCHVISION = pytest.mark.skipif(not HAS_TORCHVISION, reason="LFM2-VL's image processor needs torchvision")
 #: Model types that have a registry name but no named family, one (llava) with no name at all, and
 #: Qwen2.5-VL, which loads as the named Qwen2-VL family (a small specialization of the same class).
-MODEL_TYPES = ["qwen3_vl", "qwen3_5", "gemma4", "llava", "qwen2_5_vl"]
+MODEL_TYPES = ["qwen3_vl", "qwen3_5", "gemma4", "llava", "qwen2_5_vl", pytest.param("lfm2_vl", marks=NEEDS_TORCHVISION)]
 
 
 RED_CIRCLE = shapes.Scene("circle", "red", "white")
+#: 198x90 pictures: larger than the tiny processors' pixel budgets, and LFM2-VL's cut into two tiles.
+WIDE = shapes.RandomSettings(aspect=(2.2, 2.2), short_side=(90, 90), formats=("PNG",))
 
 
 def picture(scene: shapes.Scene = RED_CIRCLE) -> Image.Image:
@@ -45,7 +53,8 @@ def picture(scene: shapes.Scene = RED_CIRCLE) -> Image.Image:
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("generic")
-    return {model_type: build(model_type, root / model_type) for model_type in BUILDERS}
+    buildable = [model_type for model_type in BUILDERS if HAS_TORCHVISION or model_type != "lfm2_vl"]
+    return {model_type: build(model_type, root / model_type) for model_type in buildable}
 
 
 @pytest.fixture(scope="module", params=MODEL_TYPES)
@@ -104,6 +113,26 @@ def test_a_follow_up_reuses_the_picture_and_answers_as_if_asked_cold(loaded: tup
     cold = model.query(picture(), FOLLOW_UP, max_new_tokens=TOKENS)
     assert reused == cold == reference_answer(directory, picture(), FOLLOW_UP)
     assert first.text == reference_answer(directory, picture(), QUESTION)
+
+
+@pytest.mark.timeout(120)
+def test_a_large_wide_picture_answers_as_transformers_generate_does(loaded: tuple[TransformersVLM, Path]) -> None:
+    """Each processor's own sizing: resized to its pixel budget, or cut into tiles with a thumbnail (LFM2-VL)."""
+    model, directory = loaded
+    image = load_image(shapes.random_picture(random.Random(5), RED_CIRCLE, WIDE).data)
+    stream = model.query(image, QUESTION, stream=True, max_new_tokens=TOKENS)
+    assert stream.wait(60) == reference_answer(directory, image, QUESTION)
+
+
+@NEEDS_TORCHVISION
+@pytest.mark.timeout(120)
+def test_lfm2_vl_cuts_a_large_picture_into_tiles_and_adds_a_thumbnail(checkpoints: dict[str, Path]) -> None:
+    model = get_model(checkpoints["lfm2_vl"], device="cpu", dtype="float32")
+    stream = model.query(load_image(shapes.random_picture(random.Random(5), RED_CIRCLE, WIDE).data), QUESTION,
+                         stream=True, max_new_tokens=TOKENS)
+    stream.wait(60)
+    # two 32 px tiles of 2x2 tokens (patch 8, 2x2 unshuffled), and the whole picture as a 5x2-token thumbnail
+    assert stream.stats.image_tokens == 2 * 4 + 5 * 2
 
 
 @pytest.mark.timeout(120)
@@ -185,7 +214,7 @@ def test_a_model_type_transformers_cannot_caption_with_is_refused(tmp_path: Path
 @pytest.mark.timeout(60)
 def test_an_image_processor_that_needs_torchvision_says_to_install_it(tmp_path: Path) -> None:
     """LFM2-VL's image processor has no PIL version: without torchvision the error says what to install."""
-    if importlib.util.find_spec("torchvision") is not None:
+    if HAS_TORCHVISION:
         pytest.skip("this environment has torchvision")
     directory = build("llava", tmp_path / "lfm2")
     set_config(directory, model_type="lfm2_vl")

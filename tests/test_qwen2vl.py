@@ -4,6 +4,8 @@ whole-character Japanese streaming, picture-size control, and clean refusals."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 
 from vlm_notebook import CheckpointError, RequestError, shapes
@@ -133,4 +135,8 @@ def test_the_checkpoint_is_not_a_smolvlm() -> None:
 
 
 def test_the_processor_needs_no_video_part(shapes_qwen2vl: Qwen2VL) -> None:
-    assert shapes_qwen2vl.processor.image_processor.__class__.__name__ == "Qwen2VLImageProcessorPil"
+    """Without torchvision the PIL image processor and no video part; with it (make test-torchvision),
+    the torchvision image processor that transformers' own ``AutoProcessor`` picks."""
+    has_torchvision = importlib.util.find_spec("torchvision") is not None
+    expected = "Qwen2VLImageProcessor" if has_torchvision else "Qwen2VLImageProcessorPil"
+    assert shapes_qwen2vl.processor.image_processor.__class__.__name__ == expected
