@@ -68,20 +68,22 @@ test: lint
 	HF_HUB_OFFLINE=1 $(BIN)/pytest
 	$(MAKE) test-torchvision
 
-# Most users have torchvision, and some processors exist only for it (LFM2-VL's image processor):
-# the generic family's tests run again in a second environment that has it. PyPI's torchvision does
-# not import beside the lock's CPU torch, so that environment takes torch 2.14.1 with torchvision
-# 0.29.1 (a CUDA build that also runs on the CPU, about 5.5 GB; pip takes it from this project's
-# machines' disk), and every other package of the lock.
+# Most users have torchvision, and some models need it (LFM2-VL's image processor exists only for
+# it; FastVLM's vision tower is a timm model, and timm needs torchvision): the generic family's
+# tests and the shipped checkpoints' exact answers run again in a second environment that has both.
+# PyPI's torchvision does not import beside the lock's CPU torch, so that environment takes torch
+# 2.14.1 with torchvision 0.29.1 (a CUDA build that also runs on the CPU, about 5.5 GB; pip takes it
+# from this project's machines' disk) and timm, as $(TORCHVISION) pins them, and the lock's other packages.
 TV_VENV := .venv-torchvision
 TV_STAMP := $(TV_VENV)/.installed
-TORCHVISION := torch==2.14.1 torchvision==0.29.1
+TORCHVISION := requirements/torchvision.txt
+TORCHVISION_TESTS := tests/test_generic.py tests/test_qwen2vl.py tests/test_smolvlm.py tests/test_shapes_gemma4.py
 
-$(TV_STAMP): pyproject.toml $(LOCK)
+$(TV_STAMP): pyproject.toml $(LOCK) $(TORCHVISION)
 	rm -rf $(TV_VENV)
 	$(PYTHON) -m venv $(TV_VENV)
 	grep -E '^(pip|setuptools)==' $(LOCK) | xargs $(TV_VENV)/bin/pip install --quiet
-	$(TV_VENV)/bin/pip install --quiet $(TORCHVISION)
+	$(TV_VENV)/bin/pip install --quiet -r $(TORCHVISION)
 	grep -v '^torch==' $(LOCK) > $(TV_VENV)/lock-but-torch.txt
 	$(TV_VENV)/bin/pip install --quiet -r $(TV_VENV)/lock-but-torch.txt
 	$(TV_VENV)/bin/pip install --quiet $(EDITABLE)
@@ -89,7 +91,7 @@ $(TV_STAMP): pyproject.toml $(LOCK)
 	touch $@
 
 test-torchvision: $(TV_STAMP)
-	HF_HUB_OFFLINE=1 $(TV_VENV)/bin/pytest tests/test_generic.py
+	HF_HUB_OFFLINE=1 $(TV_VENV)/bin/pytest $(TORCHVISION_TESTS)
 
 # Renew requirements/test.lock: the newest releases that pyproject.toml admits, installed into a
 # scratch environment the way the lock is installed, then frozen. Review the diff, run make test.

@@ -235,9 +235,35 @@ def lfm2_vl() -> tuple[Any, Any]:
     return processor, config
 
 
+FASTVLM_TEMPLATE = QWEN_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<image>\n")
+
+
+def fast_vlm() -> tuple[Any, Any]:
+    """FastVLM: LLaVA's layout with a FastViT-HD tower (a timm model: needs timm, which needs torchvision),
+    Qwen2 as the text model; one image token per 8x8 pixels of the tiny tower's 32 px input."""
+    tokenizer = _tokenizer([*QWEN_SPECIALS, "<image>"], "<|im_end|>", "<|endoftext|>", image_token="<image>")
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor = LlavaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=8, vision_feature_select_strategy="full",
+        chat_template=FASTVLM_TEMPLATE, num_additional_image_tokens=0,
+    )
+    stages = {"inference_mode": True, "layers": (2, 2), "embed_dims": (8, 16), "mlp_ratios": (4, 4),
+              "se_downsamples": (False, False), "downsamples": (False, True), "pos_embs": (None, None),
+              "token_mixers": ("repmixer", "repmixer"), "lkc_use_act": True, "stem_use_scale_branch": False}
+    vision = {"model_type": "timm_wrapper", "architecture": "fastvit_mci3", "hidden_size": 32,
+              "do_pooling": True, "global_pool": "avg", "model_args": stages}
+    text = {"model_type": "qwen2", **TEXT, "vocab_size": len(tokenizer), "bos_token_id": None,
+            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    config = AutoConfig.for_model(
+        "fast_vlm", vision_config=vision, text_config=text, image_token_index=_ids(tokenizer, "<image>")[0],
+        image_seq_length=16,
+    )
+    return processor, config
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "qwen3_vl": qwen3_vl, "qwen3_5": qwen3_5, "gemma4": gemma4, "llava": llava, "qwen2_5_vl": qwen2_5_vl,
-    "lfm2_vl": lfm2_vl,
+    "lfm2_vl": lfm2_vl, "fast_vlm": fast_vlm,
 }
 
 

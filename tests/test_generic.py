@@ -33,12 +33,17 @@ TOKENS = 12
 QUESTION = "What colour is the shape?"
 FOLLOW_UP = "What shape is it?"
 HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
-#: LFM2-VL's image processor exists only for torchvision: its tests run where torchvision is installed
-#: (``make test-torchvision``, part of ``make test``).
+HAS_TIMM = importlib.util.find_spec("timm") is not None
+#: LFM2-VL's image processor exists only for torchvision, FastVLM's vision tower is a timm model: their
+#: tests run in the environment that has both (``make test-torchvision``, part of ``make test``).
 NEEDS_TORCHVISION = pytest.mark.skipif(not HAS_TORCHVISION, reason="LFM2-VL's image processor needs torchvision")
-#: Model types that have a registry name but no named family, one (llava) with no name at all, and
-#: Qwen2.5-VL, which loads as the named Qwen2-VL family (a small specialization of the same class).
-MODEL_TYPES = ["qwen3_vl", "qwen3_5", "gemma4", "llava", "qwen2_5_vl", pytest.param("lfm2_vl", marks=NEEDS_TORCHVISION)]
+NEEDS_TIMM = pytest.mark.skipif(not HAS_TIMM, reason="FastVLM's vision tower needs timm")
+#: Model types that have a registry name but no named family, two (llava, fast_vlm) with no name at all,
+#: and Qwen2.5-VL, which loads as the named Qwen2-VL family (a small specialization of the same class).
+MODEL_TYPES = [
+    "qwen3_vl", "qwen3_5", "gemma4", "llava", "qwen2_5_vl",
+    pytest.param("lfm2_vl", marks=NEEDS_TORCHVISION), pytest.param("fast_vlm", marks=NEEDS_TIMM),
+]
 
 
 RED_CIRCLE = shapes.Scene("circle", "red", "white")
@@ -53,7 +58,8 @@ def picture(scene: shapes.Scene = RED_CIRCLE) -> Image.Image:
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("generic")
-    buildable = [model_type for model_type in BUILDERS if HAS_TORCHVISION or model_type != "lfm2_vl"]
+    missing = {"lfm2_vl": not HAS_TORCHVISION, "fast_vlm": not HAS_TIMM}
+    buildable = [model_type for model_type in BUILDERS if not missing.get(model_type)]
     return {model_type: build(model_type, root / model_type) for model_type in buildable}
 
 
@@ -165,7 +171,9 @@ def test_the_model_reports_where_it_runs(loaded: tuple[TransformersVLM, Path]) -
 
 def test_the_processor_is_the_model_types_own_even_without_torchvision(loaded: tuple[TransformersVLM, Path]) -> None:
     model, directory = loaded
-    own = PROCESSOR_MAPPING_NAMES[json.loads((directory / "config.json").read_text())["model_type"]]
+    model_type = json.loads((directory / "config.json").read_text())["model_type"]
+    saved = json.loads((directory / "processor_config.json").read_text())["processor_class"]
+    own = PROCESSOR_MAPPING_NAMES.get(model_type, saved)  # FastVLM has no mapping: its checkpoint names LLaVA's
     assert any(base.__name__ == own for base in type(model.processor).__mro__)
     assert model.processor.chat_template == (directory / "chat_template.jinja").read_text()
 
@@ -245,7 +253,7 @@ def test_concurrent_questions_are_answered_one_at_a_time(loaded: tuple[Transform
 @pytest.mark.timeout(60)
 def test_a_vision_tower_that_needs_timm_says_to_install_it(tmp_path: Path) -> None:
     """FastVLM's vision tower is a timm model: without timm the error names the package."""
-    if importlib.util.find_spec("timm") is not None:
+    if HAS_TIMM:
         pytest.skip("this environment has timm")
     directory = build("llava", tmp_path / "fastvlm")
     config = AutoConfig.for_model("fast_vlm").to_dict()
