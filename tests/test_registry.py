@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from vlm_notebook import CheckpointError, UnknownModelError, get_model, hub, known_models
+from vlm_notebook import CheckpointError, CheckpointNotAvailableError, UnknownModelError, get_model, hub, known_models
+from vlm_notebook.cli import main
 from vlm_notebook.models import SmolVLM
 from vlm_notebook.registry import resolve
 
@@ -107,3 +109,33 @@ def test_loading_a_name_that_cannot_be_a_hub_id_says_so() -> None:
     with pytest.raises(CheckpointError, match="'someone/not a repo' is not a Hub repository id"):
         model.load()
     assert not model.loaded
+
+
+#: The names of the models issue #19 lists (and the families' defaults): each loads a fixed revision.
+PINNED_NAMES = ["smolvlm-256m", "qwen2.5-vl-3b", "qwen3.5-0.8b", "qwen3.5-2b", "qwen3-vl-2b", "qwen3-vl-4b",
+                "gemma-4-e2b", "gemma-4-e4b", "lfm2.5-vl-450m", "lfm2.5-vl-1.6b", "moondream2"]
+
+
+@pytest.mark.parametrize("name", PINNED_NAMES)
+def test_a_named_hub_model_loads_its_pinned_revision_unless_told_otherwise(name: str) -> None:
+    entry = resolve(name)
+    assert entry.revision is not None
+    assert re.fullmatch(r"[0-9a-f]{40}", entry.revision) or entry.revision == "2025-06-21"  # Moondream's release tag
+    assert get_model(name).revision == entry.revision
+    assert get_model(entry.source).revision == entry.revision  # by Hub id too
+    assert type(get_model(name))(name, revision="main").revision == "main"
+
+
+def test_a_model_not_in_the_cache_says_how_to_fetch_its_pinned_revision() -> None:
+    model = get_model("qwen3.5-0.8b")
+    fetch = rf"hf download Qwen/Qwen3\.5-0\.8B --revision {model.revision}"
+    with pytest.raises(CheckpointNotAvailableError, match=fetch):
+        model.load()
+
+
+def test_the_models_listing_shows_each_pinned_revision(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models"]) == 0
+    listing = capsys.readouterr().out
+    assert "google/gemma-4-E2B-it @ 3e22461f65e89153144f8adb70e3b8c2cc9845a7" in listing
+    assert "vikhyatk/moondream2 @ 2025-06-21" in listing
+    assert "smolvlm-500m" in listing and "HuggingFaceTB/SmolVLM-500M-Instruct @" not in listing  # not pinned

@@ -266,6 +266,5 @@ def _run_models(args: argparse.Namespace) -> int:
     name_width = max(len(entry.name) for entry in entries)
     family_width = max(len(entry.family) for entry in entries)
     for entry in entries:
-        where = "shipped, offline" if entry.shipped else entry.source
-        print(f"{entry.name:{name_width}}  {entry.family:{family_width}}  {where}")
+        print(f"{entry.name:{name_width}}  {entry.family:{family_width}}  {entry.origin}")
     return 0

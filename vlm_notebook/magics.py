@@ -161,9 +161,8 @@ class VLMMagics(Magics):
         loaded = {model.entry.name for model in self._models.values()}
         rows = [("name", "family", "loaded", "offline", "source")]
         for entry in registry.known_models():
-            offline = "yes" if hub.is_available_offline(entry.source) else "no"
-            source = "shipped with vlm-notebook" if entry.shipped else entry.source
-            rows.append((entry.name, entry.family, "yes" if entry.name in loaded else "no", offline, source))
+            offline = "yes" if hub.is_available_offline(entry.source, entry.revision) else "no"
+            rows.append((entry.name, entry.family, "yes" if entry.name in loaded else "no", offline, entry.origin))
         widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
         for row in rows:  # each column as wide as its longest value, so every row lines up
             print(" ".join(value.ljust(width) for value, width in zip(row[:-1], widths, strict=True)), row[-1])

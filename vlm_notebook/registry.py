@@ -47,10 +47,19 @@ class ModelEntry:
     family: str
     source: str  # Hub id ("org/name") or an absolute directory
     description: str = ""
+    #: The Hub revision the name loads unless the caller passes ``revision=`` (None: the default branch).
+    revision: str | None = None
 
     @property
     def shipped(self) -> bool:
         return Path(self.source).is_absolute()
+
+    @property
+    def origin(self) -> str:
+        """Where the weights come from, for listings: the Hub id and its pinned revision, or "shipped"."""
+        if self.shipped:
+            return "shipped with vlm-notebook"
+        return f"{self.source} @ {self.revision}" if self.revision else self.source
 
 
 _ENTRIES: dict[str, ModelEntry] = {}
@@ -76,7 +85,7 @@ _HUB_MODELS = [
     ("qwen2.5-vl-3b", "qwen2vl", "Qwen/Qwen2.5-VL-3B-Instruct", "Qwen2.5-VL 3B"),
     ("qwen2.5-vl-7b", "qwen2vl", "Qwen/Qwen2.5-VL-7B-Instruct", "Qwen2.5-VL 7B"),
     ("moondream2", "moondream", "vikhyatk/moondream2", "Moondream 2 (release 2025-06-21), native"),
-    # the generic family: model types transformers knows, no per-family code (revisions not pinned yet)
+    # the generic family: model types transformers knows, no per-family code
     ("qwen3.5-0.8b", "transformers", "Qwen/Qwen3.5-0.8B", "Qwen3.5 0.8B (qwen3_5)"),
     ("qwen3.5-2b", "transformers", "Qwen/Qwen3.5-2B", "Qwen3.5 2B (qwen3_5)"),
     ("qwen3-vl-2b", "transformers", "Qwen/Qwen3-VL-2B-Instruct", "Qwen3-VL 2B (qwen3_vl)"),
@@ -89,6 +98,24 @@ _HUB_MODELS = [
     # copies are community uploads not checked here; a local copy loads with get_model(directory).
 ]
 
+#: Hub id -> the revision its short name loads, so that a name gives the same weights every day.
+#: Moondream's is the release our native code follows. The commit ids were read from public
+#: project files that pin them (the Hub itself was out of reach when they were written down):
+#: ``revision="main"`` loads the newest.
+PINNED_REVISIONS: dict[str, str] = {
+    "vikhyatk/moondream2": "2025-06-21",
+    "HuggingFaceTB/SmolVLM-256M-Instruct": "7e3e67edbbed1bf9888184d9df282b700a323964",
+    "Qwen/Qwen2.5-VL-3B-Instruct": "66285546d2b821cf421d4f5eb2576359d3770cd3",
+    "Qwen/Qwen3.5-0.8B": "2fc06364715b967f1860aea9cf38778875588b17",
+    "Qwen/Qwen3.5-2B": "15852e8c16360a2fea060d615a32b45270f8a8fc",
+    "Qwen/Qwen3-VL-2B-Instruct": "89644892e4d85e24eaac8bacfd4f463576704203",
+    "Qwen/Qwen3-VL-4B-Instruct": "ebb281ec70b05090aa6165b016eac8ec08e71b17",
+    "google/gemma-4-E2B-it": "3e22461f65e89153144f8adb70e3b8c2cc9845a7",
+    "google/gemma-4-E4B-it": "ee0ef6023621cff504d758262d4e04895a5af4a2",
+    "LiquidAI/LFM2.5-VL-450M": "fc6221ca597f3315e4f82fc2df606783267b34ba",
+    "LiquidAI/LFM2.5-VL-1.6B": "919fde3d022e3f90a4716006f993938ee8c2eb97",
+}
+
 #: (name, family, description) of the checkpoints shipped in ``CHECKPOINTS_DIR/name``
 _SHIPPED_MODELS = [
     ("shapes-smolvlm", "smolvlm", "tiny SmolVLM trained on shapes, offline"),
@@ -100,7 +127,7 @@ _SHIPPED_MODELS = [
 
 def _register_defaults() -> None:
     for name, family, hub_id, description in _HUB_MODELS:
-        register(ModelEntry(name, family, hub_id, description))
+        register(ModelEntry(name, family, hub_id, description, PINNED_REVISIONS.get(hub_id)))
     for name, family, description in _SHIPPED_MODELS:
         register(ModelEntry(name, family, str(CHECKPOINTS_DIR / name), description))
 

@@ -53,7 +53,7 @@ class VLM(ABC):
     def __init__(self, model: str | None = None, *, revision: str | None = None):
         self.entry = registry.resolve(model or self.default_model, family=self.family)
         self.name = self.entry.name
-        self.revision = revision
+        self.revision = revision if revision is not None else self.entry.revision
         self._generation_lock = threading.Lock()
         self._load_lock = threading.RLock()  # the format check after loading uses the loaded model
         self._loaded = False

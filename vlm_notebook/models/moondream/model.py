@@ -28,15 +28,14 @@ from .inference import encode, first_logits, generate_text, locate
 from .network import MoondreamNetwork
 from .prompts import caption_prompt, locate_prompt, query_prompt
 
-HUB_ID = "vikhyatk/moondream2"
-PINNED_REVISION = "2025-06-21"  # the release this implementation follows
 CAPTION_LENGTHS = caption_options.CAPTION_LENGTHS
 DEFAULT_MAX_OBJECTS = 50
 KEPT_IMAGES = 4  # encoded pictures kept per model for follow-up questions (~290 MB each at full size)
 
 
 class Moondream(VLM):
-    """Moondream 2 (``vikhyatk/moondream2`` at revision 2025-06-21 unless ``revision`` is given).
+    """Moondream 2 (``vikhyatk/moondream2`` at the release our code follows, pinned in the registry,
+    unless ``revision`` is given).
 
     >>> model = Moondream("shapes-moondream")
     >>> model.caption("vlm_notebook/assets/red-circle-on-white.png", length="short")
@@ -72,8 +71,6 @@ class Moondream(VLM):
         self.int8 = int8
         #: Encoded recent pictures, by content (bounded; ``image_cache.clear()`` empties it).
         self.image_cache: PrefixCache[EncodedImage] = PrefixCache(max_entries=KEPT_IMAGES)
-        if revision is None and self.entry.source == HUB_ID:
-            self.revision = PINNED_REVISION
 
     def _load(self) -> None:
         directory = checkpoint_directory(self.entry.source, self.revision, shipped=self.entry.shipped)
