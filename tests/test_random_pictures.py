@@ -19,7 +19,7 @@ from vlm_notebook.training import robustness
 TEST_SEED = 2026  # not the cards' seed (robustness.DEFAULT_SEED): these pictures were never looked at
 TEST_PICTURES = 40
 #: Pictures of the 40 each shipped checkpoint gets right, as measured (greedy decoding is deterministic).
-MIN_RIGHT = {"shapes-smolvlm": 38, "shapes-qwen2vl": 35, "shapes-moondream": 20, "shapes-gemma4": 36}
+MIN_RIGHT = {"shapes-smolvlm": 38, "shapes-qwen2vl": 32, "shapes-moondream": 20, "shapes-gemma4": 36}
 
 
 def test_random_pictures_are_repeatable_and_within_the_ranges() -> None:

@@ -78,9 +78,11 @@ def _about_qwen2vl(record: dict[str, Any]) -> list[str]:
         "",
         "## Format",
         "",
-        f"- {record['parameters']:,} parameters, fp32 safetensors; every picture is resized to about {size * size}"
-        f" pixels (min_pixels = max_pixels = {size * size}), keeping its aspect ratio: {size} x {size} for a square,",
-        f"  patch 14, temporal patch 2, merge 2 = {tokens} image tokens (a 3:1 picture: 168 x 56, 12 tokens).",
+        f"- {record['parameters']:,} parameters, fp32 safetensors; training resized every picture to about"
+        f" {size * size} pixels (min_pixels = max_pixels = {size * size}), keeping its aspect ratio: {size} x",
+        f"  {size} for a square, patch 14, temporal patch 2, merge 2 = {tokens} image tokens (a 3:1 picture: 168 x 56,",
+        "  12 tokens).",
+        *_answer_cap(record),
         "- Byte-level BPE trained on the English text only, so each Japanese, Chinese or Korean character is 3 byte",
         "  tokens; Qwen's special tokens and prompt format (our own chat template, no system turn):",
         "  `<|im_start|>user\\n<|vision_start|><|image_pad|><|vision_end|>Describe this image.<|im_end|>\\n"
@@ -90,6 +92,18 @@ def _about_qwen2vl(record: dict[str, Any]) -> list[str]:
         "  PIL image processor, the tokenizer and `chat_template.jinja`, and",
         "  `vlm_notebook.models.Qwen2VL` builds the processor from them without a video part.",
         "",
+    ]
+
+
+def _answer_cap(record: dict[str, Any]) -> list[str]:
+    """How many pixels a picture keeps when the checkpoint answers, where that differs from training."""
+    cap = record.get("answer_max_pixels")
+    if cap is None:
+        return []
+    return [
+        f"- Answering, a larger picture keeps up to {cap} pixels ({cap // 784} image tokens; `max_pixels` in",
+        "  `preprocessor_config.json`), so that a long thin picture's shape is not shrunk to a few pixels;",
+        "  a picture of at most the training size is seen as in training. The figures below use it.",
     ]
 
 
