@@ -144,11 +144,13 @@ def run_smolvlm(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _pictures(out: Path) -> dict[str, Any]:
-    """The saved checkpoint, loaded as users load it, on random pictures as users send them."""
+    """The saved checkpoint, loaded as users load it but in fp32 (the format it was trained and saved in;
+    bf16, the CPU default where the CPU has bf16 instructions, is measured apart), on random pictures
+    as users send them."""
     from vlm_notebook.registry import get_model
 
     _log(f"evaluating on {RANDOM_PICTURES} random pictures")
-    return robustness.evaluate(get_model(str(out)), RANDOM_PICTURES)
+    return {"dtype": "float32", **robustness.evaluate(get_model(str(out), dtype="float32"), RANDOM_PICTURES)}
 
 
 def run_qwen2vl(args: argparse.Namespace) -> dict[str, Any]:

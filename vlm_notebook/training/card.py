@@ -224,7 +224,7 @@ def pictures_section(pictures: dict[str, Any] | None) -> list[str]:
             pictures["per_check"] else "."
         ),
         "",
-        f"- right: {pictures['right']}/{pictures['pictures']} ({100 * pictures['rate']:.1f}%)"
+        f"- right{_format(pictures)}: {pictures['right']}/{pictures['pictures']} ({100 * pictures['rate']:.1f}%)"
         + (f"; the checkpoint before this one: {pictures['before']}" if pictures.get("before") else ""),
         *[f"  - {name}: {count}" for name, count in pictures["per_check"].items()],
         "- by kind of picture (right/pictures):",
@@ -233,6 +233,11 @@ def pictures_section(pictures: dict[str, Any] | None) -> list[str]:
         *_in_bf16(pictures.get("bf16")),
         "",
     ]
+
+
+def _format(pictures: dict[str, Any]) -> str:
+    """The number format the figures were measured in, where the record says it."""
+    return f" (in {pictures['dtype']})" if "dtype" in pictures else ""
 
 
 def _in_bf16(figures: dict[str, Any] | None) -> list[str]:
