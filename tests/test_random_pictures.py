@@ -17,9 +17,10 @@ from vlm_notebook.registry import get_model
 from vlm_notebook.training import robustness
 
 TEST_SEED = 2026  # not the cards' seed (robustness.DEFAULT_SEED): these pictures were never looked at
-TEST_PICTURES = 40
-#: Pictures of the 40 each shipped checkpoint gets right, as measured (greedy decoding is deterministic).
-MIN_RIGHT = {"shapes-smolvlm": 38, "shapes-qwen2vl": 32, "shapes-moondream": 20, "shapes-gemma4": 36}
+TEST_PICTURES = 100
+#: Pictures of the 100 each shipped checkpoint gets right: the fewer of fp32 and bf16 as measured on an
+#: Intel Xeon with AMX (greedy decoding is deterministic), less one for another CPU's rounding.
+MIN_RIGHT = {"shapes-smolvlm": 90, "shapes-qwen2vl": 84, "shapes-moondream": 43, "shapes-gemma4": 92}
 
 
 def test_random_pictures_are_repeatable_and_within_the_ranges() -> None:
