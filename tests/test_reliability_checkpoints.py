@@ -14,7 +14,7 @@ from vlm_notebook import get_model
 from vlm_notebook.errors import CheckpointError, CheckpointNotAvailableError
 from vlm_notebook.models import Qwen2VL, SmolVLM
 from vlm_notebook.models.base import VLM
-from vlm_notebook.registry import CHECKPOINTS_DIR
+from vlm_notebook.registry import CHECKPOINTS_DIR, PINNED_REVISIONS
 
 FAMILIES: dict[str, type[VLM]] = {"shapes-smolvlm": SmolVLM, "shapes-qwen2vl": Qwen2VL}
 PROCESSOR_CONFIG = {"shapes-smolvlm": "processor_config.json", "shapes-qwen2vl": "preprocessor_config.json"}
@@ -148,11 +148,14 @@ def test_a_config_of_an_unknown_kind_is_refused(config: str, message: str, tmp_p
             make(str(copy))
 
 
+SMOLVLM = "HuggingFaceTB/SmolVLM-256M-Instruct"
+
+
 @covers("not-available-offline", "nothing-half-loaded")
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     ("make", "command"),
-    [(lambda: get_model("smolvlm-256m"), "hf download HuggingFaceTB/SmolVLM-256M-Instruct"),
+    [(lambda: get_model("smolvlm-256m"), f"hf download {SMOLVLM} --revision {PINNED_REVISIONS[SMOLVLM]}"),
      (lambda: get_model("qwen2-vl-2b"), "hf download Qwen/Qwen2-VL-2B-Instruct"),
      (lambda: SmolVLM("someone/nonexistent-vlm"), "hf download someone/nonexistent-vlm")],
     ids=["smolvlm-256m", "qwen2-vl-2b", "unknown-hub-id"],
