@@ -150,7 +150,7 @@ def _pictures(out: Path) -> dict[str, Any]:
     from vlm_notebook.registry import get_model
 
     _log(f"evaluating on {RANDOM_PICTURES} random pictures")
-    return {"dtype": "float32", **robustness.evaluate(get_model(str(out), dtype="float32"), RANDOM_PICTURES)}
+    return robustness.figures(get_model(str(out), dtype="float32"), RANDOM_PICTURES)
 
 
 def run_qwen2vl(args: argparse.Namespace) -> dict[str, Any]:

@@ -425,15 +425,16 @@ def _score(model: Any, cases: list[tuple[shapes.Scene, shapes.Drawing]]) -> dict
 
 
 def evaluate_dir(directory: Path, random_seed: int) -> dict[str, Any]:
-    """Load the saved directory through ``Moondream`` and score every task on every scene,
-    canonical drawings and one random-position drawing per scene."""
+    """Load the saved directory through ``Moondream`` in fp32 (the format it was trained and saved in,
+    as the other recipes' evaluations) and score every task on every scene, canonical drawings and one
+    random-position drawing per scene, then on random pictures as users send them."""
     from vlm_notebook.models.moondream import Moondream
 
-    model = Moondream(str(directory))
+    model = Moondream(str(directory), dtype="float32")
     rng = random.Random(random_seed)
     canonical = [(scene, shapes.draw(scene, IMAGE_SIZE)) for scene in SCENES]
     placed = [(scene, shapes.draw(scene, IMAGE_SIZE, rng)) for scene in SCENES]
-    pictures = robustness.evaluate(model, RANDOM_PICTURES)
+    pictures = robustness.figures(model, RANDOM_PICTURES)
     return {"canonical": _score(model, canonical), "random": _score(model, placed), "pictures": pictures}
 
 

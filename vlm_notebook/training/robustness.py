@@ -141,6 +141,11 @@ def _failure(picture: shapes.RandomPicture, right: dict[str, bool], said: dict[s
     }
 
 
+def figures(model: Any, count: int = 200, seed: int = DEFAULT_SEED) -> dict[str, Any]:
+    """:func:`evaluate`'s figures headed by the number format ``model`` ran in (it is loaded first)."""
+    return {"dtype": model.load().dtype, **evaluate(model, count, seed)}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vlm_notebook.training.robustness")
     parser.add_argument("model", help="a model name or checkpoint directory, e.g. shapes-smolvlm")
@@ -150,9 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from vlm_notebook.registry import get_model
 
-    model = get_model(args.model, dtype=args.dtype)
-    figures = {"dtype": model.load().dtype, **evaluate(model, args.count, args.seed)}
-    print(json.dumps(figures, indent=2, ensure_ascii=False))
+    measured = figures(get_model(args.model, dtype=args.dtype), args.count, args.seed)
+    print(json.dumps(measured, indent=2, ensure_ascii=False))
     return 0
 
 
