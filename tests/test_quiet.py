@@ -10,8 +10,10 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
+from generic_checkpoints import build
 
 FAMILIES_SCRIPT = """
 from vlm_notebook import shapes
@@ -52,6 +54,27 @@ def test_loading_and_generating_print_nothing_but_the_answers(script: str) -> No
     assert result.returncode == 0, result.stderr
     assert result.stderr == "", f"the user would see this besides the answers:\n{result.stderr}"
     assert "red" in result.stdout.lower() or "赤" in result.stdout
+
+
+GENERIC_SCRIPT = """
+from vlm_notebook import get_model, shapes
+
+picture = shapes.draw(shapes.Scene("circle", "red", "white")).image
+model = get_model({directory!r})
+print(repr("".join(model.caption(picture, stream=True, max_new_tokens=6))))
+print(repr(model.query(picture, "What shape is it?", max_new_tokens=6)))
+"""
+
+
+@pytest.mark.timeout(300)
+def test_a_model_with_linear_attention_streams_without_kernel_notices(tmp_path: Path) -> None:
+    """Qwen3.5's convolution and linear-attention layers run in plain PyTorch without CUDA kernel
+    packages; transformers' notice about it stays out of the answer (a tiny random Qwen3.5)."""
+    directory = build("qwen3_5", tmp_path / "qwen3_5")
+    result = run_quietly(GENERIC_SCRIPT.format(directory=str(directory)))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "", f"the user would see this besides the answers:\n{result.stderr}"
+    assert result.stdout.count("\n") == 2
 
 
 @pytest.mark.timeout(300)

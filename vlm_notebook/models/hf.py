@@ -7,6 +7,7 @@ so shipped checkpoints, user directories and Hub checkpoints all load through th
 
 from __future__ import annotations
 
+import logging as stdlib_logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -292,6 +293,7 @@ def chat_messages(prompt: str) -> list[dict[str, Any]]:
 
 def _load_weights(directory: Path, runtime: Runtime) -> PreTrainedModel:
     check_fits(runtime, directory.glob("*.safetensors"), f"The checkpoint in {str(directory)!r}")
+    _quiet_kernel_fallbacks()
     with _no_progress_bars():  # a bar per load clutters notebook cells
         model, info = AutoModelForImageTextToText.from_pretrained(
             directory, dtype=runtime.dtype, output_loading_info=True
@@ -334,6 +336,21 @@ def _no_progress_bars() -> Iterator[None]:
     finally:
         if was_enabled:
             transformers_logging.enable_progress_bar()
+
+
+def _is_not_kernel_fallback(record: stdlib_logging.LogRecord) -> bool:
+    return "falling back to its reference PyTorch implementation" not in record.getMessage()
+
+
+def _quiet_kernel_fallbacks() -> None:
+    """Keep transformers' notice that an optional kernel package is missing out of the answers.
+
+    Models with convolution or linear-attention layers (Qwen3.5, LFM2-VL) run those layers in plain
+    PyTorch when ``causal-conv1d`` or ``flash-linear-attention`` (CUDA packages) is not installed, and
+    transformers says so on the first token, in the middle of a streamed answer. The answers are the
+    same either way; the README names the packages for CUDA users. Other warnings still show.
+    """
+    transformers_logging.get_logger("transformers.integrations.hub_kernels").addFilter(_is_not_kernel_fallback)
 
 
 def _load_part(part: str, directory: Path, load: Any) -> Any:
