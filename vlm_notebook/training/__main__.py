@@ -157,7 +157,6 @@ def run_qwen2vl(args: argparse.Namespace) -> dict[str, Any]:
     """Train, save, reload and evaluate (every caption language); write the record and the card."""
     return _run_chat_template_family(
         args, qwen2vl, languages=shapes.CAPTION_LANGUAGES, per_scene=QWEN2VL_PER_SCENE,
-        facts={"image_size": qwen2vl.IMAGE_SIZE, "answer_max_pixels": qwen2vl.ANSWER_MAX_PIXELS},
         load_processor=qwen2vl.load_processor,
     )
 
@@ -167,12 +166,9 @@ def run_gemma4(args: argparse.Namespace) -> dict[str, Any]:
     return _run_chat_template_family(args, gemma4, load_processor=load_image_only_processor)
 
 
-def _run_chat_template_family(
-    args: argparse.Namespace, recipes: Any, facts: dict[str, Any] | None = None, **evaluation: Any
-) -> dict[str, Any]:
+def _run_chat_template_family(args: argparse.Namespace, recipes: Any, **evaluation: Any) -> dict[str, Any]:
     """Train with ``recipes`` (the family's training module), save, reload, evaluate (``evaluation``:
-    ``evaluate.evaluate_dir``'s options); write the record (with the recipe's picture ``facts``, if any)
-    and the card."""
+    ``evaluate.evaluate_dir``'s options); write the record and the card."""
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     recipe = _sized(recipes.Recipe(), args)
@@ -180,7 +176,7 @@ def _run_chat_template_family(
     save(trained.processor, trained.model, out)
     _log(f"saved to {out}; evaluating the saved directory")
     started = time.perf_counter()
-    record = {**_record(args, trained, recipe), **(facts or {})}
+    record = _record(args, trained, recipe)
     record["evaluation"] = evaluate.evaluate_dir(out, random_seed=args.seed + EVAL_SEED_OFFSET, **evaluation)
     record["evaluation"]["pictures"] = _pictures(out)
     record["eval_seconds"] = round(time.perf_counter() - started, 1)

@@ -63,8 +63,6 @@ def _about(record: dict[str, Any]) -> list[str]:
 
 
 def _about_qwen2vl(record: dict[str, Any]) -> list[str]:
-    size = record["image_size"]
-    tokens = (size // 28) ** 2
     return [
         f"# {record['name']}",
         "",
@@ -78,11 +76,8 @@ def _about_qwen2vl(record: dict[str, Any]) -> list[str]:
         "",
         "## Format",
         "",
-        f"- {record['parameters']:,} parameters, fp32 safetensors; training resized every picture to about"
-        f" {size * size} pixels (min_pixels = max_pixels = {size * size}), keeping its aspect ratio: {size} x",
-        f"  {size} for a square, patch 14, temporal patch 2, merge 2 = {tokens} image tokens (a 3:1 picture: 168 x 56,",
-        "  12 tokens).",
-        *_answer_cap(record),
+        f"- {record['parameters']:,} parameters, fp32 safetensors; patch 14, temporal patch 2, merge 2.",
+        *_qwen2vl_sizes(record),
         "- Byte-level BPE trained on the English text only, so each Japanese, Chinese or Korean character is 3 byte",
         "  tokens; Qwen's special tokens and prompt format (our own chat template, no system turn):",
         "  `<|im_start|>user\\n<|vision_start|><|image_pad|><|vision_end|>Describe this image.<|im_end|>\\n"
@@ -95,19 +90,18 @@ def _about_qwen2vl(record: dict[str, Any]) -> list[str]:
     ]
 
 
-def _answer_cap(record: dict[str, Any]) -> list[str]:
-    """How many pixels a picture keeps when the checkpoint answers, where that differs from training."""
-    cap = record.get("answer_max_pixels")
-    if cap is None:
-        return []
+def _qwen2vl_sizes(record: dict[str, Any]) -> list[str]:
+    """How many pixels a picture keeps, in training as when the checkpoint answers."""
+    low, high = record["recipe"]["min_pixels"], record["recipe"]["max_pixels"]
     return [
-        f"- Answering, a larger picture keeps up to {cap} pixels ({cap // 784} image tokens; `max_pixels` in",
-        "  `preprocessor_config.json`), so that a long thin picture's shape is not shrunk to a few pixels;",
-        "  a picture of at most the training size is seen as in training. The figures below use it.",
+        "- In training as when it answers, every picture is resized, keeping its aspect ratio, to between",
+        f"  {low} and {high} pixels ({low // 784} to {high // 784} image tokens; `shortest_edge` and `longest_edge`",
+        "  in `preprocessor_config.json`), so that a small shape in a long thin picture stays several patches wide.",
     ]
 
 
 def _about_gemma4(record: dict[str, Any]) -> list[str]:
+    soft = record["recipe"].get("soft_tokens", 70)  # runs before the recipe had it trained at 70
     return [
         f"# {record['name']}",
         "",
@@ -123,8 +117,8 @@ def _about_gemma4(record: dict[str, Any]) -> list[str]:
         "## Format",
         "",
         f"- {record['parameters']:,} parameters, fp32 safetensors. Pictures keep their aspect ratio: Gemma 4's",
-        "  processor fits each to at most 280 patches of 8 px, pooled 2 x 2 into at most 70 image tokens",
-        "  (a square is seen at 128 x 128, a 3:1 picture at 224 x 64).",
+        f"  processor fits each to at most {4 * soft} patches of 8 px, pooled 2 x 2 into at most {soft} image tokens",
+        "  (`max_soft_tokens`, the same in training as when it answers).",
         "- Byte-level BPE trained on the English text only; Gemma 4's special tokens and turn format",
         "  (our own chat template): `<bos><|turn>user\\n<|image|>Describe this image.<turn|>\\n<|turn>model\\n`",
         "- Load with `AutoProcessor` (or, without torchvision, the image processor, tokenizer and chat",

@@ -11,8 +11,8 @@ with Gemma 4's special tokens, and our own chat template rendering Gemma 4's tur
     <bos><|turn>user\\n<|image|>Describe this image.<turn|>\\n<|turn>model\\n
 
 Pictures keep their aspect ratio (Gemma 4's processor fits them to a patch budget instead of
-squeezing them to a square): at most 280 patches of 8 px, pooled 2 x 2 into at most 70 image
-tokens, so a square picture is seen at 128 x 128 and a 3:1 picture at 224 x 64.
+squeezing them to a square): at most ``4 * SOFT_TOKENS`` patches of 8 px, pooled 2 x 2 into at
+most :data:`SOFT_TOKENS` image tokens.
 """
 
 from __future__ import annotations
@@ -52,7 +52,10 @@ from vlm_notebook.training.vision import SceneHeads, labelled_pictures
 
 PATCH_SIZE = 8
 POOLING = 2
-MAX_SOFT_TOKENS = 70  # the smallest budget Gemma 4's processor offers
+#: Image tokens a picture gets at most (Gemma 4's processor offers 70, 140, 280, ...). Earlier
+#: checkpoints were trained at 70; the same weights asked at 140 lost colours (issue #22), so the
+#: recipe trains at the budget the saved processor answers with (``Recipe.soft_tokens``).
+SOFT_TOKENS = 140
 
 BOS, EOS, PAD, UNK = "<bos>", "<eos>", "<pad>", "<unk>"
 TURN_START, TURN_END = "<|turn>", "<turn|>"
@@ -122,14 +125,14 @@ def build_tokenizer_fast() -> PreTrainedTokenizerFast:
     )
 
 
-def build_processor() -> Gemma4Processor:
+def build_processor(soft_tokens: int = SOFT_TOKENS) -> Gemma4Processor:
     """The real ``Gemma4Processor`` for pictures only (no video processor, no audio extractor)."""
     image_processor = Gemma4ImageProcessorPil(
-        max_soft_tokens=MAX_SOFT_TOKENS, patch_size=PATCH_SIZE, pooling_kernel_size=POOLING
+        max_soft_tokens=soft_tokens, patch_size=PATCH_SIZE, pooling_kernel_size=POOLING
     )
     return image_only(Gemma4Processor)(
         feature_extractor=None, image_processor=image_processor, tokenizer=build_tokenizer_fast(),
-        video_processor=None, chat_template=CHAT_TEMPLATE, image_seq_length=MAX_SOFT_TOKENS,
+        video_processor=None, chat_template=CHAT_TEMPLATE, image_seq_length=soft_tokens,
     )
 
 
@@ -230,6 +233,7 @@ class Recipe:
     vision_lr: float = 2e-3
     lr: float = 1e-3
     warmup_steps: int = 100
+    soft_tokens: int = SOFT_TOKENS
     freeze_vision: bool = True  # as for Qwen2-VL: the text stage keeps what the vision stage learnt
 
     @property
@@ -253,7 +257,7 @@ def train_model(
     and embedder for ``vision_steps`` steps (data seed ``seed``), then train on the answers for
     ``steps`` steps (data seed ``seed + 1``), the vision side frozen if the recipe says so."""
     seed_everything(seed)
-    processor = build_processor()
+    processor = build_processor(recipe.soft_tokens)
     if init is None:
         model = build_model(processor, recipe.sizes)
     else:

@@ -10,11 +10,11 @@ renders Qwen's prompt format (without the default system turn)::
     <|im_start|>user\\n<|vision_start|><|image_pad|><|vision_end|>Describe this image.<|im_end|>\\n
     <|im_start|>assistant\\n
 
-Training resizes every picture to about 112 x 112 pixels (min_pixels = max_pixels = 112 * 112): patch
-14, temporal patch 2, merge 2, hence 64 patches and 16 image tokens per picture. (At 56 px, 4 image
-tokens, a first run reached 100% on canonical drawings but only 91.5% on randomly placed shapes.) The
-saved processor answers with a higher cap (:data:`ANSWER_MAX_PIXELS`). The BPE is trained on the
-English text only, so Japanese, Chinese and Korean stay byte tokens (3 per character).
+Every picture is resized, keeping its aspect ratio, to between :data:`MIN_PIXELS` and
+:data:`MAX_PIXELS` (patch 14, temporal patch 2, merge 2: 784 pixels an image token), in training as
+in answering (``Recipe.min_pixels`` and ``max_pixels``). (At 56 px, 4 image tokens, a first run
+reached 100% on canonical drawings but only 91.5% on randomly placed shapes.) The BPE is trained on
+the English text only, so Japanese, Chinese and Korean stay byte tokens (3 per character).
 """
 
 from __future__ import annotations
@@ -53,18 +53,16 @@ from vlm_notebook.training.pictures import DEFAULT_MIX, Mix, PictureSource
 from vlm_notebook.training.tokenizer import build_tokenizer
 from vlm_notebook.training.vision import SceneHeads, labelled_pictures
 
-IMAGE_SIZE = 112
-#: The most pixels a picture keeps when the saved checkpoint answers (40 image tokens; the floor stays
-#: 112 * 112). At the training size a long thin picture shrinks until its shape is a few pixels across:
-#: most misses on random pictures were then right as the square around the shape (issue #22, item 2).
-#: With 2.5 times the pixels such pictures keep their shape large enough, while a picture no larger
-#: than 112 * 112 is seen exactly as in training; a higher cap gave tokens the model never learned
-#: (the card's robustness figures, measured with this cap).
-ANSWER_MAX_PIXELS = 40 * 28 * 28
+#: The fewest and most pixels a picture keeps. Earlier checkpoints saw every picture at 112 * 112
+#: (16 image tokens): a long thin picture shrank until its shape was a few pixels across, and most
+#: misses on random pictures were right as the square around the shape (issue #22, item 2). Trained
+#: and answering at these sizes, a small shape stays several patches wide (the card's robustness
+#: figures); the same weights asked at sizes they were not trained at do worse.
+MIN_PIXELS = 40 * 28 * 28
+MAX_PIXELS = 120 * 28 * 28
 PATCH_SIZE = 14
 TEMPORAL_PATCH_SIZE = 2
 MERGE_SIZE = 2
-IMAGE_TOKENS = (IMAGE_SIZE // PATCH_SIZE) ** 2 // MERGE_SIZE**2  # 16
 
 ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 VISION_START, VISION_END, VISION_PAD = "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>"
@@ -139,10 +137,11 @@ def build_tokenizer_fast() -> PreTrainedTokenizerFast:
     )
 
 
-def build_image_processor(max_pixels: int = IMAGE_SIZE * IMAGE_SIZE) -> Qwen2VLImageProcessorPil:
-    """PIL image processor: at least 112 x 112 pixels (64 patches, 16 image tokens), at most ``max_pixels``."""
+def build_image_processor(min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS) -> Qwen2VLImageProcessorPil:
+    """PIL image processor: every picture resized, keeping its aspect ratio, to between ``min_pixels``
+    and ``max_pixels`` (784 pixels an image token)."""
     return Qwen2VLImageProcessorPil(
-        min_pixels=IMAGE_SIZE * IMAGE_SIZE,
+        min_pixels=min_pixels,
         max_pixels=max_pixels,
         patch_size=PATCH_SIZE,
         temporal_patch_size=TEMPORAL_PATCH_SIZE,
@@ -150,10 +149,10 @@ def build_image_processor(max_pixels: int = IMAGE_SIZE * IMAGE_SIZE) -> Qwen2VLI
     )
 
 
-def build_processor() -> Qwen2VLProcessor:
+def build_processor(min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS) -> Qwen2VLProcessor:
     """The real ``Qwen2VLProcessor``, without a video processor (which needs torchvision)."""
     return image_only(Qwen2VLProcessor)(
-        image_processor=build_image_processor(),
+        image_processor=build_image_processor(min_pixels, max_pixels),
         tokenizer=build_tokenizer_fast(),
         video_processor=None,
         chat_template=CHAT_TEMPLATE,
@@ -281,6 +280,9 @@ class Recipe:
     vision_lr: float = 2e-3
     lr: float = 1e-3
     warmup_steps: int = 100
+    #: The fewest and most pixels a picture keeps, in training and when the saved checkpoint answers.
+    min_pixels: int = MIN_PIXELS
+    max_pixels: int = MAX_PIXELS
     # Stage 2 trains the text model only: with the tower trainable, a first run learnt colours
     # but lost shapes (shape words at chance, loss stuck at 0.06).
     freeze_vision: bool = True
@@ -313,7 +315,7 @@ def train_model(
     ``recipe.freeze_vision``, the vision side) on the answers in both languages for ``steps``
     steps (data seed ``seed + 1``)."""
     seed_everything(seed)
-    processor = build_processor()
+    processor = build_processor(recipe.min_pixels, recipe.max_pixels)
     model = build_model(processor, recipe.sizes) if init is None else load_model(processor, init)
     vision = pretrain_vision(processor, model, vision_steps, seed, recipe, lambda m: log(f"vision {m}"))
     if recipe.freeze_vision:
@@ -322,5 +324,4 @@ def train_model(
     maker = make_batch_maker(processor, recipe.batch_size, recipe.mix)
     text = train(model, maker, config, lambda m: log(f"text {m}"))
     model.model.visual.requires_grad_(True)
-    processor.image_processor = build_image_processor(ANSWER_MAX_PIXELS)  # what the saved checkpoint answers with
     return Trained(processor, model, vision, text)
