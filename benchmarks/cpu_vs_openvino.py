@@ -221,8 +221,14 @@ def export(python: Path, checkpoint: Path, target: Path, weight_format: str) -> 
     say(f"exporting {checkpoint.name} to OpenVINO ({weight_format}) in {target}")
     command = [str(python.parent / "optimum-cli"), "export", "openvino", "--model", str(checkpoint),
                "--task", "image-text-to-text", "--weight-format", weight_format, str(target)]
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env=peer_env())
     return target
+
+
+def peer_env() -> dict[str, str]:
+    """This environment without ``HF_HUB_OFFLINE``: with it set, optimum-intel 2.2.0 takes a local
+    export's directory for a Hub id and fails to load it (the Hub is never reached either way)."""
+    return {key: value for key, value in os.environ.items() if key != "HF_HUB_OFFLINE"}
 
 
 # ---------------------------------------------------------------- the driver
@@ -236,7 +242,8 @@ class Process:
         script = str(Path(__file__).resolve())
         command = [str(python), script, "--serve", variant.side, str(source), json.dumps(settings)]
         self.variant = variant
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        env = peer_env() if variant.side == "openvino" else None
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self.ready: dict[str, Any] = self._read()
 
     def ask(self, question: str, new_picture: bool, tokens: int) -> Answer:
