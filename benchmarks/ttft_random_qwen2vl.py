@@ -161,8 +161,7 @@ def random_checkpoint(cache_dir: Path | None, seed: int = 0) -> Path:
     model.generation_config = GenerationConfig(eos_token_id=151645, pad_token_id=151643)
     model.save_pretrained(directory)
     del model
-    image_processor = build_image_processor()
-    image_processor.size = {"shortest_edge": 56 * 56, "longest_edge": MODEL_CARD_MAX_PIXELS}  # the card's
+    image_processor = build_image_processor(56 * 56, MODEL_CARD_MAX_PIXELS)  # the model card's sizes
     processor = image_only(Qwen2VLProcessor)(
         image_processor=image_processor, tokenizer=build_tokenizer(), video_processor=None, chat_template=CHAT_TEMPLATE
     )

@@ -101,7 +101,7 @@ def _qwen2vl_sizes(record: dict[str, Any]) -> list[str]:
 
 
 def _about_gemma4(record: dict[str, Any]) -> list[str]:
-    soft = record["recipe"].get("soft_tokens", 70)  # runs before the recipe had it trained at 70
+    soft = record["recipe"]["soft_tokens"]
     return [
         f"# {record['name']}",
         "",
