@@ -6,9 +6,12 @@ A decode step multiplies one token's vector by every linear weight of the text m
 output layer: it reads all of them once, so memory bandwidth, not arithmetic, sets its floor.
 In one run, on the same-shape random-weight SmolVLM-256M in the CPU's default number format:
 
-- what memory streams: the sum of a 512 MB tensor, best of five, on one thread and on every core;
+- what memory streams: the sum of a 512 MB tensor in the weights' format, best of five, on one
+  thread and on every core;
 - the bytes one step reads (the linear weights of the text model and the output layer);
-- our step (``LlamaStep``, as answers decode), the median over ``--steps`` steps;
+- our step (``LlamaStep``, as answers decode), the median over ``--steps`` steps, and the same
+  step on the plain weights (without the transposed copies an fp32 model decodes from:
+  ``vlm_notebook.cpu.DecodingLinear``);
 - the same step's matrix products alone: the same layers called in the same order on vectors of
   the same size, so "other" is what the step does besides them (norms, rotary, attention, the
   Python between operations).
@@ -40,9 +43,11 @@ LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_att
            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
 
-def streaming_gb_per_s() -> float:
-    """GB/s at which torch sums a tensor too large for any cache (best of five)."""
-    data = torch.ones(STREAMED_BYTES // 2, dtype=torch.bfloat16)
+def streaming_gb_per_s(dtype: torch.dtype) -> float:
+    """GB/s at which torch sums a tensor of ``dtype`` too large for any cache (best of five). In the
+    weights' own format: on a CPU without bf16 instructions, summing bf16 is bound by converting it,
+    not by memory."""
+    data = torch.ones(STREAMED_BYTES // dtype.itemsize, dtype=dtype)
     data.sum()
     best = min(_seconds(data.sum) for _ in range(5))
     return STREAMED_BYTES / best / 1e9
@@ -83,21 +88,29 @@ def main(argv: Sequence[str] | None = None) -> None:
     text_model = llama_text_model(model.model)
     assert text_model is not None, "SmolVLM-256M's text model is a Llama"
     calls, weight_bytes = products(text_model, model.model.lm_head)
-    rows = []
+    counts = sorted({1, cpu.physical_cores()})
+    capacity = inputs["input_ids"].shape[1] + args.steps + 2
+    measured: dict[int, tuple[float, float, float]] = {}
     with torch.inference_mode():
         prompt = model.model(**inputs, use_cache=True, logits_to_keep=1)
-        for threads in sorted({1, cpu.physical_cores()}):
+        for threads in counts:
             torch.set_num_threads(threads)
-            bandwidth = streaming_gb_per_s()
-            capacity = inputs["input_ids"].shape[1] + args.steps + 2
+            bandwidth = streaming_gb_per_s(text_model.embed_tokens.weight.dtype)
             step = LlamaStep(text_model, model.model.lm_head, prompt.cache, capacity)
-            step_ms = median_ms(partial(step, 5), args.steps)
             products_ms = median_ms(lambda: [call() for call in calls], args.steps)
-            rows.append((threads, bandwidth, step_ms, products_ms, weight_bytes / bandwidth / 1e6))
+            measured[threads] = (bandwidth, median_ms(partial(step, 5), args.steps), products_ms)
+        cpu.unpack_linears(model.model)  # the same step on the plain weights, for comparison
+        rows = []
+        for threads in counts:
+            torch.set_num_threads(threads)
+            step = LlamaStep(text_model, model.model.lm_head, prompt.cache, capacity)
+            bandwidth, step_ms, products_ms = measured[threads]
+            plain_ms = median_ms(partial(step, 5), args.steps)
+            rows.append((threads, bandwidth, step_ms, products_ms, weight_bytes / bandwidth / 1e6, plain_ms))
     write(args.out, rows, weight_bytes, model.dtype or "", args.steps)
 
 
-def write(out: Path, rows: list[tuple[int, float, float, float, float]], weight_bytes: int, dtype: str,
+def write(out: Path, rows: list[tuple[int, float, float, float, float, float]], weight_bytes: int, dtype: str,
           steps: int) -> None:
     lines = [
         "# A decode step of SmolVLM-256M on this CPU: weights read against what memory streams",
@@ -110,13 +123,14 @@ def write(out: Path, rows: list[tuple[int, float, float, float, float]], weight_
         f"One step reads {weight_bytes / 1e6:.0f} MB of linear weights (the text model's and the output layer's).",
         "",
         "| threads | memory streams GB/s | floor ms (bytes / streaming) | our step ms | its matrix products ms "
-        "| other ms | products' GB/s | step / floor |",
-        "|---|---|---|---|---|---|---|---|",
+        "| other ms | products' GB/s | step / floor | step on plain weights ms |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for threads, bandwidth, step_ms, products_ms, floor_ms in rows:
+    for threads, bandwidth, step_ms, products_ms, floor_ms, plain_ms in rows:
         lines.append(
             f"| {threads} | {bandwidth:.1f} | {floor_ms:.1f} | {step_ms:.1f} | {products_ms:.1f} "
-            f"| {step_ms - products_ms:.1f} | {weight_bytes / products_ms / 1e6:.1f} | {step_ms / floor_ms:.2f} |"
+            f"| {step_ms - products_ms:.1f} | {weight_bytes / products_ms / 1e6:.1f} | {step_ms / floor_ms:.2f} "
+            f"| {plain_ms:.1f} |"
         )
     lines += ["", "Random weights: only the times count. See the script's docstring for how each figure is taken.", ""]
     out.write_text("\n".join(lines))

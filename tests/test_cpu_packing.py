@@ -1,5 +1,5 @@
-"""bf16 linear weights packed for oneDNN (a tanh GELU fused into fc1) and decoding threads chosen by
-timing (vlm_notebook.cpu)."""
+"""bf16 linear weights packed for oneDNN (a tanh GELU fused into fc1), fp32 decoding weights copied
+transposed, and decoding threads chosen by timing (vlm_notebook.cpu)."""
 
 from __future__ import annotations
 
@@ -64,6 +64,53 @@ def test_packing_replaces_the_bf16_linears_and_unpacking_brings_them_back() -> N
         assert cpu.unpack_linears(model) == 2
         assert all(type(layer) is not cpu.PackedLinear for layer in model)
         assert torch.equal(model[:3](x), before)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_decoding_linear_computes_one_row_within_rounding_and_several_rows_exactly(bias: bool) -> None:
+    torch.manual_seed(int(bias))
+    linear = torch.nn.Linear(576, 1536, bias=bias)
+    copied = cpu.DecodingLinear(linear)
+    with torch.inference_mode():
+        one = torch.randn(1, 1, 576)
+        torch.testing.assert_close(copied(one), F.linear(one, linear.weight, linear.bias), rtol=1e-5, atol=1e-5)
+        several = torch.randn(1, 7, 576)
+        assert torch.equal(copied(several), F.linear(several, linear.weight, linear.bias))
+    assert copied.unpacked().weight is linear.weight and copied.unpacked().bias is linear.bias
+
+
+def test_only_the_decoding_parts_widening_linears_are_copied_and_unpacking_brings_them_back() -> None:
+    vision, head = torch.nn.Linear(8, 8), torch.nn.Linear(4, 16)
+    text = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 4))  # the second narrows: left alone
+    model = torch.nn.ModuleDict({"vision": vision, "text": text, "head": head})
+    assert cpu.prepare_float32_decoding(model, (model["text"], model["head"])) == 2
+    assert [type(model["vision"]), *map(type, model["text"]), type(model["head"])] == [
+        torch.nn.Linear, cpu.DecodingLinear, torch.nn.Linear, cpu.DecodingLinear
+    ]
+    assert cpu.unpack_linears(model) == 2
+    assert type(model["head"]) is torch.nn.Linear and model["head"].weight is head.weight
+
+
+def test_decoding_weights_too_large_for_the_machines_memory_are_not_copied(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(256, 256))
+    monkeypatch.setattr(cpu, "physical_memory", lambda: 1 << 20)  # 1 MB: the copy would not fit
+    assert cpu.prepare_float32_decoding(model, (model,)) == 0
+    monkeypatch.setattr(cpu, "physical_memory", lambda: None)  # a system that does not say
+    assert cpu.prepare_float32_decoding(model, (model,)) == 0
+    assert type(model[0]) is torch.nn.Linear
+
+
+@pytest.mark.timeout(300)
+def test_the_shipped_smolvlm_in_fp32_decodes_from_transposed_copies_and_answers_as_without() -> None:
+    copied = SmolVLM("shapes-smolvlm", dtype="float32").load()
+    assert isinstance(copied, SmolVLM) and isinstance(copied.model.lm_head, cpu.DecodingLinear)
+    assert not any(isinstance(module, cpu.DecodingLinear) for module in copied.model.model.vision_model.modules())
+    plain = SmolVLM("shapes-smolvlm", dtype="float32").load()
+    assert isinstance(plain, SmolVLM)
+    cpu.unpack_linears(plain.model)
+    for scene in shapes.all_scenes()[::9]:
+        for question, _ in shapes.questions(scene):
+            assert copied.query(picture(scene), question) == plain.query(picture(scene), question)
 
 
 @needs_packing

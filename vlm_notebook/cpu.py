@@ -20,6 +20,8 @@ and fp32 elsewhere (bf16 matrix products are tens of times slower without those 
 ``pack_bf16_linears`` stores a bf16 model's linear weights in oneDNN's blocked layout once, where
 torch's oneDNN has bf16 kernels: the same products, faster than ``F.linear``, which repacks a
 plain weight at each call (``benchmarks/results/cpu_vs_openvino.md`` has the effect).
+``prepare_float32_decoding`` gives an fp32 model's decoding layers a transposed copy of their
+weights, which one-token products read faster than the plain ones (``DecodingLinear``).
 ``quantize_int8`` (``int8=True`` on a model) is opt-in: a decode step reads a quarter of the
 bytes, but answers can change.
 """
@@ -31,12 +33,12 @@ import platform
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache, partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 
@@ -302,6 +304,83 @@ class PackedLinear(torch.nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, packed bf16"
 
 
+class DecodingLinear(torch.nn.Module):
+    """An fp32 ``nn.Linear`` that also keeps its weight transposed (``columns``: in x out, contiguous)
+    for products of one row, which is what a decode step computes (``prepare_float32_decoding``).
+
+    ``F.linear`` runs a one-row product as a matrix-vector product that reads a weight with more
+    outputs than inputs well below the memory's speed; the same product on the transposed copy
+    reads it faster (one step of SmolVLM-256M: ``benchmarks/results/decode_bandwidth_avx2.md``).
+    Products of several rows (a prefill) are ``F.linear``'s on the plain weight, so they are
+    unchanged; a one-row product differs from ``F.linear``'s only in the order of its sums (within
+    1e-5, tested)."""
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight, self.bias = linear.weight, linear.bias
+        #: The transposed copy: a plain attribute, not a parameter (``unpack_linears`` before ``.to()``).
+        self.columns: torch.Tensor = linear.weight.detach().t().contiguous()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() != x.shape[-1]:  # several rows: exactly what nn.Linear computes
+            return torch.nn.functional.linear(x, self.weight, self.bias)
+        return self.one_row(x.view(1, -1)).view(*x.shape[:-1], self.out_features)
+
+    def one_row(self, x: torch.Tensor) -> torch.Tensor:
+        """The product of a 1 x ``in_features`` ``x``."""
+        if self.bias is None:
+            return torch.mm(x, self.columns)
+        return torch.addmm(self.bias, x, self.columns)
+
+    def unpacked(self) -> torch.nn.Linear:
+        """The plain ``nn.Linear`` again, with the same parameters."""
+        linear = torch.nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
+        linear.weight, linear.bias = self.weight, self.bias
+        return linear
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, transposed for one-row products"
+
+
+#: The most memory the transposed copies may take, as a share of the machine's: a large fp32 model
+#: decodes from its plain weights instead.
+_DECODING_MEMORY_SHARE = 0.15
+
+
+def prepare_float32_decoding(model: torch.nn.Module, decoding: Iterable[torch.nn.Module]) -> int:
+    """Replace, in place, the fp32 ``nn.Linear`` layers on the CPU inside the ``decoding`` modules
+    (the text model and the output layer: what a decode step runs) that have at least as many
+    outputs as inputs by ``DecodingLinear``, where their copies fit in memory. The others (fewer
+    outputs than inputs) read their plain weight as fast or faster (measured in the results file
+    that ``DecodingLinear`` cites). Returns how many were replaced."""
+    linears = {id(module): module for part in decoding for module in part.modules() if _widening_float32(module)}
+    copy_bytes = sum(module.weight.nbytes for module in linears.values())
+    memory = physical_memory()
+    if memory is None or copy_bytes > memory * _DECODING_MEMORY_SHARE:
+        return 0
+    return _replace_children(model, lambda module: id(module) in linears, DecodingLinear)
+
+
+def physical_memory() -> int | None:
+    """Bytes of memory this machine has (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _widening_float32(module: torch.nn.Module) -> TypeGuard[torch.nn.Linear]:
+    weight = getattr(module, "weight", None)
+    return (
+        type(module) is torch.nn.Linear
+        and isinstance(weight, torch.Tensor)
+        and weight.dtype == torch.float32
+        and weight.device.type == "cpu"
+        and module.out_features >= module.in_features
+    )
+
+
 def pack_bf16_linears(model: torch.nn.Module) -> int:
     """Replace, in place, every bf16 ``nn.Linear`` of ``model`` on the CPU by a ``PackedLinear``
     (the plain weight is let go, so memory does not grow, except for a weight that another module
@@ -321,12 +400,14 @@ def pack_bf16_linears(model: torch.nn.Module) -> int:
 
 
 def unpack_linears(model: torch.nn.Module) -> int:
-    """Undo ``pack_bf16_linears`` (before a model changes its format or device)."""
+    """Undo ``pack_bf16_linears`` and ``prepare_float32_decoding`` (before a model changes its format or device)."""
     for module in list(model.modules()):
         fc1 = getattr(module, "fc1", None)
         if isinstance(fc1, PackedLinear) and fc1.gelu:
             module.activation_fn = torch.nn.GELU(approximate="tanh")
-    return _replace_children(model, lambda module: isinstance(module, PackedLinear), PackedLinear.unpacked)
+    return _replace_children(
+        model, lambda module: isinstance(module, (PackedLinear, DecodingLinear)), lambda module: module.unpacked()
+    )
 
 
 def _is_tanh_gelu(module: Any) -> bool:

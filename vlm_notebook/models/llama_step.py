@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 
-from ..cpu import PackedLinear
+from ..cpu import DecodingLinear, PackedLinear
 
 
 def llama_text_model(model: torch.nn.Module) -> torch.nn.Module | None:
@@ -132,9 +132,12 @@ class _Layer:
 
 
 def _linear(module: torch.nn.Module) -> Linear:
-    """``module``'s product as one operator call: ``Linear``, packed bf16 or dynamic int8 ``Linear``."""
+    """``module``'s product as one operator call: ``Linear``, fp32 transposed for decoding, packed
+    bf16 or dynamic int8 ``Linear``."""
     if type(module) is torch.nn.Linear:
         return partial(F.linear, weight=module.weight, bias=module.bias)
+    if type(module) is DecodingLinear:
+        return module.one_row
     if type(module) is PackedLinear:
         return partial(torch.ops.mkldnn._linear_pointwise, W=module.packed, B=module.bias, attr=module.post_op[0],
                        scalars=[], algorithm=module.post_op[1])
