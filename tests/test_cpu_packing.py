@@ -91,6 +91,24 @@ def test_only_the_decoding_parts_widening_linears_are_copied_and_unpacking_bring
     assert type(model["head"]) is torch.nn.Linear and model["head"].weight is head.weight
 
 
+needs_onednn = pytest.mark.skipif(not cpu.packs_float32(), reason="this torch has no oneDNN packing operators")
+
+
+@needs_onednn
+def test_fp32_linears_outside_the_decoding_parts_are_packed_for_onednn_and_compute_within_rounding() -> None:
+    torch.manual_seed(0)
+    vision, text = torch.nn.Linear(768, 3072), torch.nn.Linear(8, 8)
+    model = torch.nn.ModuleDict({"vision": vision, "text": text})
+    x = torch.randn(1, 1024, 768)
+    with torch.inference_mode():
+        expected = vision(x)
+        assert cpu.pack_float32_encoders(model, (model["text"],)) == 1
+        assert (type(model["vision"]), type(model["text"])) == (cpu.PackedLinear, torch.nn.Linear)
+        torch.testing.assert_close(model["vision"](x), expected, rtol=1e-5, atol=1e-5)
+        assert cpu.unpack_linears(model) == 1
+        assert torch.equal(model["vision"].weight, vision.weight)
+
+
 def test_decoding_weights_too_large_for_the_machines_memory_are_not_copied(monkeypatch: pytest.MonkeyPatch) -> None:
     model = torch.nn.Sequential(torch.nn.Linear(256, 256))
     monkeypatch.setattr(cpu, "physical_memory", lambda: 1 << 20)  # 1 MB: the copy would not fit
@@ -104,7 +122,9 @@ def test_decoding_weights_too_large_for_the_machines_memory_are_not_copied(monke
 def test_the_shipped_smolvlm_in_fp32_decodes_from_transposed_copies_and_answers_as_without() -> None:
     copied = SmolVLM("shapes-smolvlm", dtype="float32").load()
     assert isinstance(copied, SmolVLM) and isinstance(copied.model.lm_head, cpu.DecodingLinear)
-    assert not any(isinstance(module, cpu.DecodingLinear) for module in copied.model.model.vision_model.modules())
+    vision = list(copied.model.model.vision_model.modules())
+    assert not any(isinstance(module, cpu.DecodingLinear) for module in vision)
+    assert any(isinstance(module, cpu.PackedLinear) for module in vision) == cpu.packs_float32()
     plain = SmolVLM("shapes-smolvlm", dtype="float32").load()
     assert isinstance(plain, SmolVLM)
     cpu.unpack_linears(plain.model)

@@ -248,12 +248,20 @@ _PACKING_ROWS = 1024
 def packs_bf16() -> bool:
     """Whether bf16 linear weights are packed for oneDNN here: bf16 instructions and a torch whose
     oneDNN has its bf16 kernels and the packing operators."""
+    try:
+        return has_fast_bf16() and packs_float32() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+@cache
+def packs_float32() -> bool:
+    """Whether fp32 linear weights can be packed for oneDNN here: a torch with oneDNN and its
+    packing operators (x86 builds have them)."""
     operators = getattr(torch.ops, "mkldnn", None)
     try:
         return (
-            has_fast_bf16()
-            and torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]
-            and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+            torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]
             and hasattr(operators, "_reorder_linear_weight")
             and hasattr(operators, "_linear_pointwise")
         )
@@ -262,8 +270,9 @@ def packs_bf16() -> bool:
 
 
 class PackedLinear(torch.nn.Module):
-    """A bf16 ``nn.Linear`` whose weight is kept in oneDNN's blocked layout (``pack_bf16_linears``),
-    optionally followed by the tanh-approximated GELU in the same call (``gelu=True``)."""
+    """A bf16 or fp32 ``nn.Linear`` whose weight is kept in oneDNN's blocked layout
+    (``pack_bf16_linears``, ``pack_float32_encoders``), optionally followed by the tanh-approximated
+    GELU in the same call (``gelu=True``)."""
 
     def __init__(self, linear: torch.nn.Linear, gelu: bool = False):
         super().__init__()
@@ -301,7 +310,7 @@ class PackedLinear(torch.nn.Module):
         return linear
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, packed bf16"
+        return f"in_features={self.in_features}, out_features={self.out_features}, packed {self.packed.dtype}"
 
 
 class DecodingLinear(torch.nn.Module):
@@ -371,14 +380,20 @@ def physical_memory() -> int | None:
 
 
 def _widening_float32(module: torch.nn.Module) -> TypeGuard[torch.nn.Linear]:
-    weight = getattr(module, "weight", None)
-    return (
-        type(module) is torch.nn.Linear
-        and isinstance(weight, torch.Tensor)
-        and weight.dtype == torch.float32
-        and weight.device.type == "cpu"
-        and module.out_features >= module.in_features
-    )
+    return _cpu_linear_in(module, torch.float32) and module.out_features >= module.in_features
+
+
+def pack_float32_encoders(model: torch.nn.Module, decoding: Iterable[torch.nn.Module]) -> int:
+    """Replace, in place, the fp32 ``nn.Linear`` layers on the CPU outside the ``decoding`` modules
+    (the vision encoder and projector: products of many rows) by ``PackedLinear``; their plain
+    weights are let go. oneDNN's fp32 kernels on the blocked layout compute these products faster
+    than ``F.linear`` (``benchmarks/results/cpu_vs_openvino_avx2.md`` times the picture), equal to
+    them within rounding. The decoding parts stay as they are: oneDNN is slow at one-row products.
+    The GELU is not fused here: on an AVX2 CPU oneDNN's fused fp32 GELU was slower than torch's
+    own after the product. Returns how many were packed."""
+    decoders = {id(module) for part in decoding for module in part.modules()}
+    return _replace_children(model, lambda module: id(module) not in decoders and _cpu_linear_in(module, torch.float32),
+                             PackedLinear)
 
 
 def pack_bf16_linears(model: torch.nn.Module) -> int:
@@ -400,7 +415,8 @@ def pack_bf16_linears(model: torch.nn.Module) -> int:
 
 
 def unpack_linears(model: torch.nn.Module) -> int:
-    """Undo ``pack_bf16_linears`` and ``prepare_float32_decoding`` (before a model changes its format or device)."""
+    """Undo ``pack_bf16_linears``, ``pack_float32_encoders`` and ``prepare_float32_decoding``
+    (before a model changes its format or device)."""
     for module in list(model.modules()):
         fc1 = getattr(module, "fc1", None)
         if isinstance(fc1, PackedLinear) and fc1.gelu:
@@ -425,11 +441,16 @@ def _is_tanh_gelu(module: Any) -> bool:
 
 
 def _packable(module: torch.nn.Module) -> bool:
+    return _cpu_linear_in(module, torch.bfloat16)
+
+
+def _cpu_linear_in(module: torch.nn.Module, dtype: torch.dtype) -> TypeGuard[torch.nn.Linear]:
+    """A plain ``nn.Linear`` on the CPU with weights in ``dtype``."""
     weight = getattr(module, "weight", None)
     return (
         type(module) is torch.nn.Linear
         and isinstance(weight, torch.Tensor)
-        and weight.dtype == torch.bfloat16
+        and weight.dtype == dtype
         and weight.device.type == "cpu"
     )
 

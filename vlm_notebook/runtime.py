@@ -42,7 +42,9 @@ import torch
 from .cpu import (
     has_fast_bf16,
     pack_bf16_linears,
+    pack_float32_encoders,
     packs_bf16,
+    packs_float32,
     phase_threads,
     prepare_float32_decoding,
     quantize_int8,
@@ -127,7 +129,8 @@ def fit_weights(module: torch.nn.Module, runtime: Runtime, decoding: Iterable[to
     """After loading, in place: int8 linear layers when the runtime asks for them; on a CPU whose
     oneDNN computes in bf16, a bf16 model's linear weights packed for it (the same products); on a
     CPU in fp32, a transposed copy of the ``decoding`` parts' (text model, output layer) widening
-    linear weights for one-row products."""
+    linear weights for one-row products, and the other parts' (vision) linear weights packed for
+    oneDNN."""
     on_cpu = runtime.device.type == "cpu"
     if runtime.int8:
         quantize_int8(module)
@@ -135,6 +138,8 @@ def fit_weights(module: torch.nn.Module, runtime: Runtime, decoding: Iterable[to
         pack_bf16_linears(module)
     elif on_cpu and runtime.dtype == torch.float32:
         prepare_float32_decoding(module, decoding)
+        if packs_float32():
+            pack_float32_encoders(module, decoding)
 
 
 def float32_if_not_finite(runtime: Runtime, module: torch.nn.Module, logits: torch.Tensor, what: str) -> Runtime:

@@ -81,7 +81,7 @@ class Moondream(VLM):
         tokenizer = load_tokenizer(directory, raw)
         check_fits(self.runtime, [directory / WEIGHTS_FILE], f"{self.name!r}")
         network = load_network(directory, config, self.runtime)
-        fit_weights(network, self.runtime, decoding=(network.text,))
+        fit_weights(network, self.runtime, decoding=(network.text, network.region))
         self.network, self.tokenizer = network, tokenizer
 
     def _check_number_format(self) -> None:
