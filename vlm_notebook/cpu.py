@@ -20,8 +20,10 @@ and fp32 elsewhere (bf16 matrix products are tens of times slower without those 
 ``pack_bf16_linears`` stores a bf16 model's linear weights in oneDNN's blocked layout once, where
 torch's oneDNN has bf16 kernels: the same products, faster than ``F.linear``, which repacks a
 plain weight at each call (``benchmarks/results/cpu_vs_openvino.md`` has the effect).
-``prepare_float32_decoding`` gives an fp32 model's decoding layers a transposed copy of their
-weights, which one-token products read faster than the plain ones (``DecodingLinear``).
+In fp32, ``pack_float32_encoders`` packs the vision side's linear weights the same way (oneDNN's
+fp32 products of many rows beat ``F.linear``'s), and ``prepare_float32_decoding`` gives the
+decoding layers a transposed copy of their weights, which one-token products read faster than the
+plain ones (``DecodingLinear``).
 ``quantize_int8`` (``int8=True`` on a model) is opt-in: a decode step reads a quarter of the
 bytes, but answers can change.
 """
