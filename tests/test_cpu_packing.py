@@ -125,12 +125,7 @@ def test_the_shipped_smolvlm_in_fp32_decodes_from_transposed_copies_and_answers_
     vision = list(copied.model.model.vision_model.modules())
     assert not any(isinstance(module, cpu.DecodingLinear) for module in vision)
     assert any(isinstance(module, cpu.PackedLinear) for module in vision) == cpu.packs_float32()
-    plain = SmolVLM("shapes-smolvlm", dtype="float32").load()
-    assert isinstance(plain, SmolVLM)
-    cpu.unpack_linears(plain.model)
-    for scene in shapes.all_scenes()[::9]:
-        for question, _ in shapes.questions(scene):
-            assert copied.query(picture(scene), question) == plain.query(picture(scene), question)
+    assert_answers_as_unpacked(copied, "float32")
 
 
 @needs_packing
@@ -138,12 +133,17 @@ def test_the_shipped_smolvlm_in_fp32_decodes_from_transposed_copies_and_answers_
 def test_the_shipped_smolvlm_in_bf16_is_packed_and_answers_as_unpacked() -> None:
     packed = SmolVLM("shapes-smolvlm", dtype="bfloat16").load()
     assert isinstance(packed, SmolVLM) and isinstance(packed.model.lm_head, cpu.PackedLinear)
-    plain = SmolVLM("shapes-smolvlm", dtype="bfloat16").load()
+    assert_answers_as_unpacked(packed, "bfloat16")
+
+
+def assert_answers_as_unpacked(fitted: SmolVLM, dtype: str) -> None:
+    """``fitted`` answers every question about every ninth scene as the same checkpoint unpacked."""
+    plain = SmolVLM("shapes-smolvlm", dtype=dtype).load()
     assert isinstance(plain, SmolVLM)
     cpu.unpack_linears(plain.model)
     for scene in shapes.all_scenes()[::9]:
         for question, _ in shapes.questions(scene):
-            assert packed.query(picture(scene), question) == plain.query(picture(scene), question)
+            assert fitted.query(picture(scene), question) == plain.query(picture(scene), question)
 
 
 class FakeClock:
