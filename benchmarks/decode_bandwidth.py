@@ -12,8 +12,8 @@ In one run, on the same-shape random-weight SmolVLM-256M in the CPU's default nu
 - our step (``LlamaStep``, as answers decode), the median over ``--steps`` steps, and the same
   step on the plain weights (without the transposed copies an fp32 model decodes from:
   ``vlm_notebook.cpu.DecodingLinear``);
-- the same step's matrix products alone: the same layers called in the same order on vectors of
-  the same size, so "other" is what the step does besides them (norms, rotary, attention, the
+- the same step's matrix products alone: the same calls in the same order on vectors of the same
+  size, so "other" is what the step does besides them (norms, rotary, attention, the
   Python between operations).
 
 The floor is bytes / streaming bandwidth. Random weights: only the times count.
@@ -59,16 +59,27 @@ def _seconds(work: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-def products(text_model: torch.nn.Module, lm_head: torch.nn.Module) -> tuple[list[Callable[[], object]], int]:
-    """Calls of every matrix product of one step, in its order, and the bytes of their weights."""
+def products(
+    step: LlamaStep, text_model: torch.nn.Module, lm_head: torch.nn.Module
+) -> tuple[list[Callable[[], object]], int]:
+    """Calls of every matrix product of one step, as the step makes them (queries, keys and values
+    as one call where it groups them, and gate and up), in its order, and the bytes of their weights."""
+    dtype = text_model.embed_tokens.weight.dtype
     calls: list[Callable[[], object]] = []
-    weight_bytes = 0
+    for layer, module in zip(step._layers, text_model.layers, strict=True):
+        attention, mlp = module.self_attn, module.mlp
+        made = ((layer.query_key_value, attention.q_proj), (layer.output, attention.o_proj),
+                (layer.gate_and_up, mlp.gate_proj), (layer.down, mlp.down_proj))
+        calls += [partial(product, torch.randn(1, linear.in_features, dtype=dtype)) for product, linear in made]
+    calls.append(partial(lm_head, torch.randn(1, 1, lm_head.in_features, dtype=dtype)))
     modules = [layer.get_submodule(name) for layer in text_model.layers for name in LINEARS] + [lm_head]
-    for module in modules:
-        vector = torch.randn(1, 1, module.in_features, dtype=text_model.embed_tokens.weight.dtype)
-        calls.append(lambda module=module, vector=vector: module(vector))
-        weight_bytes += module.in_features * module.out_features * text_model.embed_tokens.weight.element_size()
+    weight_bytes = sum(module.in_features * module.out_features * dtype.itemsize for module in modules)
     return calls, weight_bytes
+
+
+def run_all(calls: list[Callable[[], object]]) -> None:
+    for call in calls:
+        call()
 
 
 def median_ms(work: Callable[[], object], steps: int) -> float:
@@ -87,7 +98,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     inputs = model._inputs(picture, "Describe this image.")
     text_model = llama_text_model(model.model)
     assert text_model is not None, "SmolVLM-256M's text model is a Llama"
-    calls, weight_bytes = products(text_model, model.model.lm_head)
     counts = sorted({1, cpu.physical_cores()})
     capacity = inputs["input_ids"].shape[1] + args.steps + 2
     measured: dict[int, tuple[float, float, float]] = {}
@@ -97,7 +107,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             torch.set_num_threads(threads)
             bandwidth = streaming_gb_per_s(text_model.embed_tokens.weight.dtype)
             step = LlamaStep(text_model, model.model.lm_head, prompt.cache, capacity)
-            products_ms = median_ms(lambda: [call() for call in calls], args.steps)
+            calls, weight_bytes = products(step, text_model, model.model.lm_head)
+            products_ms = median_ms(partial(run_all, calls), args.steps)
             measured[threads] = (bandwidth, median_ms(partial(step, 5), args.steps), products_ms)
         cpu.unpack_linears(model.model)  # the same step on the plain weights, for comparison
         rows = []

@@ -109,6 +109,22 @@ def test_fp32_linears_outside_the_decoding_parts_are_packed_for_onednn_and_compu
         assert torch.equal(model["vision"].weight, vision.weight)
 
 
+def test_siblings_that_read_the_same_input_share_one_copy_and_each_computes_its_own_product() -> None:
+    torch.manual_seed(3)
+    attention = torch.nn.Module()
+    attention.q_proj, attention.k_proj, attention.v_proj = (torch.nn.Linear(64, n, bias=False) for n in (64, 16, 16))
+    plain = [attention.q_proj, attention.k_proj, attention.v_proj]
+    assert cpu.prepare_float32_decoding(attention, (attention,)) == 3
+    copied = [attention.q_proj, attention.k_proj, attention.v_proj]
+    assert all(type(layer) is cpu.DecodingLinear and layer.group is copied[0].group for layer in copied)
+    assert copied[0].group is not None and copied[0].group.shape == (64, 96)
+    x = torch.randn(1, 1, 64)
+    with torch.inference_mode():
+        for before, after in zip(plain, copied, strict=True):
+            torch.testing.assert_close(after(x), before(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(torch.mm(x[0], copied[0].group), torch.cat([layer(x[0]) for layer in plain], -1))
+
+
 def test_decoding_weights_too_large_for_the_machines_memory_are_not_copied(monkeypatch: pytest.MonkeyPatch) -> None:
     model = torch.nn.Sequential(torch.nn.Linear(256, 256))
     monkeypatch.setattr(cpu, "physical_memory", lambda: 1 << 20)  # 1 MB: the copy would not fit

@@ -30,6 +30,7 @@ bytes, but answers can change.
 
 from __future__ import annotations
 
+import itertools
 import os
 import platform
 import threading
@@ -40,7 +41,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache, partial
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any, TypeGuard, cast
 
 import torch
 
@@ -326,12 +327,18 @@ class DecodingLinear(torch.nn.Module):
     unchanged; a one-row product differs from ``F.linear``'s only in the order of its sums (within
     1e-5, tested)."""
 
-    def __init__(self, linear: torch.nn.Linear):
+    def __init__(self, linear: torch.nn.Linear, group: torch.Tensor | None = None, start: int = 0):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight, self.bias = linear.weight, linear.bias
-        #: The transposed copy: a plain attribute, not a parameter (``unpack_linears`` before ``.to()``).
-        self.columns: torch.Tensor = linear.weight.detach().t().contiguous()
+        #: With siblings that read the same input (``SIBLINGS``): their transposed weights side by
+        #: side, in order, this layer's from column ``start``; else None.
+        self.group = group
+        #: The transposed copy (a view into ``group`` when there is one): a plain attribute, not a
+        #: parameter (``unpack_linears`` before ``.to()``).
+        self.columns: torch.Tensor = (
+            linear.weight.detach().t().contiguous() if group is None else group[:, start : start + self.out_features]
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.numel() != x.shape[-1]:  # several rows: exactly what nn.Linear computes
@@ -357,20 +364,46 @@ class DecodingLinear(torch.nn.Module):
 #: The most memory the transposed copies may take, as a share of the machine's: a large fp32 model
 #: decodes from its plain weights instead.
 _DECODING_MEMORY_SHARE = 0.15
+#: Linear layers of one parent that read the same input, by their names in transformers' text
+#: models: their copies sit side by side, so a decode step can run each group as one product.
+SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
 def prepare_float32_decoding(model: torch.nn.Module, decoding: Iterable[torch.nn.Module]) -> int:
-    """Replace, in place, the fp32 ``nn.Linear`` layers on the CPU inside the ``decoding`` modules
-    (the text model and the output layer: what a decode step runs) that have at least as many
-    outputs as inputs by ``DecodingLinear``, where their copies fit in memory. The others (fewer
-    outputs than inputs) read their plain weight as fast or faster (measured in the results file
-    that ``DecodingLinear`` cites). Returns how many were replaced."""
-    linears = {id(module): module for part in decoding for module in part.modules() if _widening_float32(module)}
-    copy_bytes = sum(module.weight.nbytes for module in linears.values())
+    """Replace, in place, fp32 ``nn.Linear`` layers on the CPU inside the ``decoding`` modules (the
+    text model and the output layer: what a decode step runs) by ``DecodingLinear``, where their
+    copies fit in memory: each group of ``SIBLINGS`` (copied side by side), and the other layers
+    with at least as many outputs as inputs (those with fewer read their plain weight as fast or
+    faster, measured in the results file that ``DecodingLinear`` cites). Returns how many."""
+    parts = [module for part in decoding for module in part.modules()]
+    groups = [group for parent in parts for group in _sibling_groups(parent)]
+    grouped = {id(linear) for group in groups for linear in group}
+    alone = [module for module in parts if _widening_float32(module) and id(module) not in grouped]
+    copy_bytes = sum(linear.weight.nbytes for linear in [*alone, *(linear for group in groups for linear in group)])
     memory = physical_memory()
     if memory is None or copy_bytes > memory * _DECODING_MEMORY_SHARE:
         return 0
-    return _replace_children(model, lambda module: id(module) in linears, DecodingLinear)
+    made = {id(linear): DecodingLinear(linear) for linear in alone}
+    for group in groups:
+        columns = torch.cat([linear.weight.detach() for linear in group]).t().contiguous()
+        starts = itertools.accumulate((linear.out_features for linear in group[:-1]), initial=0)
+        for linear, start in zip(group, starts, strict=True):
+            made[id(linear)] = DecodingLinear(linear, columns, start)
+    return _replace_children(model, lambda module: id(module) in made, lambda module: made[id(module)])
+
+
+def _sibling_groups(parent: torch.nn.Module) -> list[list[torch.nn.Linear]]:
+    """The ``SIBLINGS`` groups among ``parent``'s children: fp32 CPU linears of one input size,
+    all with a bias or all without."""
+    found = []
+    for names in SIBLINGS:
+        linears = [getattr(parent, name, None) for name in names]
+        if all(isinstance(linear, torch.nn.Module) and _cpu_linear_in(linear, torch.float32) for linear in linears):
+            typed = cast(list[torch.nn.Linear], linears)
+            inputs, biases = {linear.in_features for linear in typed}, {linear.bias is None for linear in typed}
+            if len(inputs) == 1 and len(biases) == 1:
+                found.append(typed)
+    return found
 
 
 def physical_memory() -> int | None:
