@@ -36,7 +36,7 @@ import platform
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache, partial
@@ -306,11 +306,7 @@ class PackedLinear(torch.nn.Module):
 
     def unpacked(self) -> torch.nn.Linear:
         """The plain ``nn.Linear`` again."""
-        linear = torch.nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
-        linear.weight = torch.nn.Parameter(self.packed.to_dense(), requires_grad=False)
-        if self.bias is not None:
-            linear.bias = self.bias
-        return linear
+        return _plain_linear(torch.nn.Parameter(self.packed.to_dense(), requires_grad=False), self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, packed {self.packed.dtype}"
@@ -353,9 +349,7 @@ class DecodingLinear(torch.nn.Module):
 
     def unpacked(self) -> torch.nn.Linear:
         """The plain ``nn.Linear`` again, with the same parameters."""
-        linear = torch.nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
-        linear.weight, linear.bias = self.weight, self.bias
-        return linear
+        return _plain_linear(self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, transposed for one-row products"
@@ -369,7 +363,7 @@ _DECODING_MEMORY_SHARE = 0.15
 SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
-def prepare_float32_decoding(model: torch.nn.Module, decoding: Iterable[torch.nn.Module]) -> int:
+def prepare_float32_decoding(model: torch.nn.Module, decoding: Sequence[torch.nn.Module]) -> int:
     """Replace, in place, fp32 ``nn.Linear`` layers on the CPU inside the ``decoding`` modules (the
     text model and the output layer: what a decode step runs) by ``DecodingLinear``, where their
     copies fit in memory: each group of ``SIBLINGS`` (copied side by side), and the other layers
@@ -377,9 +371,10 @@ def prepare_float32_decoding(model: torch.nn.Module, decoding: Iterable[torch.nn
     faster, measured in the results file that ``DecodingLinear`` cites). Returns how many."""
     parts = [module for part in decoding for module in part.modules()]
     groups = [group for parent in parts for group in _sibling_groups(parent)]
-    grouped = {id(linear) for group in groups for linear in group}
-    alone = [module for module in parts if _widening_float32(module) and id(module) not in grouped]
-    copy_bytes = sum(linear.weight.nbytes for linear in [*alone, *(linear for group in groups for linear in group)])
+    grouped = [linear for group in groups for linear in group]
+    grouped_ids = {id(linear) for linear in grouped}
+    alone = [module for module in parts if _widening_float32(module) and id(module) not in grouped_ids]
+    copy_bytes = sum(linear.weight.nbytes for linear in [*alone, *grouped])
     memory = physical_memory()
     if memory is None or copy_bytes > memory * _DECODING_MEMORY_SHARE:
         return 0
@@ -418,7 +413,7 @@ def _widening_float32(module: torch.nn.Module) -> TypeGuard[torch.nn.Linear]:
     return _cpu_linear_in(module, torch.float32) and module.out_features >= module.in_features
 
 
-def pack_float32_encoders(model: torch.nn.Module, decoding: Iterable[torch.nn.Module]) -> int:
+def pack_float32_encoders(model: torch.nn.Module, decoding: Sequence[torch.nn.Module]) -> int:
     """Replace, in place, the fp32 ``nn.Linear`` layers on the CPU outside the ``decoding`` modules
     (the vision encoder and projector: products of many rows) by ``PackedLinear``; their plain
     weights are let go. oneDNN's fp32 kernels on the blocked layout compute these products faster
@@ -459,6 +454,15 @@ def unpack_linears(model: torch.nn.Module) -> int:
     return _replace_children(
         model, lambda module: isinstance(module, (PackedLinear, DecodingLinear)), lambda module: module.unpacked()
     )
+
+
+def _plain_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.nn.Linear:
+    """An ``nn.Linear`` with these parameters (none allocated for it)."""
+    linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    linear.weight = cast(torch.nn.Parameter, weight)
+    if bias is not None:
+        linear.bias = cast(torch.nn.Parameter, bias)
+    return linear
 
 
 def _is_tanh_gelu(module: Any) -> bool:

@@ -19,8 +19,9 @@ blank picture hold NaN, the model moves to float32 with a warning (``Runtime.hal
 ``int8=True`` (CPU only) quantizes the linear layers to int8 and keeps the rest in fp32. A bf16
 model on a CPU with oneDNN's bf16 kernels keeps its linear weights packed for them
 (:func:`vlm_notebook.cpu.pack_bf16_linears`); an fp32 one on a CPU keeps a transposed copy of
-some of its text model's weights for decoding (:func:`vlm_notebook.cpu.prepare_float32_decoding`).
-:func:`fit_weights` does all three, once a model loads.
+some of its text model's weights for decoding (:func:`vlm_notebook.cpu.prepare_float32_decoding`)
+and its vision side's linear weights packed for oneDNN
+(:func:`vlm_notebook.cpu.pack_float32_encoders`). :func:`fit_weights` does each, once a model loads.
 Every tensor a model makes while answering is made on ``runtime.device``: nothing assumes the CPU.
 Threads are the CPU runtime's business: ``Runtime.phases`` sets them for each request on a CPU
 (the policy in ``vlm_notebook.cpu``) and nothing on a GPU.
@@ -31,7 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -125,7 +126,7 @@ def choose_runtime(device: Any = "auto", dtype: Any = "auto", int8: bool = False
     return Runtime(chosen_device, chosen, half_by_auto=by_auto and chosen != torch.float32)
 
 
-def fit_weights(module: torch.nn.Module, runtime: Runtime, decoding: Iterable[torch.nn.Module] = ()) -> None:
+def fit_weights(module: torch.nn.Module, runtime: Runtime, decoding: Sequence[torch.nn.Module] = ()) -> None:
     """After loading, in place: int8 linear layers when the runtime asks for them; on a CPU whose
     oneDNN computes in bf16, a bf16 model's linear weights packed for it (the same products); on a
     CPU in fp32, a transposed copy of the ``decoding`` parts' (text model, output layer) widening

@@ -305,7 +305,8 @@ def _load_weights(directory: Path, runtime: Runtime) -> PreTrainedModel:
             "they are incomplete or belong to another model. Download the checkpoint again."
         )
     loaded: PreTrainedModel = model.to(runtime.device).eval()
-    fit_weights(loaded, runtime, decoding=(loaded.get_decoder(), loaded.get_output_embeddings()))
+    decoding = [part for part in (loaded.get_decoder(), loaded.get_output_embeddings()) if part is not None]
+    fit_weights(loaded, runtime, decoding)
     contiguous_vision_embeddings(loaded)
     return loaded
 
