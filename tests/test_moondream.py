@@ -17,6 +17,7 @@ from PIL import Image
 
 from vlm_notebook import registry, shapes
 from vlm_notebook.errors import CheckpointError, CheckpointNotAvailableError, RequestError
+from vlm_notebook.images import load_image
 from vlm_notebook.models import Moondream
 from vlm_notebook.models.moondream import EncodedImage, MoondreamConfig, crops
 from vlm_notebook.models.moondream.inference import generate_text, image_embeddings
@@ -25,6 +26,8 @@ from vlm_notebook.models.moondream.prompts import caption_prompt, locate_prompt,
 from vlm_notebook.models.moondream.text import prefix_causal_mask
 from vlm_notebook.options import GenerationOptions
 from vlm_notebook.training.moondream import (
+    PictureClassifier,
+    Recipe,
     TinySizes,
     build_config,
     build_network,
@@ -32,8 +35,10 @@ from vlm_notebook.training.moondream import (
     iou,
     make_example,
     save,
+    train_model,
 )
 from vlm_notebook.training.pictures import Mix, PictureSource
+from vlm_notebook.training.vision import scene_labels
 
 MANIFEST = Path(__file__).parent / "data" / "moondream2-2025-06-21.tsv"
 RED_CIRCLE = shapes.Scene("circle", "red", "white")
@@ -341,6 +346,31 @@ def test_training_builds_each_prompt_as_inference_does(model: Moondream) -> None
     trained = [make_example(rng, model.tokenizer, model.network.config, source).prompt for _ in range(200)]
     assert all(prompt in inference for prompt in trained)
     assert len({tuple(prompt) for prompt in trained}) == len(inference), "every prompt is trained on"
+
+
+@pytest.mark.timeout(300)
+def test_a_short_training_run_repeats_from_its_seed_and_its_checkpoint_loads(tmp_path: Path) -> None:
+    recipe = Recipe(batch_size=4, warmup_steps=1)
+    first = train_model(2, 2, seed=5, recipe=recipe, log=lambda _: None)
+    again = train_model(2, 2, seed=5, recipe=recipe, log=lambda _: None)
+    assert first.vision.losses == again.vision.losses and first.text.losses == again.text.losses
+    save(first.tokenizer, first.net, tmp_path)
+    answer = Moondream(str(tmp_path)).query(shapes.draw(RED_CIRCLE).image, "What shape is it?", max_new_tokens=3)
+    assert isinstance(answer, str)
+
+
+def test_vision_pretraining_learns_from_the_local_crops_and_the_projection() -> None:
+    sizes = TinySizes()
+    net = build_network(build_config(build_tiny_tokenizer(), sizes), sizes)
+    wide_only = shapes.RandomSettings(aspect=(3.0, 3.0), short_side=(100, 100))
+    wide = shapes.random_picture(random.Random(1), RED_CIRCLE, wide_only)
+    picture = load_image(wide.data)
+    assert crops.overlap_crops(picture, net.config.vision).tiling == (1, 3), "a wide picture has local crops"
+    labels = torch.tensor([scene_labels(RED_CIRCLE)])
+    PictureClassifier(net)([picture], labels).loss.backward()
+    assert net.vision.proj_mlp.fc1.weight.grad is not None
+    patches_of_local_crops = net.vision.proj_mlp.fc1.weight.grad[:, sizes.vision_dim :]
+    assert patches_of_local_crops.abs().sum() > 0
 
 
 @pytest.mark.timeout(60)

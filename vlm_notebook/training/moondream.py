@@ -12,8 +12,9 @@ model. It learns four tasks, in Moondream's prompt templates:
   region model; asked for a shape that is not there, it answers EOS at once,
 - ``point``: the centre of the shape's box.
 
-Two stages, as for ``shapes-smolvlm``: the vision encoder is pretrained to classify the scene,
-then the whole model trains on all four tasks.
+Two stages, as for ``shapes-smolvlm``: the vision encoder and its projection are pretrained to
+classify the scene from the image embeddings the text model reads (the global crop and the
+stitched local crops), then the whole model trains on all four tasks.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 from tokenizers import Tokenizer
 from torch import nn
@@ -51,7 +53,7 @@ from vlm_notebook.training.loop import Batch, BatchMaker, Logger, TrainConfig, T
 from vlm_notebook.training.pictures import Mix, PictureSource
 from vlm_notebook.training.robustness import iou
 from vlm_notebook.training.tokenizer import build_tokenizer
-from vlm_notebook.training.vision import PooledClassifier, labelled_pictures
+from vlm_notebook.training.vision import ClassifierOutput, SceneHeads, labelled_pictures
 
 IMAGE_SIZE = 64
 RANDOM_PICTURES = 200  # pictures as users send them in the evaluation (``training.robustness``)
@@ -217,10 +219,10 @@ class ShapesObjective(nn.Module):
         self.net = net
         self.region_weight = region_weight
 
-    def image_embeddings(self, drawings: list[shapes.Drawing]) -> torch.Tensor:
+    def image_embeddings(self, pictures: list[Image.Image]) -> torch.Tensor:
         """(B, image tokens, dim): each picture's crops through the encoder, stitched and projected."""
         config = self.net.config.vision
-        crops = [overlap_crops(d.image, config) for d in drawings]
+        crops = [overlap_crops(picture, config) for picture in pictures]
         features = self.net.vision.encode(torch.cat([c.pixels for c in crops]))
         rows, start = [], 0
         for c in crops:
@@ -254,7 +256,7 @@ class ShapesObjective(nn.Module):
         return torch.cat(parts)
 
     def forward(self, examples: list[Example]) -> LossOutput:
-        images = self.image_embeddings([e.drawing for e in examples])
+        images = self.image_embeddings([e.drawing.image for e in examples])
         bos = self.net.text.embed(torch.tensor([self.net.config.tokenizer.bos_id]))
         prefix, targets = 1 + images.shape[1], _Targets()
         rows = [
@@ -286,20 +288,19 @@ class ShapesObjective(nn.Module):
 # -- stages ---------------------------------------------------------------------------------
 
 
-@dataclass
-class _TowerOutput:
-    last_hidden_state: torch.Tensor
-
-
-class _Tower(nn.Module):
-    """The vision encoder seen as a tower for :class:`PooledClassifier`."""
+class PictureClassifier(nn.Module):
+    """Stage 1: scene heads on the mean of a picture's image embeddings, as the text model reads
+    them. The local crops are the only undistorted view of an elongated picture (the global crop
+    squeezes it to a square), so they are trained here too, not the global crop alone."""
 
     def __init__(self, net: MoondreamNetwork):
         super().__init__()
-        self.net = net
+        self.objective = ShapesObjective(net)
+        self.heads = SceneHeads(net.config.vision.proj_out_dim)
 
-    def forward(self, pixel_values: torch.Tensor) -> _TowerOutput:
-        return _TowerOutput(self.net.vision.encode(pixel_values))
+    def forward(self, pictures: list[Image.Image], labels: torch.Tensor) -> ClassifierOutput:
+        result: ClassifierOutput = self.heads(self.objective.image_embeddings(pictures).mean(dim=1), labels)
+        return result
 
 
 @dataclass(frozen=True)
@@ -341,13 +342,12 @@ def make_batch_maker(tokenizer: Tokenizer, config: MoondreamConfig, recipe: Reci
     return make_batch
 
 
-def make_vision_batch_maker(config: MoondreamConfig, recipe: Recipe) -> BatchMaker:
+def make_vision_batch_maker(recipe: Recipe) -> BatchMaker:
     source = PictureSource(recipe.mix, IMAGE_SIZE)
 
     def make_batch(rng: random.Random) -> Batch:
-        images, labels = labelled_pictures(rng, source, recipe.batch_size)
-        pixels = torch.cat([overlap_crops(image, config.vision).pixels[:1] for image in images])
-        return {"pixel_values": pixels, "labels": labels}
+        pictures, labels = labelled_pictures(rng, source, recipe.batch_size)
+        return cast(Batch, {"pictures": pictures, "labels": labels})
 
     return make_batch
 
@@ -362,9 +362,9 @@ def train_model(
     tokenizer = build_tiny_tokenizer()
     config = build_config(tokenizer, recipe.sizes)
     net = build_network(config, recipe.sizes) if init is None else load_network(init, config).train()
-    classifier = PooledClassifier(_Tower(net), recipe.sizes.vision_dim)
+    classifier = PictureClassifier(net)
     stage1 = TrainConfig(steps=vision_steps, lr=recipe.vision_lr, warmup_steps=recipe.warmup_steps, seed=seed)
-    vision = train(classifier, make_vision_batch_maker(config, recipe), stage1, lambda m: log(f"vision {m}"))
+    vision = train(classifier, make_vision_batch_maker(recipe), stage1, lambda m: log(f"vision {m}"))
     stage2 = TrainConfig(steps=steps, lr=recipe.lr, warmup_steps=recipe.warmup_steps, seed=seed + 1)
     objective = ShapesObjective(net, recipe.region_weight)
     text = train(objective, make_batch_maker(tokenizer, config, recipe), stage2, lambda m: log(f"text {m}"))
@@ -473,8 +473,9 @@ def model_card(record: dict[str, Any]) -> str:
         f"Seed {record['seed']}, batches of {record['recipe']['batch_size']} random scenes and tasks, on"
         f" {record['machine']} with {record['threads']} torch thread(s); {record['train_seconds']} s of training:",
         "",
-        f"1. {record['vision_steps']} steps ({record['vision_seconds']} s) pretraining the vision encoder alone"
-        " (linear heads on its mean-pooled output classify shape, colour and background).",
+        f"1. {record['vision_steps']} steps ({record['vision_seconds']} s) pretraining the vision encoder and"
+        " its projection (linear heads on the mean of the image embeddings, global and local crops, classify"
+        " shape, colour and background).",
         f"2. {record['steps']} steps ({record['text_seconds']} s) training the whole network on captions,"
         " answers (token loss) and boxes and points (region-model losses).",
         "",
