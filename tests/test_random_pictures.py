@@ -19,9 +19,9 @@ from vlm_notebook.training import robustness
 TEST_SEED = 2026  # not the cards' seed (robustness.DEFAULT_SEED): these pictures were never looked at
 TEST_PICTURES = 100
 #: Pictures of the 100 each shipped checkpoint gets right: the fewer of fp32 and bf16 as measured
-#: (greedy decoding is deterministic), less one for another CPU's rounding. Moondream was measured on
-#: an Intel Xeon with AMX, the others on an AVX2-only AMD EPYC.
-MIN_RIGHT = {"shapes-smolvlm": 91, "shapes-qwen2vl": 96, "shapes-moondream": 43, "shapes-gemma4": 97}
+#: (greedy decoding is deterministic), less one for another CPU's rounding; measured on an AVX2-only
+#: AMD EPYC (bf16 emulated by torch).
+MIN_RIGHT = {"shapes-smolvlm": 91, "shapes-qwen2vl": 96, "shapes-moondream": 57, "shapes-gemma4": 97}
 
 
 def test_random_pictures_are_repeatable_and_within_the_ranges() -> None:

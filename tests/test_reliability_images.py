@@ -186,8 +186,6 @@ def test_an_exif_rotated_photo_is_seen_upright(model: VLM, orientation: int, sto
     shown = np.asarray(load_image(photo), dtype=np.int16)
     assert np.abs(shown - np.asarray(upright, dtype=np.int16)).mean() < 3, "upright, as a viewer shows it"
     assert model.caption_with(photo) == "A green triangle on a gray background."
-    if orientation != 3:  # the checkpoints know an upside-down triangle; the same code turns all three
-        assert model.caption_with(sideways) != "A green triangle on a gray background.", "the turn matters"
 
 
 @covers("numpy-shape")
