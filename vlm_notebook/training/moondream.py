@@ -211,6 +211,22 @@ class _Targets:
     size: list[tuple[int, int, float, float]] = field(default_factory=list)
 
 
+def image_embeddings(net: MoondreamNetwork, pictures: list[Image.Image]) -> torch.Tensor:
+    """(B, image tokens, dim): each picture's crops through the encoder, stitched and projected, as
+    ``models.moondream.inference.image_embeddings`` does for one picture (here every crop of the
+    batch goes through the encoder in one call)."""
+    config = net.config.vision
+    crops = [overlap_crops(picture, config) for picture in pictures]
+    features = net.vision.encode(torch.cat([c.pixels for c in crops]))
+    rows, start = [], 0
+    for c in crops:
+        count = c.pixels.shape[0]
+        local = features[start + 1 : start + count].view(-1, config.grid, config.grid, config.enc_dim)
+        rows.append(net.vision.project(features[start], stitch(local, c.tiling, config.overlap_margin)))
+        start += count
+    return torch.stack(rows)
+
+
 class ShapesObjective(nn.Module):
     """The network plus the training loss of a batch of :class:`Example`."""
 
@@ -218,19 +234,6 @@ class ShapesObjective(nn.Module):
         super().__init__()
         self.net = net
         self.region_weight = region_weight
-
-    def image_embeddings(self, pictures: list[Image.Image]) -> torch.Tensor:
-        """(B, image tokens, dim): each picture's crops through the encoder, stitched and projected."""
-        config = self.net.config.vision
-        crops = [overlap_crops(picture, config) for picture in pictures]
-        features = self.net.vision.encode(torch.cat([c.pixels for c in crops]))
-        rows, start = [], 0
-        for c in crops:
-            count = c.pixels.shape[0]
-            local = features[start + 1 : start + count].view(-1, config.grid, config.grid, config.enc_dim)
-            rows.append(self.net.vision.project(features[start], stitch(local, c.tiling, config.overlap_margin)))
-            start += count
-        return torch.stack(rows)
 
     def _sequence(self, example: Example, row: int, prefix: int, targets: _Targets) -> torch.Tensor:
         """The embeddings after the prefix for one example; records its targets."""
@@ -256,7 +259,7 @@ class ShapesObjective(nn.Module):
         return torch.cat(parts)
 
     def forward(self, examples: list[Example]) -> LossOutput:
-        images = self.image_embeddings([e.drawing.image for e in examples])
+        images = image_embeddings(self.net, [e.drawing.image for e in examples])
         bos = self.net.text.embed(torch.tensor([self.net.config.tokenizer.bos_id]))
         prefix, targets = 1 + images.shape[1], _Targets()
         rows = [
@@ -295,11 +298,11 @@ class PictureClassifier(nn.Module):
 
     def __init__(self, net: MoondreamNetwork):
         super().__init__()
-        self.objective = ShapesObjective(net)
+        self.net = net
         self.heads = SceneHeads(net.config.vision.proj_out_dim)
 
     def forward(self, pictures: list[Image.Image], labels: torch.Tensor) -> ClassifierOutput:
-        result: ClassifierOutput = self.heads(self.objective.image_embeddings(pictures).mean(dim=1), labels)
+        result: ClassifierOutput = self.heads(image_embeddings(self.net, pictures).mean(dim=1), labels)
         return result
 
 
