@@ -1,7 +1,7 @@
 """Command line: ``python -m vlm_notebook.training smolvlm|qwen2vl|gemma4|moondream [--out DIR] [--steps N] [--seed S]``
-(also ``--vision-steps N``, ``--threads N``, ``--batch-size N``, ``--lr RATE`` and ``--init-from DIR``, which starts
-from a saved checkpoint's weights instead of random ones). With no options a family trains from
-scratch; each shipped checkpoint's card (its README.md) gives the command that made it.
+(also ``--vision-steps N``, ``--threads N``, ``--batch-size N``, ``--lr RATE``, ``--varied-per-scene N`` and
+``--init-from DIR``, which starts from a saved checkpoint's weights instead of random ones). With no
+options a family trains from scratch; each shipped checkpoint's card (its README.md) gives the command that made it.
 
 ``smolvlm`` trains the tiny SmolVLM (English), ``qwen2vl`` the tiny Qwen2-VL (captions in seven
 languages, questions in English and Japanese), ``gemma4`` the tiny Gemma 4 (English); each saves
@@ -91,6 +91,8 @@ def _command(args: argparse.Namespace) -> str:
         command += f" --batch-size {args.batch_size}"
     if args.lr:
         command += f" --lr {args.lr:g}"
+    if args.varied_per_scene:
+        command += f" --varied-per-scene {args.varied_per_scene}"
     default_out = FAMILY_DEFAULTS[args.family].out
     return command if Path(args.out).resolve() == default_out else f"{command} --out {args.out}"
 
@@ -99,9 +101,11 @@ R = TypeVar("R", smolvlm.Recipe, qwen2vl.Recipe, gemma4.Recipe, moondream.Recipe
 
 
 def _sized(recipe: R, args: argparse.Namespace) -> R:
-    """The recipe, with ``--batch-size`` and ``--lr`` when given."""
+    """The recipe, with ``--batch-size``, ``--lr`` and ``--varied-per-scene`` when given."""
     if args.batch_size:
         recipe = replace(recipe, batch_size=args.batch_size)
+    if args.varied_per_scene:
+        recipe = replace(recipe, varied_per_scene=args.varied_per_scene)
     return replace(recipe, lr=args.lr) if args.lr else recipe
 
 
@@ -233,6 +237,10 @@ def _add_family(parser: argparse.ArgumentParser, defaults: FamilyDefaults) -> No
     parser.add_argument("--batch-size", type=int, default=None, help="examples a step (default: the recipe's)")
     parser.add_argument(
         "--lr", type=float, default=None, help="peak learning rate of the whole-model stage (default: the recipe's)"
+    )
+    parser.add_argument(
+        "--varied-per-scene", type=int, default=None,
+        help="distinct varied pictures drawn for each scene, then reused (default: the recipe's)",
     )
 
 

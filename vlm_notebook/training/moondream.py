@@ -50,7 +50,7 @@ from vlm_notebook.models.moondream.text import prefix_causal_mask
 from vlm_notebook.training import robustness
 from vlm_notebook.training.card import pictures_section, training_pictures
 from vlm_notebook.training.loop import Batch, BatchMaker, Logger, TrainConfig, TrainResult, seed_everything, train
-from vlm_notebook.training.pictures import Mix, PictureSource
+from vlm_notebook.training.pictures import DEFAULT_MIX, Mix, PictureSource
 from vlm_notebook.training.robustness import iou
 from vlm_notebook.training.tokenizer import build_tokenizer
 from vlm_notebook.training.vision import ClassifierOutput, SceneHeads, labelled_pictures
@@ -314,10 +314,11 @@ class Recipe:
     batch_size: int = 32
     canonical_fraction: float = 0.15
     varied_fraction: float = 0.6  # pictures like users send (``training.pictures``); the rest: random squares
+    varied_per_scene: int = DEFAULT_MIX.varied_per_scene  # distinct varied pictures a scene gets
 
     @property
     def mix(self) -> Mix:
-        return Mix(self.canonical_fraction, self.varied_fraction)
+        return Mix(self.canonical_fraction, self.varied_fraction, self.varied_per_scene)
     vision_lr: float = 1e-3
     lr: float = 1.5e-3
     region_weight: float = 0.5  # the region losses (about 4 nats at best) would otherwise swamp the tokens'

@@ -277,6 +277,7 @@ class Recipe:
     batch_size: int = 16
     canonical_fraction: float = 0.15
     varied_fraction: float = 0.6
+    varied_per_scene: int = DEFAULT_MIX.varied_per_scene  # distinct varied pictures a scene gets
     vision_lr: float = 2e-3
     lr: float = 1e-3
     warmup_steps: int = 100
@@ -289,7 +290,7 @@ class Recipe:
 
     @property
     def mix(self) -> Mix:
-        return Mix(self.canonical_fraction, self.varied_fraction)
+        return Mix(self.canonical_fraction, self.varied_fraction, self.varied_per_scene)
 
     def as_dict(self) -> dict[str, Any]:
         """The recipe as plain JSON-ready values."""
