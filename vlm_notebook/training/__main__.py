@@ -1,7 +1,8 @@
 """Command line: ``python -m vlm_notebook.training smolvlm|qwen2vl|gemma4|moondream [--out DIR] [--steps N] [--seed S]``
 (also ``--vision-steps N``, ``--threads N``, ``--batch-size N``, ``--lr RATE``, ``--varied-per-scene N`` and
-``--init-from DIR``, which starts from a saved checkpoint's weights instead of random ones). With no
-options a family trains from scratch; each shipped checkpoint's card (its README.md) gives the command that made it.
+``--init-from DIR``, which starts from a saved checkpoint's weights instead of random ones; Moondream
+also ``--region-weight W``). With no options a family trains from scratch; each shipped checkpoint's
+card (its README.md) gives the command that made it.
 
 ``smolvlm`` trains the tiny SmolVLM (English), ``qwen2vl`` the tiny Qwen2-VL (captions in seven
 languages, questions in English and Japanese), ``gemma4`` the tiny Gemma 4 (English); each saves
@@ -93,6 +94,8 @@ def _command(args: argparse.Namespace) -> str:
         command += f" --lr {args.lr:g}"
     if args.varied_per_scene:
         command += f" --varied-per-scene {args.varied_per_scene}"
+    if getattr(args, "region_weight", None):
+        command += f" --region-weight {args.region_weight:g}"
     default_out = FAMILY_DEFAULTS[args.family].out
     return command if Path(args.out).resolve() == default_out else f"{command} --out {args.out}"
 
@@ -194,6 +197,8 @@ def run_moondream(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     recipe = _sized(moondream.Recipe(), args)
+    if args.region_weight:
+        recipe = replace(recipe, region_weight=args.region_weight)
     trained = moondream.train_model(args.steps, args.vision_steps, args.seed, recipe, _log, _init(args))
     moondream.save(trained.tokenizer, trained.net, out)
     _log(f"saved to {out}; evaluating the saved directory")
@@ -249,6 +254,10 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="family", required=True)
     for family, defaults in FAMILY_DEFAULTS.items():
         _add_family(commands.add_parser(family, help=defaults.help), defaults)
+    commands.choices["moondream"].add_argument(
+        "--region-weight", type=float, default=None,
+        help="weight of the box and point losses against the tokens' (default: the recipe's)",
+    )
     assets = commands.add_parser("assets", help="write example pictures")
     assets.add_argument("--out", default=str(ASSETS_DIR), help="output directory")
     return parser
