@@ -125,6 +125,46 @@ def test_siblings_that_read_the_same_input_share_one_copy_and_each_computes_its_
         torch.testing.assert_close(torch.mm(x[0], copied[0].group), torch.cat([layer(x[0]) for layer in plain], -1))
 
 
+@needs_packing
+@pytest.mark.parametrize("bias", [True, False])
+def test_packed_bf16_siblings_in_a_decoding_part_share_one_product_of_their_weights_side_by_side(bias: bool) -> None:
+    torch.manual_seed(4)
+    attention = torch.nn.Module()
+    attention.q_proj, attention.k_proj, attention.v_proj = (
+        torch.nn.Linear(64, n, bias=bias, dtype=torch.bfloat16) for n in (64, 16, 16)
+    )
+    plain = [attention.q_proj, attention.k_proj, attention.v_proj]
+    assert cpu.pack_bf16_linears(attention, (attention,)) == 3
+    packed = [attention.q_proj, attention.k_proj, attention.v_proj]
+    siblings = packed[0].siblings
+    assert all(type(layer) is cpu.PackedLinear and layer.siblings is siblings for layer in packed)
+    assert siblings is not None and siblings.packed.shape == (96, 64)
+    x = torch.randn(1, 64, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        expected = torch.cat([layer(x) for layer in plain], -1)
+        assert torch.equal(torch.cat([layer(x) for layer in packed], -1), expected)
+        torch.testing.assert_close(siblings(x), expected)
+        assert cpu.unpack_linears(attention) == 3
+    assert all(type(layer) is torch.nn.Linear for layer in (attention.q_proj, attention.k_proj, attention.v_proj))
+
+
+@needs_packing
+def test_bf16_siblings_outside_the_decoding_parts_or_too_large_for_memory_get_no_copy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def packed_attention(decoding: bool) -> list[cpu.PackedLinear]:
+        attention = torch.nn.Module()
+        attention.q_proj, attention.k_proj, attention.v_proj = (
+            torch.nn.Linear(256, 256, dtype=torch.bfloat16) for _ in range(3)
+        )
+        cpu.pack_bf16_linears(attention, (attention,) if decoding else ())
+        return [attention.q_proj, attention.k_proj, attention.v_proj]
+
+    assert all(layer.siblings is None for layer in packed_attention(decoding=False))
+    monkeypatch.setattr(cpu, "physical_memory", lambda: 1 << 20)  # 1 MB: the copy would not fit
+    assert all(layer.siblings is None for layer in packed_attention(decoding=True))
+
+
 def test_decoding_weights_too_large_for_the_machines_memory_are_not_copied(monkeypatch: pytest.MonkeyPatch) -> None:
     model = torch.nn.Sequential(torch.nn.Linear(256, 256))
     monkeypatch.setattr(cpu, "physical_memory", lambda: 1 << 20)  # 1 MB: the copy would not fit
@@ -149,6 +189,8 @@ def test_the_shipped_smolvlm_in_fp32_decodes_from_transposed_copies_and_answers_
 def test_the_shipped_smolvlm_in_bf16_is_packed_and_answers_as_unpacked() -> None:
     packed = SmolVLM("shapes-smolvlm", dtype="bfloat16").load()
     assert isinstance(packed, SmolVLM) and isinstance(packed.model.lm_head, cpu.PackedLinear)
+    attention = packed.model.model.text_model.layers[0].self_attn
+    assert isinstance(attention.q_proj, cpu.PackedLinear) and attention.q_proj.siblings is not None
     assert_answers_as_unpacked(packed, "bfloat16")
 
 

@@ -19,7 +19,8 @@ back afterwards; ``set_thread_policy(prefill=..., decode=...)`` fixes them (no m
 and fp32 elsewhere (bf16 matrix products are tens of times slower without those instructions).
 ``pack_bf16_linears`` stores a bf16 model's linear weights in oneDNN's blocked layout once, where
 torch's oneDNN has bf16 kernels: the same products, faster than ``F.linear``, which repacks a
-plain weight at each call (``benchmarks/results/cpu_vs_openvino.md`` has the effect).
+plain weight at each call (``benchmarks/results/cpu_vs_openvino.md`` has the effect); layers of the
+text model that read the same input also get one packed copy side by side, for decode steps.
 In fp32, ``pack_float32_encoders`` packs the vision side's linear weights the same way (oneDNN's
 fp32 products of many rows beat ``F.linear``'s), and ``prepare_float32_decoding`` gives the
 decoding layers a transposed copy of their weights, which one-token products read faster than the
@@ -277,7 +278,7 @@ class PackedLinear(torch.nn.Module):
     (``pack_bf16_linears``, ``pack_float32_encoders``), optionally followed by the tanh-approximated
     GELU in the same call (``gelu=True``)."""
 
-    def __init__(self, linear: torch.nn.Linear, gelu: bool = False):
+    def __init__(self, linear: torch.nn.Linear, gelu: bool = False, siblings: PackedSiblings | None = None):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         #: The packed weight: a plain attribute, not a parameter (``.to()`` cannot convert it; see
@@ -285,6 +286,9 @@ class PackedLinear(torch.nn.Module):
         self.packed: torch.Tensor = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), _PACKING_ROWS)
         self.bias = linear.bias
         self.gelu = gelu
+        #: In a decoding part, for a layer with ``SIBLINGS``: their weights side by side, packed
+        #: (``pack_bf16_linears``); else None.
+        self.siblings = siblings
 
     @property
     def weight(self) -> torch.Tensor:
@@ -310,6 +314,26 @@ class PackedLinear(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, packed {self.packed.dtype}"
+
+
+@dataclass(frozen=True)
+class PackedSiblings:
+    """The weights (and biases) of a group of ``SIBLINGS`` side by side, in order, packed for oneDNN:
+    a decode step makes one product for the group where it would make two or three."""
+
+    packed: torch.Tensor
+    bias: torch.Tensor | None
+
+    @classmethod
+    def of(cls, group: Sequence[torch.nn.Linear]) -> PackedSiblings:
+        weights = torch.cat([linear.weight.detach() for linear in group])
+        biases = [linear.bias for linear in group]
+        bias = None if biases[0] is None else torch.cat(cast(list[torch.Tensor], biases)).detach()
+        return cls(torch.ops.mkldnn._reorder_linear_weight(weights, _PACKING_ROWS), bias)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        result: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        return result
 
 
 class DecodingLinear(torch.nn.Module):
@@ -370,13 +394,11 @@ def prepare_float32_decoding(model: torch.nn.Module, decoding: Sequence[torch.nn
     with at least as many outputs as inputs (those with fewer read their plain weight as fast or
     faster, measured in the results file that ``DecodingLinear`` cites). Returns how many."""
     parts = [module for part in decoding for module in part.modules()]
-    groups = [group for parent in parts for group in _sibling_groups(parent)]
+    groups = [group for parent in parts for group in _sibling_groups(parent, torch.float32)]
     grouped = [linear for group in groups for linear in group]
     grouped_ids = {id(linear) for linear in grouped}
     alone = [module for module in parts if _widening_float32(module) and id(module) not in grouped_ids]
-    copy_bytes = sum(linear.weight.nbytes for linear in [*alone, *grouped])
-    memory = physical_memory()
-    if memory is None or copy_bytes > memory * _DECODING_MEMORY_SHARE:
+    if not _copies_fit([*alone, *grouped]):
         return 0
     made = {id(linear): DecodingLinear(linear) for linear in alone}
     for group in groups:
@@ -387,13 +409,19 @@ def prepare_float32_decoding(model: torch.nn.Module, decoding: Sequence[torch.nn
     return _replace_children(model, lambda module: id(module) in made, lambda module: made[id(module)])
 
 
-def _sibling_groups(parent: torch.nn.Module) -> list[list[torch.nn.Linear]]:
-    """The ``SIBLINGS`` groups among ``parent``'s children: fp32 CPU linears of one input size,
-    all with a bias or all without."""
+def _copies_fit(linears: Sequence[torch.nn.Linear]) -> bool:
+    """Whether copies of these layers' weights fit in the machine's share for them."""
+    memory = physical_memory()
+    return memory is not None and sum(linear.weight.nbytes for linear in linears) <= memory * _DECODING_MEMORY_SHARE
+
+
+def _sibling_groups(parent: torch.nn.Module, dtype: torch.dtype) -> list[list[torch.nn.Linear]]:
+    """The ``SIBLINGS`` groups among ``parent``'s children: CPU linears in ``dtype`` of one input
+    size, all with a bias or all without."""
     found = []
     for names in SIBLINGS:
         linears = [getattr(parent, name, None) for name in names]
-        if all(isinstance(linear, torch.nn.Module) and _cpu_linear_in(linear, torch.float32) for linear in linears):
+        if all(isinstance(linear, torch.nn.Module) and _cpu_linear_in(linear, dtype) for linear in linears):
             typed = cast(list[torch.nn.Linear], linears)
             inputs, biases = {linear.in_features for linear in typed}, {linear.bias is None for linear in typed}
             if len(inputs) == 1 and len(biases) == 1:
@@ -426,7 +454,7 @@ def pack_float32_encoders(model: torch.nn.Module, decoding: Sequence[torch.nn.Mo
                              PackedLinear)
 
 
-def pack_bf16_linears(model: torch.nn.Module) -> int:
+def pack_bf16_linears(model: torch.nn.Module, decoding: Sequence[torch.nn.Module] = ()) -> int:
     """Replace, in place, every bf16 ``nn.Linear`` of ``model`` on the CPU by a ``PackedLinear``
     (the plain weight is let go, so memory does not grow, except for a weight that another module
     shares). Returns how many were packed.
@@ -434,14 +462,35 @@ def pack_bf16_linears(model: torch.nn.Module) -> int:
     Where an MLP applies the tanh-approximated GELU to ``fc1``'s output (an ``activation_fn`` child,
     as in transformers' SigLIP and Moondream's vision encoder), the GELU runs inside ``fc1``'s call,
     on its unrounded sums (one rounding to bf16 instead of two), saving the activation's own pass over
-    the vision encoder's largest tensors."""
+    the vision encoder's largest tensors.
+
+    In the ``decoding`` parts, each group of ``SIBLINGS`` also gets one packed copy of its weights side
+    by side (``PackedLinear.siblings``), where the copies fit in memory: a one-row product pays a
+    fixed cost per call that the small layers of a decode step feel (SmolVLM-256M:
+    ``benchmarks/results/decode_bandwidth.md``)."""
     fused = 0
     for module in list(model.modules()):
         fc1, activation = getattr(module, "fc1", None), getattr(module, "activation_fn", None)
         if isinstance(fc1, torch.nn.Linear) and _packable(fc1) and _is_tanh_gelu(activation):
             module.fc1, module.activation_fn = PackedLinear(fc1, gelu=True), torch.nn.Identity()
             fused += 1
-    return fused + _replace_children(model, _packable, PackedLinear)
+    siblings = _packed_siblings(decoding)
+    made = _replace_children(model, _packable, lambda linear: PackedLinear(linear, siblings=siblings.get(id(linear))))
+    return fused + made
+
+
+def _packed_siblings(decoding: Sequence[torch.nn.Module]) -> dict[int, PackedSiblings]:
+    """For each bf16 layer of a ``SIBLINGS`` group in the ``decoding`` parts (by ``id``): its group's
+    weights side by side, packed; nothing where the copies would not fit in memory."""
+    parents = [module for part in decoding for module in part.modules()]
+    groups = [group for parent in parents for group in _sibling_groups(parent, torch.bfloat16)]
+    if not _copies_fit([linear for group in groups for linear in group]):
+        return {}
+    made: dict[int, PackedSiblings] = {}
+    for group in groups:
+        packed = PackedSiblings.of(group)
+        made.update((id(linear), packed) for linear in group)
+    return made
 
 
 def unpack_linears(model: torch.nn.Module) -> int:

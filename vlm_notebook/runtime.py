@@ -128,7 +128,8 @@ def choose_runtime(device: Any = "auto", dtype: Any = "auto", int8: bool = False
 
 def fit_weights(module: torch.nn.Module, runtime: Runtime, decoding: Sequence[torch.nn.Module] = ()) -> None:
     """After loading, in place: int8 linear layers when the runtime asks for them; on a CPU whose
-    oneDNN computes in bf16, a bf16 model's linear weights packed for it (the same products); on a
+    oneDNN computes in bf16, a bf16 model's linear weights packed for it (the same products; the
+    ``decoding`` parts' layers that read one input also side by side); on a
     CPU in fp32, a transposed copy of the ``decoding`` parts' (text model, output layer) widening
     linear weights for one-row products, and the other parts' (vision) linear weights packed for
     oneDNN."""
@@ -136,7 +137,7 @@ def fit_weights(module: torch.nn.Module, runtime: Runtime, decoding: Sequence[to
     if runtime.int8:
         quantize_int8(module)
     elif on_cpu and runtime.dtype == torch.bfloat16 and packs_bf16():
-        pack_bf16_linears(module)
+        pack_bf16_linears(module, decoding)
     elif on_cpu and runtime.dtype == torch.float32:
         prepare_float32_decoding(module, decoding)
         if packs_float32():

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 
-from ..cpu import DecodingLinear, PackedLinear
+from ..cpu import DecodingLinear, PackedLinear, PackedSiblings
 
 
 def llama_text_model(model: torch.nn.Module) -> torch.nn.Module | None:
@@ -130,13 +130,19 @@ class _Layer:
 
 def _side_by_side(*modules: torch.nn.Module) -> Linear:
     """The products of ``modules`` (which read the same input) side by side: one product on their
-    shared transposed copy when ``prepare_float32_decoding`` grouped them, else one each."""
+    shared copy when ``prepare_float32_decoding`` (transposed fp32) or ``pack_bf16_linears``
+    (packed bf16) grouped them, else one each."""
     group = getattr(modules[0], "group", None)
     if group is not None and all(type(module) is DecodingLinear and module.group is group for module in modules):
         biases = [module.bias for module in modules]
         if all(bias is None for bias in biases):
             return partial(torch.mm, mat2=group)
         return partial(torch.addmm, torch.cat(cast(list[torch.Tensor], biases)), mat2=group)
+    siblings = getattr(modules[0], "siblings", None)
+    if isinstance(siblings, PackedSiblings) and all(
+        type(module) is PackedLinear and module.siblings is siblings for module in modules
+    ):
+        return siblings
     calls = [_linear(module) for module in modules]
     return lambda hidden: torch.cat([call(hidden) for call in calls], dim=-1)
 
