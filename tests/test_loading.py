@@ -74,3 +74,33 @@ def test_models_loading_at_once_on_their_streams_threads_load_whole() -> None:
     ]
     for later in (Qwen2VL("shapes-qwen2vl", defaults="card"), SmolVLM("shapes-smolvlm")):
         assert later.caption(picture) == "A red circle on a white background."
+
+
+
+@pytest.mark.timeout(60)
+def test_a_load_runs_on_a_thread_of_its_own_whose_nested_loads_return_and_whose_errors_reach_the_caller(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """So that it leaves no torch (OpenMP) worker threads on the caller's thread, which slow every
+    later decode step on a stream's thread (benchmarks/results/decode_threads.md)."""
+    model, loaders = SmolVLM("shapes-smolvlm"), []
+    real_load = model._load
+
+    def load_and_look() -> None:
+        loaders.append(threading.current_thread())
+        real_load()
+        model.load()  # as a format check does (Qwen2-VL's reads its pixel range): returns at once
+
+    monkeypatch.setattr(model, "_load", load_and_look)
+    assert model.load() is model and loaders[0] is not threading.current_thread()
+    assert model.caption(shapes.draw(RED_CIRCLE).image) == "A red circle on a white background."
+    broken = SmolVLM("shapes-smolvlm")
+    failure = CheckpointNotAvailableError("the test's failure")
+
+    def fail() -> None:
+        raise failure
+
+    monkeypatch.setattr(broken, "_load", fail)
+    with pytest.raises(CheckpointNotAvailableError) as raised:
+        broken.load()
+    assert raised.value is failure and not broken.loaded

@@ -29,6 +29,31 @@ if TYPE_CHECKING:  # the runtime needs torch; this module must not import it (ch
 _ONE_LOAD_AT_A_TIME = threading.Lock()
 
 
+def _on_a_thread_of_its_own(work: Callable[[], None]) -> None:
+    """Run ``work`` on a new thread and wait for it to end; its exception is raised here.
+
+    Loading runs this way so that it leaves no torch worker threads behind on the caller's thread.
+    torch's CPU builds (GNU OpenMP) keep a team of threads for each thread that has run parallel
+    work, for as long as that thread lives, and generations run on a stream's own thread: with a
+    team left on a notebook's main thread too, the process holds more OpenMP threads than cores,
+    OpenMP then stops spinning between parallel regions, and the many small ones of each decode
+    step wait (``benchmarks/results/decode_threads.md``). A thread that ends takes its team along.
+    """
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as error:  # raised again on the caller's thread, never lost
+            errors.append(error)
+
+    thread = threading.Thread(target=run, name="vlm-notebook-load", daemon=True)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
 class VLM(ABC):
     """A vision-language model of one family. Loading happens once, on ``load()`` or first use.
 
@@ -55,8 +80,9 @@ class VLM(ABC):
         self.name = self.entry.name
         self.revision = revision if revision is not None else self.entry.revision
         self._generation_lock = threading.Lock()
-        self._load_lock = threading.RLock()  # the format check after loading uses the loaded model
+        self._load_lock = threading.RLock()
         self._loaded = False
+        self._loading_thread: threading.Thread | None = None  # while a load runs: its thread
         #: Where and in what number format the model runs (None for a model that runs elsewhere).
         self.runtime: Runtime | None = None
 
@@ -76,13 +102,22 @@ class VLM(ABC):
 
     def load(self) -> VLM:
         """Load the checkpoint (once; later calls return at once). Returns the model."""
+        if threading.current_thread() is self._loading_thread:
+            return self  # the load's own format check, which uses what it has just loaded
         with self._load_lock:
             if not self._loaded:
-                with _ONE_LOAD_AT_A_TIME:
-                    self._load()
+                _on_a_thread_of_its_own(self._load_and_check)
                 self._loaded = True
-                self._check_number_format()
         return self
+
+    def _load_and_check(self) -> None:
+        self._loading_thread = threading.current_thread()
+        try:
+            with _ONE_LOAD_AT_A_TIME:
+                self._load()
+            self._check_number_format()
+        finally:
+            self._loading_thread = None
 
     def _check_number_format(self) -> None:
         """After loading (the model usable, the load lock held): a family that runs in a half format
