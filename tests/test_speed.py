@@ -208,7 +208,8 @@ def tiled_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(SHIPPED_SMOLVLM, directory)
     config_path = directory / "processor_config.json"
     config = json.loads(config_path.read_text())
-    config["image_processor"].update(do_image_splitting=True, size={"longest_edge": 256})
+    tile = config["image_processor"]["max_image_size"]["longest_edge"]
+    config["image_processor"].update(do_image_splitting=True, size={"longest_edge": 4 * tile})
     config_path.write_text(json.dumps(config))
     return directory
 

@@ -9,6 +9,8 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
+from transformers import AutoModelForImageTextToText
 
 from vlm_notebook import shapes
 from vlm_notebook.registry import get_model
@@ -53,3 +55,25 @@ def test_a_short_run_repeats_from_its_seed_and_its_checkpoint_loads(family: str,
     assert type(model).__name__ == class_name
     answer = model.query(shapes.draw(shapes.all_scenes()[0]).image, "What shape is it?", max_new_tokens=3)
     assert isinstance(answer, str)
+
+
+@pytest.mark.timeout(120)
+def test_smolvlm_carries_a_checkpoint_with_smaller_patches_over_seeing_the_same() -> None:
+    """A checkpoint of 64 px tiles at patch 8 (the shipped ones until 2026-12) starts the 128 px,
+    patch 16 recipe seeing a picture as it saw that picture at half the size."""
+    processor, sizes = smolvlm.build_processor(), smolvlm.TinySizes()
+    torch.manual_seed(0)
+    config = smolvlm.build_config(processor, sizes)
+    config.vision_config.image_size, config.vision_config.patch_size = 64, 8
+    saved = AutoModelForImageTextToText.from_config(config)
+    carried = smolvlm.with_larger_patches(saved, smolvlm.build_model(processor, sizes))
+    small = torch.rand(1, 3, 64, 64) * 2 - 1
+    large = small.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    with torch.no_grad():
+        seen_before = saved.model.vision_model(small).last_hidden_state
+        seen_now = carried.model.vision_model(large).last_hidden_state
+    torch.testing.assert_close(seen_now, seen_before, rtol=1e-4, atol=1e-5)
+    config.vision_config.image_size = 96  # a 12 x 12 grid: no patch size carries it over
+    other_grid = AutoModelForImageTextToText.from_config(config)
+    with pytest.raises(ValueError, match="another grid"):
+        smolvlm.with_larger_patches(other_grid, smolvlm.build_model(processor, sizes))

@@ -10,6 +10,8 @@ from typing import Any
 import torch
 import transformers
 
+from vlm_notebook.training import smolvlm
+
 
 def versions() -> dict[str, str]:
     """Versions of the software that produced a checkpoint."""
@@ -39,6 +41,7 @@ def _about(record: dict[str, Any]) -> list[str]:
         return _about_qwen2vl(record)
     if record.get("family") == "gemma4":
         return _about_gemma4(record)
+    tile, patch = smolvlm.IMAGE_SIZE, smolvlm.PATCH_SIZE
     return [
         f"# {record['name']}",
         "",
@@ -51,8 +54,8 @@ def _about(record: dict[str, Any]) -> list[str]:
         "",
         "## Format",
         "",
-        f"- {record['parameters']:,} parameters, fp32 safetensors; 64 px pictures, patch 8,",
-        "  scale factor 2 = 16 image tokens; any picture is resized to one 64 px tile (squeezed to a square",
+        f"- {record['parameters']:,} parameters, fp32 safetensors; {tile} px pictures, patch {patch},",
+        f"  scale factor 2 = 16 image tokens; any picture is resized to one {tile} px tile (squeezed to a square",
         "  whatever its aspect ratio, as transformers' Idefics3 processor does with image splitting off).",
         "- Byte-level BPE trained on the English text only; SmolVLM's special tokens and",
         "  prompt format: `<|im_start|>User:<image>Describe this image.<end_of_utterance>\\nAssistant:`",
@@ -177,13 +180,19 @@ def training_pictures(record: dict[str, Any]) -> list[str]:
             f"{100 * v.shape_fraction[1]:.0f}% of the short side anywhere, PNG, JPEG of quality",
             f"{v.jpeg_quality[0]}-{v.jpeg_quality[1]} or RGBA with a transparent white background, Gaussian noise up to"
             f" {v.noise[1]:g} levels,",
-            "decoded with `load_image` as a user's file is; mirrored at random when reused), the rest squares with the",
+            f"decoded with `load_image` as a user's file is; {_reuse(recipe)}), the rest squares with the",
             "shape anywhere.",
             "",
         ]
     if record.get("init_from"):
         lines += [f"Started from the weights of {record.get('init_note') or record['init_from']}, not at random.", ""]
     return lines
+
+
+def _reuse(recipe: dict[str, Any]) -> str:
+    """How often a varied picture was shown (records before ``varied_per_scene`` used 40)."""
+    drawn = recipe.get("varied_per_scene", 40)
+    return f"{drawn} drawn for each scene, then reused, mirrored at random"
 
 
 def _accuracy(record: dict[str, Any]) -> list[str]:

@@ -7,8 +7,10 @@ a chat template that renders SmolVLM's published prompt format::
 
     <|im_start|>User:<image>Describe this image.<end_of_utterance>\\nAssistant:
 
-Pictures are 64 px, patch 8, pixel-shuffle scale 2, hence 16 image tokens per picture;
-image splitting is off, so any input picture becomes a single 64 px tile.
+Pictures are 128 px, patch 16, pixel-shuffle scale 2, hence 16 image tokens per picture;
+image splitting is off, so any input picture becomes a single 128 px tile (squeezed to a square).
+Checkpoints until 2026-12-03 saw 64 px tiles at patch 8: the same tokens and patch grid, a
+quarter of the pixels; :func:`load_model` carries such a checkpoint over.
 """
 
 from __future__ import annotations
@@ -49,8 +51,8 @@ from vlm_notebook.training.pictures import DEFAULT_MIX, Mix, PictureSource
 from vlm_notebook.training.tokenizer import build_tokenizer
 from vlm_notebook.training.vision import PooledClassifier, labelled_pictures
 
-IMAGE_SIZE = 64
-PATCH_SIZE = 8
+IMAGE_SIZE = 128
+PATCH_SIZE = 16
 SCALE_FACTOR = 2
 IMAGE_SEQ_LEN = (IMAGE_SIZE // PATCH_SIZE) ** 2 // SCALE_FACTOR**2  # 16
 
@@ -133,13 +135,13 @@ def build_tokenizer_fast() -> PreTrainedTokenizerFast:
 
 
 def build_image_processor() -> Idefics3ImageProcessorPil:
-    """PIL image processor: any picture is resized to one 64 x 64 tile, no splitting."""
+    """PIL image processor: any picture is resized to one square tile, no splitting."""
     edge = {"longest_edge": IMAGE_SIZE}
     return Idefics3ImageProcessorPil(do_image_splitting=False, size=edge, max_image_size=edge, do_resize=True)
 
 
 def build_processor() -> Idefics3Processor:
-    """The real ``Idefics3Processor`` for 64 px pictures and 16 image tokens."""
+    """The real ``Idefics3Processor`` for one tile and 16 image tokens."""
     return Idefics3Processor(
         image_processor=build_image_processor(),
         tokenizer=build_tokenizer_fast(),
@@ -207,9 +209,29 @@ def build_model(processor: Idefics3Processor, sizes: TinySizes) -> PreTrainedMod
     return cast(PreTrainedModel, model)
 
 
-def load_model(processor: Idefics3Processor, directory: Path) -> PreTrainedModel:
-    """A saved checkpoint's weights to start from (``--init-from``)."""
-    return cast(PreTrainedModel, load_start_weights(processor, directory, generation_config(processor)))
+def load_model(processor: Idefics3Processor, directory: Path, sizes: TinySizes) -> PreTrainedModel:
+    """A saved checkpoint's weights to start from (``--init-from``); one saved with smaller tiles
+    and patches (the same patch grid) comes back as :func:`with_larger_patches` makes it."""
+    saved = cast(PreTrainedModel, load_start_weights(processor, directory, generation_config(processor)))
+    if saved.config.vision_config.patch_size == PATCH_SIZE:
+        return saved
+    return with_larger_patches(saved, build_model(processor, sizes))
+
+
+def with_larger_patches(saved: PreTrainedModel, model: PreTrainedModel) -> PreTrainedModel:
+    """``model`` (this recipe's tile and patch size) given ``saved``'s weights, ``saved`` having the
+    same grid of patches over a smaller tile. Each patch filter is spread evenly over the larger
+    patch, so the new model sees a picture as the saved one saw it downscaled to its tile: it
+    starts with the saved answers, and training teaches it the finer detail."""
+    old, new = (m.config.vision_config.patch_size for m in (saved, model))
+    if new % old or saved.config.vision_config.image_size // old != model.config.vision_config.image_size // new:
+        raise ValueError(f"cannot carry {old} px patches over to {new} px patches on another grid")
+    weights = saved.state_dict()
+    name = "model.vision_model.embeddings.patch_embedding.weight"
+    factor = new // old
+    weights[name] = weights[name].repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3) / factor**2
+    model.load_state_dict(weights)
+    return model
 
 
 def _sample(rng: random.Random, source: PictureSource) -> tuple[shapes.Drawing, tuple[Turn, ...], str, str]:
@@ -229,7 +251,7 @@ def make_vision_batch_maker(
     """Batches for vision pretraining: pixel values from the real image processor and
     (shape, colour, background) class labels."""
 
-    source = PictureSource(mix, IMAGE_SIZE)
+    source = PictureSource(mix)
 
     def make_batch(rng: random.Random) -> Batch:
         images, labels = labelled_pictures(rng, source, batch_size)
@@ -247,7 +269,7 @@ def make_batch_maker(processor: Idefics3Processor, batch_size: int, mix: Mix = D
     cover only the answer and its end token.
     """
     render = prompt_renderer(processor)
-    source = PictureSource(mix, IMAGE_SIZE)
+    source = PictureSource(mix)
 
     def make_batch(rng: random.Random) -> Batch:
         samples = [_sample(rng, source) for _ in range(batch_size)]
@@ -275,13 +297,14 @@ class Recipe:
     batch_size: int = 32
     canonical_fraction: float = 0.15
     varied_fraction: float = 0.6
+    varied_per_scene: int = DEFAULT_MIX.varied_per_scene  # distinct varied pictures a scene gets
     vision_lr: float = 1e-3
     lr: float = 1e-3
     warmup_steps: int = 100
 
     @property
     def mix(self) -> Mix:
-        return Mix(self.canonical_fraction, self.varied_fraction)
+        return Mix(self.canonical_fraction, self.varied_fraction, self.varied_per_scene)
 
     def as_dict(self) -> dict[str, Any]:
         """The recipe as plain JSON-ready values."""
@@ -308,7 +331,7 @@ def train_model(
     steps (data seed ``seed + 1``)."""
     seed_everything(seed)
     processor = build_processor()
-    model = build_model(processor, recipe.sizes) if init is None else load_model(processor, init)
+    model = build_model(processor, recipe.sizes) if init is None else load_model(processor, init, recipe.sizes)
     vision = pretrain_vision(processor, model, vision_steps, seed, recipe, lambda m: log(f"vision {m}"))
     config = TrainConfig(steps=steps, lr=recipe.lr, warmup_steps=recipe.warmup_steps, seed=seed + 1)
     maker = make_batch_maker(processor, recipe.batch_size, recipe.mix)
