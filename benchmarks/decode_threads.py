@@ -52,11 +52,8 @@ def measure(torch_work_on_caller: bool, requests: int) -> dict[str, float | str]
         torch.ones(2048, 2048).sum()
     picture = Image.open(PICTURE).convert("RGB")
     found: dict[str, float | str] = {"dtype": model.dtype or ""}
-    for label, decode in (("every core", cpu.physical_cores()), ("package's choice", None)):
-        if decode is None:
-            cpu.set_thread_policy(decode=cpu.physical_cores(), measure_decode=True)
-        else:
-            cpu.set_thread_policy(decode=decode)
+    for label, measure_decode in (("every core", False), ("package's choice", True)):
+        cpu.set_thread_policy(decode=cpu.physical_cores(), measure_decode=measure_decode)
         rates = []
         for index in range(requests):
             stream = model.query(picture, QUESTIONS[index % len(QUESTIONS)], stream=True, max_new_tokens=32)

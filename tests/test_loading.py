@@ -76,7 +76,6 @@ def test_models_loading_at_once_on_their_streams_threads_load_whole() -> None:
         assert later.caption(picture) == "A red circle on a white background."
 
 
-
 @pytest.mark.timeout(60)
 def test_a_load_runs_on_a_thread_of_its_own_whose_nested_loads_return_and_whose_errors_reach_the_caller(
     monkeypatch: pytest.MonkeyPatch,
