@@ -466,8 +466,8 @@ def pack_bf16_linears(model: torch.nn.Module, decoding: Sequence[torch.nn.Module
 
     In the ``decoding`` parts, each group of ``SIBLINGS`` also gets one packed copy of its weights side
     by side (``PackedLinear.siblings``), where the copies fit in memory: a one-row product pays a
-    fixed cost per call that the small layers of a decode step feel (SmolVLM-256M:
-    ``benchmarks/results/decode_bandwidth.md``)."""
+    fixed cost per call that the small layers of a decode step feel, so a step makes fewer calls
+    (a SmolVLM-256M step with them: ``benchmarks/results/decode_bandwidth.md``)."""
     fused = 0
     for module in list(model.modules()):
         fc1, activation = getattr(module, "fc1", None), getattr(module, "activation_fn", None)
