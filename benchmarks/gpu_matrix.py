@@ -68,6 +68,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=5, help="measured runs per figure (median reported)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--out", type=Path, default=RESULTS / "gpu_matrix", help="writes OUT.md and OUT.json")
+    parser.add_argument("--profile", action="store_true",
+                        help="also write OUT_FAMILY_profile.txt: torch.profiler's table of one follow-up answer")
     return parser.parse_args()
 
 
@@ -112,8 +114,36 @@ def measure(family: str, args: argparse.Namespace) -> Row:
         rates.append(rate)
         follow.append(ask(model, image, QUESTIONS[1], args.max_new_tokens)[0])
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+    if args.profile:
+        try:
+            profile(model, picture(0), args, args.out.with_name(f"{args.out.name}_{family}_profile.txt"))
+        except Exception as error:  # a profiler that fails must not cost the measured figures
+            print(f"{family}: no profile ({error!r})", file=sys.stderr)
     return Row(family, model.device or "?", model.dtype or "?", load_seconds, statistics.median(cold),
                statistics.median(follow), statistics.median(rates), peak)
+
+
+def profile(model: VLM, image: Image.Image, args: argparse.Namespace, path: Path) -> None:
+    """Where one follow-up answer's time goes: operators by their time on the device and on the CPU,
+    and the device's busy time against the answer's wall time (far below it: the step waits on
+    the CPU that launches its kernels)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as profiler
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    try:
+        every_thread = torch._C._profiler._ExperimentalConfig(profile_all_threads=True)  # the stream's thread too
+    except TypeError:  # an older torch: the device's kernels are still recorded
+        every_thread = None
+    with profiler(activities=activities, experimental_config=every_thread) as recorded:
+        started = time.perf_counter()
+        ask(model, image, QUESTIONS[1], args.max_new_tokens)
+        wall = time.perf_counter() - started
+    events = recorded.key_averages()
+    busy = sum(getattr(event, "self_device_time_total", 0.0) for event in events) / 1e6
+    sort = "self_device_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    summary = f"answer wall {wall * 1000:.1f} ms, device busy {busy * 1000:.1f} ms, {len(events)} operator kinds\n"
+    path.write_text(summary + events.table(sort_by=sort, row_limit=30) + "\n")
 
 
 def machine() -> str:
@@ -147,13 +177,13 @@ def report(rows: list[Row], args: argparse.Namespace) -> str:
 
 def main() -> int:
     args = parse_args()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for family in args.family or list(BUILDERS):
         print(f"{family} ...", file=sys.stderr, flush=True)
         rows.append(measure(family, args))
     text = report(rows, args)
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text(text)
     settings = {name: str(value) for name, value in vars(args).items()}
     record = {"machine": machine(), "args": settings, "rows": [asdict(row) for row in rows]}
