@@ -234,6 +234,25 @@ def test_decoding_keeps_the_thread_count_whose_steps_were_faster(
     assert used == [2, 2, 1, 1] + [kept] * 4 and threads.chosen == kept
 
 
+def test_a_models_next_answers_keep_its_measured_count_and_every_eighth_measures_again(clock: FakeClock) -> None:
+    policy = cpu.ThreadPolicy(prefill=2, decode=2, measure_decode=True)
+    choice = cpu.DecodeChoice()
+
+    def answer(on_policy: cpu.ThreadPolicy = policy) -> list[int]:
+        threads = cpu.DecodeThreads(on_policy, choice)
+        used = []
+        for _ in range(6):
+            threads()
+            used.append(torch.get_num_threads())
+            clock.now += 0.05 if used[-1] == 2 else 0.01  # one thread faster: a busy machine
+        return used
+
+    assert answer() == [2, 2, 1, 1, 1, 1]
+    assert [answer() for _ in range(cpu.MEASURE_EVERY - 1)] == [[1] * 6] * (cpu.MEASURE_EVERY - 1)
+    assert answer()[:4] == [2, 2, 1, 1]
+    assert answer(cpu.ThreadPolicy(prefill=2, decode=2, measure_decode=True))[:4] == [2, 2, 1, 1]  # a policy set anew
+
+
 def test_a_decode_thread_count_set_by_hand_is_used_without_measuring(clock: FakeClock) -> None:
     threads = cpu.DecodeThreads(cpu.ThreadPolicy(prefill=2, decode=2))
     used = []
@@ -252,15 +271,18 @@ def test_set_thread_policy_turns_measuring_off_for_a_decode_count_given() -> Non
 
 @pytest.mark.timeout(120)
 @pytest.mark.usefixtures("thread_policy_restored")
-def test_a_generation_tries_both_thread_counts_then_keeps_one(shapes_smolvlm: SmolVLM) -> None:
+def test_a_generation_tries_both_thread_counts_then_keeps_one_for_the_next(shapes_smolvlm: SmolVLM) -> None:
     threads: list[int] = []  # torch's threads at each use of the output layer: once per forward pass
     cpu.set_thread_policy(prefill=2, decode=2, measure_decode=True)
     with hook(shapes_smolvlm.model.lm_head, lambda module, args: threads.append(torch.get_num_threads())):
         shapes_smolvlm.query(picture(), "What colour is the shape?", max_new_tokens=1)  # the picture's work
         threads.clear()
         shapes_smolvlm.caption(picture())
-    decodes = threads[1:]  # after the caption's own words
+        decodes = threads[1:]  # after the caption's prompt
+        threads.clear()
+        shapes_smolvlm.caption(picture())
     assert decodes[:4] == [2, 2, 1, 1] and len(set(decodes[4:])) == 1
+    assert threads[1:] == [decodes[-1]] * len(decodes)  # the next answer measures nothing
 
 
 class TanhGeluMLP(torch.nn.Module):

@@ -9,8 +9,9 @@ run, with the machine it ran on); the reasons, which hold across machines:
 - A decode step is a thousand small operations, memory-bound (it reads every weight once). On a
   quiet machine every core reads faster than one; but each parallel region waits for every
   thread, so when other programs keep a core busy, one thread is several times faster. Neither
-  holds everywhere, so each generation measures: its first decode steps run two on every core
-  and two on one thread, and the rest on whichever was faster (:class:`DecodeThreads`).
+  holds everywhere, so a model measures: the first decode steps of an answer run two on every
+  core and two on one thread, and the rest on whichever was faster (:class:`DecodeThreads`); its
+  next answers keep that count, and every ``MEASURE_EVERY``-th measures again (:class:`DecodeChoice`).
 
 Both are process-wide torch settings, changed only while a model of this package works and put
 back afterwards; ``set_thread_policy(prefill=..., decode=...)`` fixes them (no measuring).
@@ -104,7 +105,8 @@ class ThreadPolicy:
 
     prefill: int
     decode: int
-    #: Each generation times its first steps on ``decode`` threads and on one, and keeps the faster.
+    #: Answers time their first steps on ``decode`` threads and on one, and keep the faster
+    #: (for the model's next answers too: :class:`DecodeChoice`).
     measure_decode: bool = False
 
     def __post_init__(self) -> None:
@@ -115,7 +117,7 @@ class ThreadPolicy:
 
 
 def default_thread_policy() -> ThreadPolicy:
-    """Prefill on every physical core; decode on every core or one, measured per generation;
+    """Prefill on every physical core; decode on every core or one, measured by the model's answers;
     ``OMP_NUM_THREADS``, when set, caps both."""
     cap = _env_threads()
     cores = physical_cores() if cap is None else cap
@@ -153,17 +155,47 @@ def set_thread_policy(
         return _policy
 
 
+#: Answers of one model that reuse its measured decode thread count before one measures again.
+MEASURE_EVERY = 8
+
+
+class DecodeChoice:
+    """One model's measured decode thread count, kept for its next answers: measuring costs each
+    answer two slow steps, so an answer measures only when no count is kept for the policy in force
+    (each ``set_thread_policy`` makes a new one) or every ``MEASURE_EVERY``-th answer (the
+    machine's load may have changed)."""
+
+    def __init__(self) -> None:
+        self._threads: int | None = None
+        self._policy: ThreadPolicy | None = None
+        self._uses = 0
+
+    def kept(self, policy: ThreadPolicy) -> int | None:
+        """The count an answer under ``policy`` uses without measuring; None: it measures."""
+        if self._threads is None or self._policy is not policy or self._uses >= MEASURE_EVERY - 1:
+            return None
+        self._uses += 1
+        return self._threads
+
+    def keep(self, policy: ThreadPolicy, threads: int) -> None:
+        self._policy, self._threads, self._uses = policy, threads, 0
+
+
 class DecodeThreads:
     """Called before each decode step of one generation: sets torch's threads for it.
 
-    With ``policy.measure_decode`` (and more than one decode thread), the first four steps run on
-    ``policy.decode`` threads twice, then on one thread twice; each step's time is the time to the
-    next call, and the rest run on the count whose faster step was faster."""
+    With ``policy.measure_decode`` (and more than one decode thread), unless ``choice`` keeps a
+    count, the first four steps run on ``policy.decode`` threads twice, then on one thread twice;
+    each step's time is the time to the next call, and the rest run on the count whose faster
+    step was faster (which ``choice`` then keeps)."""
 
-    def __init__(self, policy: ThreadPolicy):
+    def __init__(self, policy: ThreadPolicy, choice: DecodeChoice | None = None):
         many = policy.decode
-        self._trials: tuple[int, ...] = (many, many, 1, 1) if policy.measure_decode and many > 1 else ()
-        self._chosen: int | None = None if self._trials else many
+        measures = policy.measure_decode and many > 1
+        kept = choice.kept(policy) if measures and choice is not None else None
+        self._trials: tuple[int, ...] = (many, many, 1, 1) if measures and kept is None else ()
+        self._chosen: int | None = None if self._trials else kept or many
+        self._policy, self._choice = policy, choice
         self._times: list[float] = []
         self._last: float | None = None
         self._steps = 0
@@ -186,32 +218,36 @@ class DecodeThreads:
     def _settled(self) -> int:
         if self._chosen is None:
             self._chosen = self._trials[0] if min(self._times[:2]) <= min(self._times[2:]) else 1
+            if self._choice is not None:
+                self._choice.keep(self._policy, self._chosen)
         return self._chosen
 
 
 @contextmanager
-def phase_threads(policy: ThreadPolicy | None = None) -> Iterator[DecodeThreads]:
+def phase_threads(policy: ThreadPolicy | None = None, choice: DecodeChoice | None = None) -> Iterator[DecodeThreads]:
     """For a model whose phases the caller runs by hand: ``policy.prefill`` threads while the block
-    runs; the yielded :class:`DecodeThreads` is to be called before each decode step. The count is
-    put back after."""
+    runs; the yielded :class:`DecodeThreads` (with the model's ``choice``) is to be called before
+    each decode step. The count is put back after."""
     chosen = policy or _policy
     before = torch.get_num_threads()
     torch.set_num_threads(chosen.prefill)
     try:
-        yield DecodeThreads(chosen)
+        yield DecodeThreads(chosen, choice)
     finally:
         torch.set_num_threads(before)
 
 
 @contextmanager
-def threads_by_phase(model: torch.nn.Module, policy: ThreadPolicy | None = None) -> Iterator[DecodeThreads]:
+def threads_by_phase(
+    model: torch.nn.Module, policy: ThreadPolicy | None = None, choice: DecodeChoice | None = None
+) -> Iterator[DecodeThreads]:
     """While the block runs, ``model`` prefills on ``policy.prefill`` threads and decodes (one new
     token per call) on the threads :class:`DecodeThreads` picks; torch's thread count is put back
     afterwards. Yields, as ``phase_threads`` does, the ``DecodeThreads`` to call before each
     decode step that bypasses ``model``."""
     chosen = policy or _policy
 
-    with phase_threads(chosen) as to_decoding:
+    with phase_threads(chosen, choice) as to_decoding:
 
         def choose(module: torch.nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
             ids = kwargs.get("input_ids", args[0] if args else None)

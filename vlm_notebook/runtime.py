@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 from .cpu import (
+    DecodeChoice,
     has_fast_bf16,
     pack_bf16_linears,
     pack_float32_encoders,
@@ -93,14 +94,17 @@ class Runtime:
             return value.to(device=self.device, dtype=self.dtype)
         return value.to(device=self.device)
 
-    def phases(self, model: torch.nn.Module | None = None) -> AbstractContextManager[Callable[[], None]]:
+    def phases(
+        self, model: torch.nn.Module | None = None, choice: DecodeChoice | None = None
+    ) -> AbstractContextManager[Callable[[], None]]:
         """Where the work of one request runs. On a CPU: torch's threads for the prefill while the
         block runs, and the yielded callable, called before each decode step, switches to the
-        decoding threads (``vlm_notebook.cpu``'s thread policy; with ``model``, a step of the model
-        itself switches too); the count is put back after. Elsewhere there are no threads to set."""
+        decoding threads (``vlm_notebook.cpu``'s thread policy, with the model's measured ``choice``
+        kept between its requests; with ``model``, a step of the model itself switches too); the
+        count is put back after. Elsewhere there are no threads to set."""
         if self.device.type != "cpu":
             return nullcontext(_no_switch)
-        return threads_by_phase(model) if model is not None else phase_threads()
+        return threads_by_phase(model, choice=choice) if model is not None else phase_threads(choice=choice)
 
     def __str__(self) -> str:
         return f"{self.device_name} · {self.dtype_name}"

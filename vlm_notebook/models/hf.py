@@ -30,6 +30,7 @@ from transformers.utils import logging as transformers_logging
 
 from .. import engine, registry
 from ..cache import PrefixCache, PrefixEntry, image_digest
+from ..cpu import DecodeChoice
 from ..detokenizer import Detokenizer
 from ..engine import Step, finish_reason, stop_ids
 from ..errors import CheckpointError, RequestError, VLMError
@@ -86,6 +87,7 @@ class TransformersVLM(VLM):
         self.int8 = int8
         #: The work done for recent pictures (bounded; ``image_cache.clear()`` empties it).
         self.image_cache: PrefixCache[PrefixEntry] = PrefixCache()
+        self._decode_threads = DecodeChoice()
 
     def _load(self) -> None:
         directory = checkpoint_directory(self.entry.source, self.revision, shipped=self.entry.shipped)
@@ -163,7 +165,7 @@ class TransformersVLM(VLM):
         split = split_prompt(text, self._image_placeholder())
         with (
             torch.inference_mode(), _seeded(options.generator_seed, self.runtime), _interruptible(self.model, sink),
-            self.runtime.phases(self.model) as to_decoding,
+            self.runtime.phases(self.model, self._decode_threads) as to_decoding,
         ):
             if split is None:  # a chat template without exactly one picture slot: no reuse
                 inputs, cache = self._text_inputs(picture, text), None

@@ -13,6 +13,7 @@ from tokenizers import Tokenizer
 from ... import caption_options, registry
 from ...cache import PrefixCache, image_digest
 from ...caption_options import LENGTH
+from ...cpu import DecodeChoice
 from ...detokenizer import Detokenizer
 from ...errors import CheckpointError, RequestError
 from ...hub import checkpoint_directory
@@ -71,6 +72,7 @@ class Moondream(VLM):
         self.int8 = int8
         #: Encoded recent pictures, by content (bounded; ``image_cache.clear()`` empties it).
         self.image_cache: PrefixCache[EncodedImage] = PrefixCache(max_entries=KEPT_IMAGES)
+        self._decode_threads = DecodeChoice()
 
     def _load(self) -> None:
         directory = checkpoint_directory(self.entry.source, self.revision, shipped=self.entry.shipped)
@@ -129,7 +131,7 @@ class Moondream(VLM):
     def _answer(self, request: Request, sink: TokenSink) -> None:
         """Moondream has no multi-turn prompt: the question (or the caption) on the picture alone."""
         ids = self._prompt_ids(request)
-        with torch.inference_mode(), self.runtime.phases() as decoding:
+        with torch.inference_mode(), self.runtime.phases(choice=self._decode_threads) as decoding:
             encoded, hit, seconds = self._encoded(request.picture, sink.raise_if_cancelled)
             sink.set_prompt(encoded.tokens + len(ids), encoded.tokens - 1)
             sink.set_image_work(cache_hit=hit, tiles=encoded.crops, vision_seconds=seconds, prefill_seconds=0.0)
@@ -179,7 +181,8 @@ class Moondream(VLM):
         source = self._source(image)
         self.load()
         ids = locate_prompt(self.network.config.tokenizer, self._text_ids, kind, name)
-        with self._generation_lock, torch.inference_mode(), self.runtime.phases() as decoding:
+        phases = self.runtime.phases(choice=self._decode_threads)
+        with self._generation_lock, torch.inference_mode(), phases as decoding:
             encoded = self._encoded(source)[0]
             return locate(
                 self.network, encoded, ids, with_size=kind == "detect", max_objects=max_objects, decoding=decoding
