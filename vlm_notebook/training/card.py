@@ -28,6 +28,10 @@ def write_record(directory: Path, record: dict[str, Any]) -> None:
     (directory / "training.json").write_text(text + "\n", encoding="utf-8")
 
 
+def torch_threads(count: int) -> str:
+    return f"{count} torch thread{'' if count == 1 else 's'}"
+
+
 def _accuracy_line(name: str, score: dict[str, Any]) -> str:
     return f"- {name}: {score['exact']}/{score['total']} exact ({100 * score['accuracy']:.1f}%)"
 
@@ -154,7 +158,7 @@ def _how(record: dict[str, Any]) -> list[str]:
         "```",
         "",
         f"Seed {record['seed']}, batches of {record['recipe']['batch_size']} random scenes, on {record['machine']}",
-        f"with {record['threads']} torch threads; {record['train_seconds']:.0f} s of training in two stages:",
+        f"with {torch_threads(record['threads'])}; {record['train_seconds']:.0f} s of training in two stages:",
         "",
         f"1. {record['vision_steps']} steps ({record['vision_seconds']:.0f} s) pretraining the vision {stage1}",
         f"2. {record['steps']} steps ({record['text_seconds']:.0f} s) training {stage2}"
