@@ -309,6 +309,20 @@ def packs_float32() -> bool:
         return False
 
 
+def _packed(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` (out x in) in oneDNN's blocked layout for products of any number of rows."""
+    packed: torch.Tensor = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), _PACKING_ROWS)
+    return packed
+
+
+def _packed_product(
+    x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, post_op: tuple[str, str] = ("none", "")
+) -> torch.Tensor:
+    """``x`` times a ``_packed`` weight, plus ``bias``, then oneDNN's ``post_op`` (name, variant)."""
+    result: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, packed, bias, post_op[0], [], post_op[1])
+    return result
+
+
 class PackedLinear(torch.nn.Module):
     """A bf16 or fp32 ``nn.Linear`` whose weight is kept in oneDNN's blocked layout
     (``pack_bf16_linears``, ``pack_float32_encoders``), optionally followed by the tanh-approximated
@@ -319,7 +333,7 @@ class PackedLinear(torch.nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         #: The packed weight: a plain attribute, not a parameter (``.to()`` cannot convert it; see
         #: ``unpack_linears``).
-        self.packed: torch.Tensor = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), _PACKING_ROWS)
+        self.packed = _packed(linear.weight)
         self.bias = linear.bias
         self.gelu = gelu
         #: In a decoding part, for a layer with ``SIBLINGS``: their weights side by side, packed
@@ -339,10 +353,7 @@ class PackedLinear(torch.nn.Module):
         return ("gelu", "tanh") if self.gelu else ("none", "")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        result: torch.Tensor = torch.ops.mkldnn._linear_pointwise(
-            x, self.packed, self.bias, self.post_op[0], [], self.post_op[1]
-        )
-        return result
+        return _packed_product(x, self.packed, self.bias, self.post_op)
 
     def unpacked(self) -> torch.nn.Linear:
         """The plain ``nn.Linear`` again."""
@@ -365,11 +376,10 @@ class PackedSiblings:
         weights = torch.cat([linear.weight.detach() for linear in group])
         biases = [linear.bias for linear in group]
         bias = None if biases[0] is None else torch.cat(cast(list[torch.Tensor], biases)).detach()
-        return cls(torch.ops.mkldnn._reorder_linear_weight(weights, _PACKING_ROWS), bias)
+        return cls(_packed(weights), bias)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        result: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-        return result
+        return _packed_product(x, self.packed, self.bias)
 
 
 class DecodingLinear(torch.nn.Module):
