@@ -19,8 +19,8 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} HF_HUB_OFFLINE=1 PYTHONUNBUFFE
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
     python3 -c "import torch, transformers; print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'transformers', transformers.__version__)"
     nproc
-} 2>&1 | tee "$out/gpu_machine.txt"
-timeout "${TESTS_SECONDS:-200}" python3 -m pytest -o addopts="" -p no:cacheprovider -m gpu tests/test_gpu.py \
-    -v -ra --timeout 180 2>&1 | tee "$out/gpu_tests.log"
+    timeout "${TESTS_SECONDS:-200}" python3 -m pytest -o addopts="" -p no:cacheprovider -m gpu tests/test_gpu.py \
+        -v -ra --timeout 180
+} 2>&1 | tee "$out/gpu_tests.log"
 timeout "${MATRIX_SECONDS:-300}" python3 benchmarks/gpu_matrix.py --profile --out "$out/gpu_matrix" \
     2>&1 | tee "$out/gpu_matrix.log"

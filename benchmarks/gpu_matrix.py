@@ -2,8 +2,9 @@
 
 Per family: load time, time to first token for a new picture (cold) and for a follow-up question
 on the same picture, decode tokens/s and peak device memory, in the default settings
-(``device="auto"``, ``dtype="auto"``, the CPU-default picture sizes). torch.compile and CUDA
-graphs are not used by the package yet, so "compile off" is the only setting measured.
+(``device="auto"``, ``dtype="auto"``, the CPU-default picture sizes). On CUDA, SmolVLM's decode
+steps replay a CUDA graph (``vlm_notebook.models.llama_step.GraphedLlamaStep``); it is measured
+again with them off (operator by operator), to show what they save. torch.compile is not used.
 
     python benchmarks/gpu_matrix.py                        # all three families, results/gpu_matrix.md
     python benchmarks/gpu_matrix.py --family smolvlm --runs 1 --device cpu    # a quick check anywhere
@@ -35,7 +36,7 @@ from ttft_random_moondream import checkpoint_dir as moondream_dir
 from ttft_random_qwen2vl import random_checkpoint as qwen2vl_checkpoint
 
 from vlm_notebook import get_model
-from vlm_notebook.models import VLM
+from vlm_notebook.models import VLM, llama_step
 from vlm_notebook.random_checkpoints import random_checkpoint
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -52,6 +53,7 @@ TARGETS = {"smolvlm": (0.050, 0.020, 300.0), "qwen2vl": (0.060, None, 150.0), "m
 @dataclass
 class Row:
     family: str
+    setting: str
     device: str
     dtype: str
     load_seconds: float
@@ -97,7 +99,7 @@ def ask(model: VLM, image: Image.Image, question: str, max_new_tokens: int) -> t
     return stats.time_to_first_token or 0.0, rate
 
 
-def measure(family: str, args: argparse.Namespace) -> Row:
+def measure(family: str, args: argparse.Namespace, setting: str = "default") -> Row:
     directory = BUILDERS[family]()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -114,12 +116,12 @@ def measure(family: str, args: argparse.Namespace) -> Row:
         rates.append(rate)
         follow.append(ask(model, image, QUESTIONS[1], args.max_new_tokens)[0])
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
-    if args.profile:
+    if args.profile and setting == "default":
         try:
             profile(model, picture(0), args, args.out.with_name(f"{args.out.name}_{family}_profile.txt"))
         except Exception as error:  # a profiler that fails must not cost the measured figures
             print(f"{family}: no profile ({error!r})", file=sys.stderr)
-    return Row(family, model.device or "?", model.dtype or "?", load_seconds, statistics.median(cold),
+    return Row(family, setting, model.device or "?", model.dtype or "?", load_seconds, statistics.median(cold),
                statistics.median(follow), statistics.median(rates), peak)
 
 
@@ -157,11 +159,12 @@ def report(rows: list[Row], args: argparse.Namespace) -> str:
         "# Each family at its published shape, random weights, default settings",
         "",
         f"Machine: {machine()}. Medians of {args.runs} runs after one warm-up; 640x480 noise pictures, "
-        f"{args.max_new_tokens} new tokens; compile off (the package does not compile yet).",
+        f"{args.max_new_tokens} new tokens; torch.compile not used; *graphs off*: SmolVLM's decode steps "
+        "operator by operator instead of replayed CUDA graphs.",
         "",
-        "| family | device | dtype | load (s) | cold TTFT (ms) | follow-up TTFT (ms) | decode tok/s | peak GiB |"
-        " target cold / follow-up / tok/s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| family | setting | device | dtype | load (s) | cold TTFT (ms) | follow-up TTFT (ms) | decode tok/s |"
+        " peak GiB | target cold / follow-up / tok/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         cold, follow, rate = TARGETS[row.family]
@@ -169,8 +172,9 @@ def report(rows: list[Row], args: argparse.Namespace) -> str:
         target = f"{cold * 1000:.0f} / {follow_text} / {rate:.0f}"
         peak = f"{row.peak_memory_gib:.2f}" if row.peak_memory_gib is not None else "-"
         lines.append(
-            f"| {row.family} | {row.device} | {row.dtype} | {row.load_seconds:.1f} | {row.cold_ttft * 1000:.0f} | "
-            f"{row.follow_up_ttft * 1000:.0f} | {row.decode_tokens_per_second:.0f} | {peak} | {target} |"
+            f"| {row.family} | {row.setting} | {row.device} | {row.dtype} | {row.load_seconds:.1f} | "
+            f"{row.cold_ttft * 1000:.0f} | {row.follow_up_ttft * 1000:.0f} | {row.decode_tokens_per_second:.0f} | "
+            f"{peak} | {target} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -182,6 +186,12 @@ def main() -> int:
     for family in args.family or list(BUILDERS):
         print(f"{family} ...", file=sys.stderr, flush=True)
         rows.append(measure(family, args))
+        if family == "smolvlm" and torch.cuda.is_available():
+            llama_step.CUDA_GRAPHS = False
+            try:
+                rows.append(measure(family, args, setting="graphs off"))
+            finally:
+                llama_step.CUDA_GRAPHS = True
     text = report(rows, args)
     print(text)
     args.out.with_suffix(".md").write_text(text)

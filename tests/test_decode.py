@@ -12,7 +12,7 @@ from transformers import DynamicCache
 from vlm_notebook import shapes
 from vlm_notebook.engine import Sampler
 from vlm_notebook.models import Qwen2VL, SmolVLM
-from vlm_notebook.models.llama_step import LlamaStep, llama_text_model
+from vlm_notebook.models.llama_step import GraphedLlamaStep, LlamaStep, llama_text_model
 from vlm_notebook.options import GenerationOptions
 
 
@@ -71,6 +71,28 @@ def test_every_step_gives_the_logits_of_transformers_modules(
             token_id = int(expected.argmax())
         with pytest.raises(RuntimeError, match="buffers hold 100 tokens"):
             ours(token_id)
+
+
+@pytest.mark.timeout(120)
+def test_the_fixed_shape_step_for_gpus_gives_the_steps_logits(smolvlm_in: SmolVLM) -> None:
+    """GraphedLlamaStep runs operator by operator off CUDA: its numbers are LlamaStep's (fp32 to
+    rounding; bf16 within its rounding, the same greedy tokens), in the format the CPU runtime picks."""
+    text_model, head = smolvlm_in.model.model.text_model, smolvlm_in.model.lm_head
+    vocabulary = smolvlm_in.model.config.text_config.vocab_size
+    ids = torch.randint(0, vocabulary, (1, 40), generator=torch.Generator().manual_seed(2))
+    steps = 30
+    with torch.inference_mode():
+        plain = LlamaStep(text_model, head, prefilled(smolvlm_in, ids), 40 + steps)
+        fixed = GraphedLlamaStep(text_model, head, prefilled(smolvlm_in, ids), 40 + steps)
+        token_id = 5
+        for _ in range(steps):
+            expected, got = plain(token_id).float(), fixed(token_id).float()
+            tolerance = 1e-5 if smolvlm_in.dtype == "float32" else 0.02 * float(expected.abs().max())
+            assert torch.allclose(got, expected, rtol=1e-5, atol=tolerance), float((got - expected).abs().max())
+            assert int(got.argmax()) == int(expected.argmax())
+            token_id = int(expected.argmax())
+        with pytest.raises(RuntimeError, match="buffers hold 70 tokens"):
+            fixed(token_id)
 
 
 @pytest.mark.timeout(300)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vlm_notebook import get_model, shapes
-from vlm_notebook.models import VLM
+from vlm_notebook.models import VLM, llama_step
 
 pytestmark = [
     pytest.mark.gpu,
@@ -79,3 +79,12 @@ def test_seeded_sampling_on_the_gpu_repeats(gpu_model: VLM) -> None:
     picture = shapes.draw(RED_CIRCLE).image
     first = gpu_model.caption(picture, temperature=1.0, seed=7)
     assert gpu_model.caption(picture, temperature=1.0, seed=7) == first
+
+
+@pytest.mark.timeout(300)
+def test_smolvlms_cuda_graph_steps_answer_as_its_steps_operator_by_operator(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = get_model("shapes-smolvlm")
+    picture = shapes.draw(RED_CIRCLE).image
+    replayed = [model.caption(picture), *ask_all(model)]
+    monkeypatch.setattr(llama_step, "CUDA_GRAPHS", False)
+    assert [model.caption(picture), *ask_all(model)] == replayed

@@ -14,11 +14,12 @@ from typing import ClassVar
 
 import pytest
 import torch
+from transformers import DynamicCache, LlamaConfig, LlamaModel
 
 from vlm_notebook import cpu, get_model, runtime, shapes
 from vlm_notebook.errors import DeviceError, RequestError
 from vlm_notebook.models import Moondream, Qwen2VL, SmolVLM
-from vlm_notebook.models.llama_step import _buffers, _rotary_table
+from vlm_notebook.models.llama_step import GraphedLlamaStep, _buffers, _rotary_table
 from vlm_notebook.registry import CHECKPOINTS_DIR
 from vlm_notebook.runtime import Runtime, choose_runtime
 
@@ -168,6 +169,20 @@ def test_the_decoding_loops_buffers_and_rotary_table_follow_the_cache_and_model(
     assert keys.device.type == values.device.type == "meta" and keys.dtype == torch.bfloat16
     cos, sin = _rotary_table(torch.ones(4, device="meta"), 9, torch.bfloat16)
     assert cos.device.type == sin.device.type == "meta" and cos.dtype == torch.bfloat16
+
+
+def test_the_gpus_fixed_shape_decoding_step_makes_its_tensors_on_the_models_device() -> None:
+    config = LlamaConfig(
+        vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    with torch.device("meta"):
+        text_model, head = LlamaModel(config), torch.nn.Linear(16, 32, bias=False)
+    with torch.inference_mode():
+        cache = DynamicCache(config=config)
+        text_model(input_ids=torch.ones(1, 3, dtype=torch.long, device="meta"), cache=cache, use_cache=True)
+        logits = GraphedLlamaStep(text_model, head, cache, capacity=6)(1)
+    assert logits.device.type == "meta" and logits.shape == (1, 32)
 
 
 def test_a_model_too_big_for_the_gpus_free_memory_is_refused_before_loading(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,6 +11,7 @@ with the machine they were measured on: ``benchmarks/results/cpu_vs_openvino.md`
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -21,6 +22,8 @@ import torch.nn.functional as F
 from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 
 from ..cpu import DecodingLinear, PackedLinear, PackedSiblings
+
+_LOG = logging.getLogger("vlm_notebook")
 
 
 def llama_text_model(model: torch.nn.Module) -> torch.nn.Module | None:
@@ -99,6 +102,100 @@ class LlamaStep:
         return layer.output(mixed.view(1, -1))
 
 
+class GraphedLlamaStep(LlamaStep):
+    """:class:`LlamaStep` with every shape fixed, for a GPU: the token and its position are tensors
+    on the device, keys and values are written at that position, and attention reads the whole
+    buffer through a mask of the positions so far. On CUDA the step is captured once as a CUDA graph
+    (at the answer's second token, so the first token does not wait for it) and replayed: one
+    launch a token instead of one per operator. Elsewhere (the CPU tests) the same step runs
+    operator by operator, so its numbers are checked against :class:`LlamaStep`'s."""
+
+    def __init__(self, text_model: Any, lm_head: torch.nn.Module, cache: Any, capacity: int):
+        super().__init__(text_model, lm_head, cache, capacity)
+        device = self._keys.device
+        self._token = torch.zeros(1, dtype=torch.long, device=device)
+        self._position = torch.full((1,), self._length, dtype=torch.long, device=device)
+        self._positions = torch.arange(capacity, device=device)
+        self._graph: Any = None
+        self._logits: torch.Tensor | None = None
+
+    def __call__(self, token_id: int) -> torch.Tensor:
+        if self._length >= self._cos.shape[0]:
+            raise RuntimeError(f"the decoder's buffers hold {self._cos.shape[0]} tokens; all are used")
+        self._token.fill_(token_id)
+        graphed = self._token.device.type == "cuda" and CUDA_GRAPHS
+        logits = self._replayed() if graphed else self._fixed_step()
+        self._length += 1
+        return logits
+
+    def _replayed(self) -> torch.Tensor:
+        if self._graph is None:
+            start = self._position.clone()
+            try:
+                self._graph, self._logits = _captured(self._fixed_step, self._position)
+            except RuntimeError as error:  # a GPU or driver that cannot capture: decode as the CPU does
+                _LOG.warning("CUDA graphs unavailable (%s); decoding operator by operator.", error)
+                self._graph = False
+                self._position.copy_(start)
+        if self._graph is False:
+            return self._fixed_step()
+        self._graph.replay()
+        assert self._logits is not None
+        return self._logits.clone()  # the next replay writes over it
+
+    def _fixed_step(self) -> torch.Tensor:
+        """One step that reads the token and position tensors and moves the position on by one."""
+        hidden = self._embeddings.index_select(0, self._token)
+        cos, sin = self._cos.index_select(0, self._position), self._sin.index_select(0, self._position)
+        seen = torch.where(self._positions <= self._position, 0.0, float("-inf")).to(hidden.dtype).view(1, -1)
+        for layer, keys, values in zip(self._layers, self._keys, self._values, strict=True):
+            hidden = hidden + self._attend_fixed(layer, layer.attention_norm(hidden), keys, values, cos, sin, seen)
+            gate, up = layer.gate_and_up(layer.mlp_norm(hidden)).chunk(2, dim=-1)
+            hidden = hidden + layer.down(F.silu(gate) * up)
+        self._position.add_(1)
+        logits: torch.Tensor = self._head(self._final_norm(hidden))
+        return logits
+
+    def _attend_fixed(
+        self, layer: _Layer, hidden: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+        cos: torch.Tensor, sin: torch.Tensor, seen: torch.Tensor,
+    ) -> torch.Tensor:
+        """``_attend`` over the whole buffer, with ``seen`` (0 up to the position, -inf after) as mask."""
+        projected = layer.query_key_value(hidden)
+        split = (self._heads + self._kv_heads) * self._head_dim
+        query_and_key = _rotate(projected[:, :split].view(-1, self._head_dim), cos, sin)
+        keys.index_copy_(1, self._position, query_and_key[self._heads :].unsqueeze(1))
+        values.index_copy_(1, self._position, projected[:, split:].view(self._kv_heads, 1, self._head_dim))
+        query = query_and_key[: self._heads].view(1, self._heads, 1, self._head_dim)
+        mixed = F.scaled_dot_product_attention(
+            query, keys[None], values[None], attn_mask=seen, scale=self._scaling, enable_gqa=True
+        )
+        return layer.output(mixed.view(1, -1))
+
+
+#: Whether :class:`GraphedLlamaStep` replays a CUDA graph on CUDA (False: operator by operator,
+#: for measuring what the graph saves: ``benchmarks/gpu_matrix.py --no-graphs``).
+CUDA_GRAPHS = True
+
+
+def _captured(step: Callable[[], torch.Tensor], position: torch.Tensor) -> tuple[Any, torch.Tensor]:
+    """``step`` captured as a CUDA graph, and the tensor its replays write the logits to. The
+    warm-up runs (on a side stream, as capturing asks) write the same position's keys and values
+    that the first replay writes again; the position is put back after each."""
+    start = position.clone()
+    side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            step()
+            position.copy_(start)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        logits = step()
+    return graph, logits
+
+
 Linear = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -170,11 +267,13 @@ def _rms_norm(module: Any) -> Linear:
 def _buffers(cache: Any, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys and values of every layer (layers x kv heads x capacity x head dim), the cache's copied in.
 
-    Keys are stored after the rotary embedding, as transformers stores them."""
+    Keys are stored after the rotary embedding, as transformers stores them. The positions not yet
+    written hold zeros, not whatever memory held: :class:`GraphedLlamaStep` attends over them with
+    weight 0, and 0 times a NaN left in memory would be NaN."""
     first = cache.layers[0].keys
     shape = (len(cache.layers), first.shape[1], capacity, first.shape[3])
-    keys = torch.empty(shape, dtype=first.dtype, device=first.device)
-    values = torch.empty(shape, dtype=first.dtype, device=first.device)
+    keys = torch.zeros(shape, dtype=first.dtype, device=first.device)
+    values = torch.zeros(shape, dtype=first.dtype, device=first.device)
     length = first.shape[2]
     for index, layer in enumerate(cache.layers):
         keys[index, :, :length] = layer.keys[0]

@@ -12,7 +12,7 @@ from .. import caption_options
 from ..errors import CheckpointError
 from .generic import TransformersModel
 from .hf import StepMaker
-from .llama_step import LlamaStep, llama_text_model
+from .llama_step import GraphedLlamaStep, LlamaStep, llama_text_model
 
 
 class SmolVLM(TransformersModel):
@@ -49,9 +49,13 @@ class SmolVLM(TransformersModel):
         return {"size": {"longest_edge": tile}}
 
     def _own_step(self) -> StepMaker | None:
-        """:class:`LlamaStep` over SmolVLM's Llama text model (None for a text model it cannot run)."""
+        """:class:`LlamaStep` over SmolVLM's Llama text model (None for a text model it cannot run);
+        on CUDA, :class:`GraphedLlamaStep`, which replays each token's step as one CUDA graph."""
         text_model = llama_text_model(self.model)
-        return None if text_model is None else partial(LlamaStep, text_model, self.model.lm_head)
+        if text_model is None:
+            return None
+        step = GraphedLlamaStep if self.runtime.device.type == "cuda" else LlamaStep
+        return partial(step, text_model, self.model.lm_head)
 
     def _load_processor(self, directory: Path) -> Any:
         if _model_type(directory) == "smolvlm" and not _has_modules("torchvision", "num2words"):
