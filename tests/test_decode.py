@@ -4,6 +4,7 @@ against transformers' modules and ``generate``, and the engine's token sampler."
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from transformers import DynamicCache
 
 from vlm_notebook import shapes
 from vlm_notebook.engine import Sampler
-from vlm_notebook.models import Qwen2VL, SmolVLM
+from vlm_notebook.models import Qwen2VL, SmolVLM, llama_step
 from vlm_notebook.models.llama_step import GraphedLlamaStep, LlamaStep, llama_text_model
 from vlm_notebook.options import GenerationOptions
 
@@ -93,6 +94,28 @@ def test_the_fixed_shape_step_for_gpus_gives_the_steps_logits(smolvlm_in: SmolVL
             token_id = int(expected.argmax())
         with pytest.raises(RuntimeError, match="buffers hold 70 tokens"):
             fixed(token_id)
+
+
+@pytest.mark.timeout(60)
+def test_a_gpu_that_cannot_capture_the_step_decodes_operator_by_operator(
+    fp32_smolvlm: SmolVLM, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Capturing needs CUDA (tests/test_gpu.py); here the capture fails after its warm-up has run."""
+
+    def refused(step: Callable[[], torch.Tensor], position: torch.Tensor) -> None:
+        step()
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(llama_step, "_captured", refused)
+    text_model, head = fp32_smolvlm.model.model.text_model, fp32_smolvlm.model.lm_head
+    ids = torch.arange(40).view(1, -1)
+    with torch.inference_mode():
+        plain = LlamaStep(text_model, head, prefilled(fp32_smolvlm, ids), 50)
+        fixed = GraphedLlamaStep(text_model, head, prefilled(fp32_smolvlm, ids), 50)
+        fixed.replays = True  # as on CUDA
+        for token_id in (5, 7, 9):
+            assert torch.allclose(fixed(token_id), plain(token_id), rtol=1e-5, atol=1e-5)
+    assert caplog.text.count("CUDA graphs unavailable") == 1
 
 
 @pytest.mark.timeout(300)

@@ -116,6 +116,8 @@ class GraphedLlamaStep(LlamaStep):
         self._token = torch.zeros(1, dtype=torch.long, device=device)
         self._position = torch.full((1,), self._length, dtype=torch.long, device=device)
         self._positions = torch.arange(capacity, device=device)
+        #: Replay a CUDA graph (on CUDA, unless ``CUDA_GRAPHS`` is off); else operator by operator.
+        self.replays = device.type == "cuda" and CUDA_GRAPHS
         self._graph: Any = None
         self._logits: torch.Tensor | None = None
 
@@ -123,8 +125,7 @@ class GraphedLlamaStep(LlamaStep):
         if self._length >= self._cos.shape[0]:
             raise RuntimeError(f"the decoder's buffers hold {self._cos.shape[0]} tokens; all are used")
         self._token.fill_(token_id)
-        graphed = self._token.device.type == "cuda" and CUDA_GRAPHS
-        logits = self._replayed() if graphed else self._fixed_step()
+        logits = self._replayed() if self.replays else self._fixed_step()
         self._length += 1
         return logits
 
@@ -174,7 +175,7 @@ class GraphedLlamaStep(LlamaStep):
 
 
 #: Whether :class:`GraphedLlamaStep` replays a CUDA graph on CUDA (False: operator by operator,
-#: for measuring what the graph saves: ``benchmarks/gpu_matrix.py --no-graphs``).
+#: to measure what the graph saves, as ``benchmarks/gpu_matrix.py`` does).
 CUDA_GRAPHS = True
 
 
