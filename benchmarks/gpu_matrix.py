@@ -2,9 +2,10 @@
 
 Per family: load time, time to first token for a new picture (cold) and for a follow-up question
 on the same picture, decode tokens/s and peak device memory, in the default settings
-(``device="auto"``, ``dtype="auto"``, the CPU-default picture sizes). On CUDA, SmolVLM's decode
-steps replay a CUDA graph (``vlm_notebook.models.llama_step.GraphedLlamaStep``); it is measured
-again with them off (operator by operator), to show what they save. torch.compile is not used.
+(``device="auto"``, ``dtype="auto"``, the CPU-default picture sizes). On CUDA, SmolVLM's and
+Qwen2-VL's decode steps replay a CUDA graph (``vlm_notebook.models.llama_step.GraphedLlamaStep``);
+both are measured again with them off (operator by operator), to show what they save.
+torch.compile is not used.
 
     python benchmarks/gpu_matrix.py                        # all three families, results/gpu_matrix.md
     python benchmarks/gpu_matrix.py --family smolvlm --runs 1 --device cpu    # a quick check anywhere
@@ -46,6 +47,8 @@ BUILDERS: dict[str, Callable[[], Path]] = {
     "qwen2vl": lambda: qwen2vl_checkpoint(None),
     "moondream": lambda: moondream_checkpoint(moondream_dir(None)),
 }
+#: The families whose decode steps replay CUDA graphs on CUDA (measured with them off too).
+GRAPHED = ("smolvlm", "qwen2vl")
 #: Issue #17's targets on an H100/H200-class GPU: cold TTFT, follow-up TTFT (s), decode tokens/s.
 TARGETS = {"smolvlm": (0.050, 0.020, 300.0), "qwen2vl": (0.060, None, 150.0), "moondream": (0.060, None, 150.0)}
 
@@ -159,8 +162,8 @@ def report(rows: list[Row], args: argparse.Namespace) -> str:
         "# Each family at its published shape, random weights, default settings",
         "",
         f"Machine: {machine()}. Medians of {args.runs} runs after one warm-up; 640x480 noise pictures, "
-        f"{args.max_new_tokens} new tokens; torch.compile not used; *graphs off*: SmolVLM's decode steps "
-        "operator by operator instead of replayed CUDA graphs.",
+        f"{args.max_new_tokens} new tokens; torch.compile not used; *graphs off*: decode steps operator by "
+        "operator instead of replayed CUDA graphs.",
         "",
         "| family | setting | device | dtype | load (s) | cold TTFT (ms) | follow-up TTFT (ms) | decode tok/s |"
         " peak GiB | target cold / follow-up / tok/s |",
@@ -186,7 +189,7 @@ def main() -> int:
     for family in args.family or list(BUILDERS):
         print(f"{family} ...", file=sys.stderr, flush=True)
         rows.append(measure(family, args))
-        if family == "smolvlm" and torch.cuda.is_available():
+        if family in GRAPHED and torch.cuda.is_available():
             llama_step.CUDA_GRAPHS = False
             try:
                 rows.append(measure(family, args, setting="graphs off"))

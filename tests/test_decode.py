@@ -1,5 +1,5 @@
-"""SmolVLM's own decoding step (``vlm_notebook.models.llama_step``, run by ``vlm_notebook.engine``)
-against transformers' modules and ``generate``, and the engine's token sampler."""
+"""SmolVLM's and Qwen2-VL's own decoding step (``vlm_notebook.models.llama_step``, run by
+``vlm_notebook.engine``) against transformers' modules and ``generate``, and the engine's token sampler."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from transformers import DynamicCache
 from vlm_notebook import shapes
 from vlm_notebook.engine import Sampler
 from vlm_notebook.models import Qwen2VL, SmolVLM, llama_step
-from vlm_notebook.models.llama_step import GraphedLlamaStep, LlamaStep, llama_text_model
+from vlm_notebook.models.llama_step import GraphedLlamaStep, LlamaStep, llama_text_model, qwen2_vl_text_model
 from vlm_notebook.options import GenerationOptions
 
 
@@ -131,9 +131,33 @@ def test_answers_are_generates_answers_token_for_token(smolvlm_in: SmolVLM) -> N
             assert ours == output[0, inputs["input_ids"].shape[1] :].tolist(), (scene, prompt)
 
 
-def test_only_llama_text_models_decode_here(shapes_smolvlm: SmolVLM, shapes_qwen2vl: Qwen2VL) -> None:
+def test_smolvlms_and_qwen2_vls_text_models_decode_here(shapes_smolvlm: SmolVLM, shapes_qwen2vl: Qwen2VL) -> None:
     assert llama_text_model(shapes_smolvlm.model) is shapes_smolvlm.model.model.text_model
-    assert llama_text_model(shapes_qwen2vl.model) is None  # Qwen2-VL keeps generate
+    assert qwen2_vl_text_model(shapes_qwen2vl.model) is shapes_qwen2vl.model.model.language_model
+    assert llama_text_model(shapes_qwen2vl.model) is None and qwen2_vl_text_model(shapes_smolvlm.model) is None
+
+
+@pytest.fixture(scope="module", params=["float32", "bfloat16"])
+def qwen2vl_in(request: pytest.FixtureRequest) -> Qwen2VL:
+    model = Qwen2VL("shapes-qwen2vl", dtype=request.param)
+    model.load()
+    return model
+
+
+@pytest.mark.timeout(300)
+def test_qwen2_vls_answers_are_generates_token_for_token(qwen2vl_in: Qwen2VL) -> None:
+    """Its own step after the picture's stored work (multimodal rotary positions numbered as
+    ``generate`` numbers them), against ``generate`` on the whole prompt."""
+    config = qwen2vl_in._generation_config(GenerationOptions())
+    for scene in shapes.all_scenes()[::6]:
+        image = shapes.draw(scene).image
+        for prompt in [qwen2vl_in.default_prompt, *(question for question, _ in shapes.questions(scene))]:
+            ours = qwen2vl_in._generate_text(image, qwen2vl_in._chat_text(prompt), GenerationOptions(), None)
+            inputs = qwen2vl_in._inputs(image, prompt)
+            qwen2vl_in._forget_position_state()
+            with torch.inference_mode():
+                output = qwen2vl_in.model.generate(**inputs, generation_config=config)
+            assert ours == output[0, inputs["input_ids"].shape[1] :].tolist(), (scene, prompt)
 
 
 def draws(logits: torch.Tensor, count: int, temperature: float, top_p: float) -> Counter[int]:

@@ -82,8 +82,9 @@ def test_seeded_sampling_on_the_gpu_repeats(gpu_model: VLM) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_smolvlms_cuda_graph_steps_answer_as_its_steps_operator_by_operator(monkeypatch: pytest.MonkeyPatch) -> None:
-    model = get_model("shapes-smolvlm")
+@pytest.mark.parametrize("name", ["shapes-smolvlm", "shapes-qwen2vl"])
+def test_cuda_graph_steps_answer_as_the_steps_operator_by_operator(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = get_model(name)
     picture = shapes.draw(RED_CIRCLE).image
     replayed = [model.caption(picture), *ask_all(model)]
     monkeypatch.setattr(llama_step, "CUDA_GRAPHS", False)

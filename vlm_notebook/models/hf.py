@@ -32,7 +32,7 @@ from .. import engine, registry
 from ..cache import PrefixCache, PrefixEntry, image_digest
 from ..cpu import DecodeChoice
 from ..detokenizer import Detokenizer
-from ..engine import Step, finish_reason, stop_ids
+from ..engine import finish_reason, stop_ids
 from ..errors import CheckpointError, RequestError, VLMError
 from ..hub import checkpoint_directory
 from ..options import GenerationOptions, fit_to_context, refuse_special_tokens
@@ -42,13 +42,15 @@ from ..stream import TokenSink
 from . import _conversation
 from ._prefix import SplitPrompt, continuation_inputs, encode_prefix, split_prompt, vision_module
 from .base import VLM
+from .llama_step import LlamaStep
 
 #: ``defaults=`` values: "cpu" (the project's CPU policy) or "card" (the model card's settings).
 DEFAULTS = ("cpu", "card")
 
 
-#: Makes a family's own decoding step from transformers' cache after the prompt and the tokens it must hold.
-StepMaker = Callable[[Any, int], Step]
+#: Makes a family's own decoding step from transformers' cache after the prompt, the tokens it must
+#: hold and the offset of its rotary positions from its cache positions.
+StepMaker = Callable[[Any, int, int], LlamaStep]
 
 #: The prompt of the first-logits check of a half-precision load (on a blank picture).
 PROBE_PROMPT = "Describe this image."
@@ -180,7 +182,9 @@ class TransformersVLM(VLM):
             config = self._generation_config(options)
             own_step = self._own_step()
             if own_step is not None and cache is not None and cache.get_seq_length() < prompt_ids.shape[1]:
-                token_ids = self._decode_here(inputs, cache, own_step, options, config, sink, to_decoding)
+                token_ids = self._decode_here(
+                    inputs, cache, own_step, options, config, sink, to_decoding, keep_cache=conversation is not None
+                )
             else:
                 token_ids = self._generate_ids(inputs, cache, config, sink)
         if conversation is not None:
@@ -189,9 +193,15 @@ class TransformersVLM(VLM):
 
     def _own_step(self) -> StepMaker | None:
         """How this family decodes one token without ``generate``, if it can (default: it cannot;
-        SmolVLM's Llama can). Called with transformers' cache after the prompt and the tokens it
-        must hold; the step it makes feeds one token and returns the next logits."""
+        SmolVLM's and Qwen2-VL's text models can). Called with transformers' cache after the
+        prompt, the tokens it must hold and the rotary position offset (``_prompt_positions``); the
+        step it makes feeds one token and returns the next logits."""
         return None
+
+    def _prompt_positions(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, int]:
+        """The prompt's position ids where the family numbers positions its own way (None: the
+        model counts them), and how far the answer's rotary positions are from its cache positions."""
+        return None, 0
 
     def _generate_ids(
         self, inputs: dict[str, torch.Tensor], cache: Any, config: GenerationConfig, sink: TokenSink | None
@@ -219,21 +229,28 @@ class TransformersVLM(VLM):
         config: GenerationConfig,
         sink: TokenSink | None,
         to_decoding: Callable[[], None],
+        keep_cache: bool = False,
     ) -> list[int]:
         """Prefill the words after the cached prefix, then decode through the engine with the
-        family's own step (same layers, same greedy tokens as ``generate``, less work per token)."""
-        prompt_ids = inputs["input_ids"]
+        family's own step (same layers, same greedy tokens as ``generate``, less work per token).
+        With ``keep_cache`` (a conversation's turn), ``cache`` then holds the answer's tokens too."""
+        prompt_ids, cached = inputs["input_ids"], cache.get_seq_length()
         started = time.perf_counter()
+        positions, offset = self._prompt_positions(inputs)
+        placed = {} if positions is None else {"position_ids": positions[..., cached:]}
         output = self.model(
-            input_ids=prompt_ids[:, cache.get_seq_length():], cache=cache, use_cache=True, logits_to_keep=1
+            input_ids=prompt_ids[:, cached:], cache=cache, use_cache=True, logits_to_keep=1, **placed
         )
         if sink is not None:
             sink.add_prefill_time(time.perf_counter() - started)
-        step = own_step(output.cache, prompt_ids.shape[1] + options.max_new_tokens)
-        return engine.generate(
+        step = own_step(output.cache, prompt_ids.shape[1] + options.max_new_tokens, offset)
+        token_ids = engine.generate(
             output.logits[:, -1], step, options, stop_ids(config.eos_token_id), sink, Detokenizer(self._tokenizer),
             before_step=to_decoding,
         )
+        if keep_cache:
+            step.extend(output.cache)
+        return token_ids
 
     def _continuation(
         self, picture: Image.Image, split: SplitPrompt, sink: TokenSink | None

@@ -1,4 +1,5 @@
-"""SmolVLM's decoding step: one token through its Llama text model, without transformers' ``generate``.
+"""SmolVLM's and Qwen2-VL's decoding step: one token through a Llama-shaped text model, without
+transformers' ``generate``.
 
 A step through ``generate`` pays for the per-step work of a general tool: masks, cache objects
 that grow by concatenation, rotary angles recomputed, logits processors, hooks. :class:`LlamaStep`
@@ -27,32 +28,58 @@ _LOG = logging.getLogger("vlm_notebook")
 
 
 def llama_text_model(model: torch.nn.Module) -> torch.nn.Module | None:
-    """The Llama text model inside a transformers image-text model, if :class:`LlamaStep` can run it."""
+    """The Llama text model inside a transformers image-text model (SmolVLM's), if
+    :class:`LlamaStep` can run it."""
     text = getattr(getattr(model, "model", None), "text_model", None)
+    return text if _decodes_here(text, "llama") else None
+
+
+def qwen2_vl_text_model(model: torch.nn.Module) -> torch.nn.Module | None:
+    """Qwen2-VL's text model, if :class:`LlamaStep` can run it: a Llama with biases on its queries,
+    keys and values, whose multimodal rotary positions are, for the answer's words, one position
+    (on all three axes) moved by the prompt's offset (``position_offset``)."""
+    text = getattr(getattr(model, "model", None), "language_model", None)
+    return text if _decodes_here(text, "qwen2_vl_text") else None
+
+
+def step_for(text_model: torch.nn.Module, lm_head: torch.nn.Module, device: torch.device) -> Callable[..., LlamaStep]:
+    """What makes an answer's step over ``text_model`` (called with the cache, capacity and
+    position offset): :class:`GraphedLlamaStep` on CUDA, :class:`LlamaStep` elsewhere."""
+    step = GraphedLlamaStep if device.type == "cuda" else LlamaStep
+    return partial(step, text_model, lm_head)
+
+
+def _decodes_here(text: Any, model_type: str) -> bool:
     config = getattr(text, "config", None)
-    if config is None or getattr(config, "model_type", None) != "llama":
-        return None
+    if config is None or getattr(config, "model_type", None) != model_type:
+        return False
     rope = getattr(config, "rope_parameters", None) or {}
     rotary = getattr(text, "rotary_emb", None)
-    fits = (
+    layer_types = getattr(config, "layer_types", None) or ["full_attention"]
+    return (
         getattr(config, "hidden_act", None) == "silu"
         and rope.get("rope_type", "default") == "default"
         and getattr(rotary, "attention_scaling", None) == 1.0
         and isinstance(getattr(rotary, "inv_freq", None), torch.Tensor)
+        and set(layer_types) == {"full_attention"}
+        and not getattr(config, "use_sliding_window", False)
     )
-    return text if fits else None
 
 
 class LlamaStep:
     """One token at a time through a Llama text model, continuing from the prefill's KV cache.
 
     ``cache`` is transformers' cache after the prompt; ``capacity`` the prompt plus the most new
-    tokens. The cache's keys and values are copied into buffers of that size once. A step makes
+    tokens. The cache's keys and values are copied into buffers of that size once. The rotary
+    position of the token at cache position ``p`` is ``p + position_offset`` (Qwen2-VL's words
+    after a picture: its ``rope_deltas``; 0 for a Llama). A step makes
     about 30 tensor operations per layer where transformers' modules make about 65: at SmolVLM's
     size the Python work per operation, not the arithmetic, decides the difference.
     """
 
-    def __init__(self, text_model: Any, lm_head: torch.nn.Module, cache: Any, capacity: int):
+    def __init__(
+        self, text_model: Any, lm_head: torch.nn.Module, cache: Any, capacity: int, position_offset: int = 0
+    ):
         config = text_model.config
         self._embeddings: torch.Tensor = text_model.embed_tokens.weight
         self._layers = [_Layer.of(layer) for layer in text_model.layers]
@@ -63,7 +90,8 @@ class LlamaStep:
         self._scaling = float(self._head_dim) ** -0.5
         self._length = cache.get_seq_length()
         self._keys, self._values = _buffers(cache, capacity)
-        self._cos, self._sin = _rotary_table(text_model.rotary_emb.inv_freq, capacity, self._keys.dtype)
+        inv_freq = text_model.rotary_emb.inv_freq
+        self._cos, self._sin = _rotary_table(inv_freq, capacity, self._keys.dtype, position_offset)
 
     def __call__(self, token_id: int) -> torch.Tensor:
         position = self._length
@@ -78,6 +106,15 @@ class LlamaStep:
         self._length += 1
         logits: torch.Tensor = self._head(self._final_norm(hidden))
         return logits
+
+    def extend(self, cache: Any) -> None:
+        """Append to ``cache`` (transformers' cache after the prompt, which this step started from)
+        the keys and values of the tokens fed since, so that it holds them as ``generate`` leaves
+        it: a conversation's next turn then reads only what follows them."""
+        start = cache.get_seq_length()
+        for index in range(len(self._layers)):
+            fed = slice(start, self._length)
+            cache.update(self._keys[index, None, :, fed], self._values[index, None, :, fed], index)
 
     def _attend(
         self,
@@ -110,8 +147,10 @@ class GraphedLlamaStep(LlamaStep):
     launch a token instead of one per operator. Elsewhere (the CPU tests) the same step runs
     operator by operator, so its numbers are checked against :class:`LlamaStep`'s."""
 
-    def __init__(self, text_model: Any, lm_head: torch.nn.Module, cache: Any, capacity: int):
-        super().__init__(text_model, lm_head, cache, capacity)
+    def __init__(
+        self, text_model: Any, lm_head: torch.nn.Module, cache: Any, capacity: int, position_offset: int = 0
+    ):
+        super().__init__(text_model, lm_head, cache, capacity, position_offset)
         device = self._keys.device
         self._token = torch.zeros(1, dtype=torch.long, device=device)
         self._position = torch.full((1,), self._length, dtype=torch.long, device=device)
@@ -282,14 +321,18 @@ def _buffers(cache: Any, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
     return keys, values
 
 
-def _rotary_table(inv_freq: torch.Tensor, capacity: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cosines and signed sines of the rotary angles for positions 0..capacity-1, in ``dtype``.
+def _rotary_table(
+    inv_freq: torch.Tensor, capacity: int, dtype: torch.dtype, offset: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosines and signed sines of the rotary angles for positions offset..offset+capacity-1 (row
+    ``p`` for cache position ``p``), in ``dtype``.
 
     The angles are made as transformers makes them (in fp32, then cast to the model's format);
     the sines' first half is negated so that rotating is one multiply-add with the halves swapped
     (see :func:`_rotate`)."""
     device = inv_freq.device
-    angles = torch.arange(capacity, dtype=torch.float32, device=device)[:, None] * inv_freq.float()[None, :]
+    positions = torch.arange(offset, offset + capacity, dtype=torch.float32, device=device)
+    angles = positions[:, None] * inv_freq.float()[None, :]
     doubled = torch.cat((angles, angles), dim=-1)
     half = inv_freq.shape[0]
     signs = torch.cat((-torch.ones(half, device=device), torch.ones(half, device=device)))

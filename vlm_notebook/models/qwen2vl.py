@@ -16,12 +16,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
+
 from .. import caption_options
 from ..errors import RequestError
 from ..images import check_aspect_ratio
 from ..request import Request
 from .generic import load_processor
-from .hf import TransformersVLM
+from .hf import StepMaker, TransformersVLM
+from .llama_step import qwen2_vl_text_model, step_for
 
 #: Default cap on a picture's size in pixels: at most about 256 image tokens.
 DEFAULT_MAX_PIXELS = 256 * 28 * 28
@@ -92,3 +95,20 @@ class Qwen2VL(TransformersVLM):
     def _processor_kwargs(self) -> dict[str, Any]:
         min_pixels, max_pixels = self.pixel_range
         return {"size": {"shortest_edge": min_pixels, "longest_edge": max_pixels}}
+
+    def _own_step(self) -> StepMaker | None:
+        """Qwen2-VL's text model decodes through :class:`~vlm_notebook.models.llama_step.LlamaStep`
+        (Qwen2.5-VL's keeps ``generate``)."""
+        text_model = qwen2_vl_text_model(self.model)
+        return None if text_model is None else step_for(text_model, self.model.lm_head, self.runtime.device)
+
+    def _prompt_positions(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, int]:
+        """The multimodal rotary positions of the whole prompt (the picture's tokens numbered by
+        their grid), as ``generate`` makes them, and the offset they leave for the answer's words."""
+        if "image_grid_thw" not in inputs or "mm_token_type_ids" not in inputs:
+            return None, 0
+        positions, deltas = self.model.model.get_rope_index(
+            inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
+            image_grid_thw=inputs["image_grid_thw"], attention_mask=inputs.get("attention_mask"),
+        )
+        return positions, int(deltas.reshape(-1)[0])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ from .. import caption_options
 from ..errors import CheckpointError
 from .generic import TransformersModel
 from .hf import StepMaker
-from .llama_step import GraphedLlamaStep, LlamaStep, llama_text_model
+from .llama_step import llama_text_model, step_for
 
 
 class SmolVLM(TransformersModel):
@@ -52,10 +51,7 @@ class SmolVLM(TransformersModel):
         """:class:`LlamaStep` over SmolVLM's Llama text model (None for a text model it cannot run);
         on CUDA, :class:`GraphedLlamaStep`, which replays each token's step as one CUDA graph."""
         text_model = llama_text_model(self.model)
-        if text_model is None:
-            return None
-        step = GraphedLlamaStep if self.runtime.device.type == "cuda" else LlamaStep
-        return partial(step, text_model, self.model.lm_head)
+        return None if text_model is None else step_for(text_model, self.model.lm_head, self.runtime.device)
 
     def _load_processor(self, directory: Path) -> Any:
         if _model_type(directory) == "smolvlm" and not _has_modules("torchvision", "num2words"):
