@@ -111,9 +111,8 @@ class LlamaStep:
         """Append to ``cache`` (transformers' cache after the prompt, which this step started from)
         the keys and values of the tokens fed since, so that it holds them as ``generate`` leaves
         it: a conversation's next turn then reads only what follows them."""
-        start = cache.get_seq_length()
+        fed = slice(cache.get_seq_length(), self._length)
         for index in range(len(self._layers)):
-            fed = slice(start, self._length)
             cache.update(self._keys[index, None, :, fed], self._values[index, None, :, fed], index)
 
     def _attend(
