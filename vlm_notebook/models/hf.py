@@ -42,7 +42,7 @@ from ..stream import TokenSink
 from . import _conversation
 from ._prefix import SplitPrompt, continuation_inputs, encode_prefix, split_prompt, vision_module
 from .base import VLM
-from .llama_step import LlamaStep
+from .llama_step import LlamaStep, step_for
 
 #: ``defaults=`` values: "cpu" (the project's CPU policy) or "card" (the model card's settings).
 DEFAULTS = ("cpu", "card")
@@ -192,10 +192,15 @@ class TransformersVLM(VLM):
         return token_ids
 
     def _own_step(self) -> StepMaker | None:
-        """How this family decodes one token without ``generate``, if it can (default: it cannot;
-        SmolVLM's and Qwen2-VL's text models can). Called with transformers' cache after the
-        prompt, the tokens it must hold and the rotary position offset (``_prompt_positions``); the
-        step it makes feeds one token and returns the next logits."""
+        """How this family decodes one token without ``generate``, if it can: over the text model
+        ``_decoding_text_model`` finds, :class:`LlamaStep` (on CUDA, its graphed form). Called with
+        transformers' cache after the prompt, the tokens it must hold and the rotary position
+        offset (``_prompt_positions``); the step it makes feeds one token and returns the next logits."""
+        text_model = self._decoding_text_model()
+        return None if text_model is None else step_for(text_model, self.model.lm_head, self.runtime.device)
+
+    def _decoding_text_model(self) -> torch.nn.Module | None:
+        """The text model :class:`LlamaStep` can run (default: none; SmolVLM's and Qwen2-VL's)."""
         return None
 
     def _prompt_positions(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, int]:

@@ -23,8 +23,8 @@ from ..errors import RequestError
 from ..images import check_aspect_ratio
 from ..request import Request
 from .generic import load_processor
-from .hf import StepMaker, TransformersVLM
-from .llama_step import qwen2_vl_text_model, step_for
+from .hf import TransformersVLM
+from .llama_step import qwen2_vl_text_model
 
 #: Default cap on a picture's size in pixels: at most about 256 image tokens.
 DEFAULT_MAX_PIXELS = 256 * 28 * 28
@@ -96,11 +96,9 @@ class Qwen2VL(TransformersVLM):
         min_pixels, max_pixels = self.pixel_range
         return {"size": {"shortest_edge": min_pixels, "longest_edge": max_pixels}}
 
-    def _own_step(self) -> StepMaker | None:
-        """Qwen2-VL's text model decodes through :class:`~vlm_notebook.models.llama_step.LlamaStep`
-        (Qwen2.5-VL's keeps ``generate``)."""
-        text_model = qwen2_vl_text_model(self.model)
-        return None if text_model is None else step_for(text_model, self.model.lm_head, self.runtime.device)
+    def _decoding_text_model(self) -> torch.nn.Module | None:
+        """Qwen2-VL's text model (Qwen2.5-VL's keeps ``generate``)."""
+        return qwen2_vl_text_model(self.model)
 
     def _prompt_positions(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, int]:
         """The multimodal rotary positions of the whole prompt (the picture's tokens numbered by

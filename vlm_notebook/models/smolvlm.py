@@ -7,11 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .. import caption_options
 from ..errors import CheckpointError
 from .generic import TransformersModel
-from .hf import StepMaker
-from .llama_step import llama_text_model, step_for
+from .llama_step import llama_text_model
 
 
 class SmolVLM(TransformersModel):
@@ -47,11 +48,9 @@ class SmolVLM(TransformersModel):
             return {}
         return {"size": {"longest_edge": tile}}
 
-    def _own_step(self) -> StepMaker | None:
-        """:class:`LlamaStep` over SmolVLM's Llama text model (None for a text model it cannot run);
-        on CUDA, :class:`GraphedLlamaStep`, which replays each token's step as one CUDA graph."""
-        text_model = llama_text_model(self.model)
-        return None if text_model is None else step_for(text_model, self.model.lm_head, self.runtime.device)
+    def _decoding_text_model(self) -> torch.nn.Module | None:
+        """SmolVLM's Llama text model (None for a text model :class:`LlamaStep` cannot run)."""
+        return llama_text_model(self.model)
 
     def _load_processor(self, directory: Path) -> Any:
         if _model_type(directory) == "smolvlm" and not _has_modules("torchvision", "num2words"):
