@@ -13,8 +13,10 @@ from transformers import DynamicCache
 from vlm_notebook import shapes
 from vlm_notebook.engine import Sampler
 from vlm_notebook.models import Qwen2VL, SmolVLM, llama_step
+from vlm_notebook.models.hf import TransformersVLM
 from vlm_notebook.models.llama_step import GraphedLlamaStep, LlamaStep, llama_text_model, qwen2_vl_text_model
 from vlm_notebook.options import GenerationOptions
+from vlm_notebook.registry import get_model
 
 
 @pytest.fixture(scope="module")
@@ -118,46 +120,41 @@ def test_a_gpu_that_cannot_capture_the_step_decodes_operator_by_operator(
     assert caplog.text.count("CUDA graphs unavailable") == 1
 
 
-@pytest.mark.timeout(300)
-def test_answers_are_generates_answers_token_for_token(smolvlm_in: SmolVLM) -> None:
-    config = smolvlm_in._generation_config(GenerationOptions())
-    for scene in shapes.all_scenes()[::6]:
-        image = shapes.draw(scene).image
-        for prompt in [SmolVLM.default_prompt, *(question for question, _ in shapes.questions(scene))]:
-            ours = smolvlm_in._generate_text(image, smolvlm_in._chat_text(prompt), GenerationOptions(), None)
-            inputs = smolvlm_in._inputs(image, prompt)
-            with torch.inference_mode():
-                output = smolvlm_in.model.generate(**inputs, generation_config=config)
-            assert ours == output[0, inputs["input_ids"].shape[1] :].tolist(), (scene, prompt)
-
-
 def test_smolvlms_and_qwen2_vls_text_models_decode_here(shapes_smolvlm: SmolVLM, shapes_qwen2vl: Qwen2VL) -> None:
     assert llama_text_model(shapes_smolvlm.model) is shapes_smolvlm.model.model.text_model
     assert qwen2_vl_text_model(shapes_qwen2vl.model) is shapes_qwen2vl.model.model.language_model
     assert llama_text_model(shapes_qwen2vl.model) is None and qwen2_vl_text_model(shapes_smolvlm.model) is None
 
 
-@pytest.fixture(scope="module", params=["float32", "bfloat16"])
-def qwen2vl_in(request: pytest.FixtureRequest) -> Qwen2VL:
-    model = Qwen2VL("shapes-qwen2vl", dtype=request.param)
+@pytest.fixture(
+    scope="module",
+    params=[(name, dtype) for name in ("shapes-smolvlm", "shapes-qwen2vl") for dtype in ("float32", "bfloat16")],
+    ids=lambda param: "-".join(param),
+)
+def own_step_model(request: pytest.FixtureRequest) -> TransformersVLM:
+    """Each family that decodes with its own step, in each number format the CPU runtime can pick."""
+    name, dtype = request.param
+    model = get_model(name, dtype=dtype)
+    assert isinstance(model, TransformersVLM)
     model.load()
     return model
 
 
 @pytest.mark.timeout(300)
-def test_qwen2_vls_answers_are_generates_token_for_token(qwen2vl_in: Qwen2VL) -> None:
-    """Its own step after the picture's stored work (multimodal rotary positions numbered as
-    ``generate`` numbers them), against ``generate`` on the whole prompt."""
-    config = qwen2vl_in._generation_config(GenerationOptions())
+def test_answers_are_generates_answers_token_for_token(own_step_model: TransformersVLM) -> None:
+    """The own step after the picture's stored work (for Qwen2-VL, with the multimodal rotary
+    positions numbered as ``generate`` numbers them), against ``generate`` on the whole prompt."""
+    model = own_step_model
+    config = model._generation_config(GenerationOptions())
     for scene in shapes.all_scenes()[::6]:
         image = shapes.draw(scene).image
-        for prompt in [qwen2vl_in.default_prompt, *(question for question, _ in shapes.questions(scene))]:
-            ours = qwen2vl_in._generate_text(image, qwen2vl_in._chat_text(prompt), GenerationOptions(), None)
-            inputs = qwen2vl_in._inputs(image, prompt)
-            qwen2vl_in._forget_position_state()
+        for prompt in [model.default_prompt, *(question for question, _ in shapes.questions(scene))]:
+            ours = model._generate_text(image, model._chat_text(prompt), GenerationOptions(), None)
+            inputs = model._inputs(image, prompt)
+            model._forget_position_state()  # Qwen2-VL's: generate numbers the whole prompt itself
             with torch.inference_mode():
-                output = qwen2vl_in.model.generate(**inputs, generation_config=config)
-            assert ours == output[0, inputs["input_ids"].shape[1] :].tolist(), (scene, prompt)
+                output = model.model.generate(**inputs, generation_config=config)
+            assert ours == output[0, inputs["input_ids"].shape[1] :].tolist(), (model.name, scene, prompt)
 
 
 def draws(logits: torch.Tensor, count: int, temperature: float, top_p: float) -> Counter[int]:
