@@ -80,7 +80,7 @@ class VLM(ABC):
         self.name = self.entry.name
         self.revision = revision if revision is not None else self.entry.revision
         self._generation_lock = threading.Lock()
-        self._load_lock = threading.RLock()
+        self._load_lock = threading.Lock()  # a load's own nested load() returns before it (see load)
         self._loaded = False
         self._loading_thread: threading.Thread | None = None  # while a load runs: its thread
         #: Where and in what number format the model runs (None for a model that runs elsewhere).
