@@ -102,14 +102,33 @@ def ask(model: VLM, image: Image.Image, question: str, max_new_tokens: int) -> t
     return stats.time_to_first_token or 0.0, rate
 
 
-def measure(family: str, args: argparse.Namespace, setting: str = "default") -> Row:
+def measure(family: str, args: argparse.Namespace) -> list[Row]:
+    """The family's rows, on one loaded model: the default settings, then (for a ``GRAPHED`` family
+    on CUDA) with CUDA graphs off."""
     directory = BUILDERS[family]()
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     model = get_model(str(directory), device=args.device).load()
     synchronize()
     load_seconds = time.perf_counter() - started
+    rows = [timed(model, family, "default", load_seconds, args)]
+    if args.profile:
+        try:
+            profile(model, picture(0), args, args.out.with_name(f"{args.out.name}_{family}_profile.txt"))
+        except Exception as error:  # a profiler that fails must not cost the measured figures
+            print(f"{family}: no profile ({error!r})", file=sys.stderr)
+    if family in GRAPHED and torch.cuda.is_available():
+        llama_step.CUDA_GRAPHS = False  # read as each answer makes its step
+        try:
+            rows.append(timed(model, family, "graphs off", load_seconds, args))
+        finally:
+            llama_step.CUDA_GRAPHS = True
+    return rows
+
+
+def timed(model: VLM, family: str, setting: str, load_seconds: float, args: argparse.Namespace) -> Row:
+    """One warm-up, then ``args.runs`` new pictures, each asked a question and a follow-up."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()  # the peak from here on: the weights and this setting's work
     ask(model, picture(10_000), QUESTIONS[0], args.max_new_tokens)  # warm-up: allocation, kernels
     cold, follow, rates = [], [], []
     for run in range(args.runs):
@@ -119,11 +138,6 @@ def measure(family: str, args: argparse.Namespace, setting: str = "default") -> 
         rates.append(rate)
         follow.append(ask(model, image, QUESTIONS[1], args.max_new_tokens)[0])
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
-    if args.profile and setting == "default":
-        try:
-            profile(model, picture(0), args, args.out.with_name(f"{args.out.name}_{family}_profile.txt"))
-        except Exception as error:  # a profiler that fails must not cost the measured figures
-            print(f"{family}: no profile ({error!r})", file=sys.stderr)
     return Row(family, setting, model.device or "?", model.dtype or "?", load_seconds, statistics.median(cold),
                statistics.median(follow), statistics.median(rates), peak)
 
@@ -188,13 +202,7 @@ def main() -> int:
     rows = []
     for family in args.family or list(BUILDERS):
         print(f"{family} ...", file=sys.stderr, flush=True)
-        rows.append(measure(family, args))
-        if family in GRAPHED and torch.cuda.is_available():
-            llama_step.CUDA_GRAPHS = False
-            try:
-                rows.append(measure(family, args, setting="graphs off"))
-            finally:
-                llama_step.CUDA_GRAPHS = True
+        rows.extend(measure(family, args))
     text = report(rows, args)
     print(text)
     args.out.with_suffix(".md").write_text(text)
