@@ -121,9 +121,12 @@ class NotebookPage:
     def run_cell(self, index: int, timeout_ms: int = WAIT_MS) -> None:
         """Run cell ``index`` as a user does (click into it, Ctrl+Enter) and wait until it has run."""
         cell = self.cell(index)
+        prompt = cell.locator(".jp-InputArea-prompt")
+        before = prompt.inner_text()  # "[ ]:", or the count of the cell's last run
         cell.locator(".jp-InputArea-editor").click()
         self.page.keyboard.press("Control+Enter")
-        prompt = cell.locator(".jp-InputArea-prompt")
+        # A cell run before shows its old count until this run starts ("[*]:"): wait for a new one.
+        self.expect(prompt, f"cell {index} to start running", timeout_ms).not_to_have_text(before)
         self.expect(prompt, f"cell {index} to finish running", timeout_ms).to_have_text(re.compile(r"\[\d+\]"))
 
     def watch(self, index: int, selector: str, key: str) -> None:
@@ -399,11 +402,15 @@ def test_chat_widget_streams_a_second_turn_that_knows_the_first(
     chat.upload(lab_server.root / PICTURE, label="Picture")
     box = chat.area.get_by_placeholder("Ask about the picture, then Enter")
     answers = chat.area.locator(".widget-output")
+    send = chat.area.get_by_role("button", name="Send")
     for turn, (question, answer) in enumerate(CHAT_TURNS):
         box.fill(question)
         box.press("Enter")  # sends: no button clicked
         notebook.expect(answers.nth(turn), f"answer {turn + 1} in the transcript").to_have_text(answer)
         notebook.expect(box, "the question box emptied").to_have_value("")
+        # The whole answer shows a token before the turn ends; an Enter before Send is back is
+        # refused ("an answer is coming"), as a person typing fast would see.
+        notebook.expect(send, f"Send enabled after answer {turn + 1}").to_be_enabled()
     questions = chat.area.locator(".widget-html", has_text="You:")
     notebook.expect(questions, "both questions in the transcript").to_have_count(2)
     notebook.expect(chat.area.locator(".widget-html", has_text="tokens/s"), "the turn's figures").to_contain_text(

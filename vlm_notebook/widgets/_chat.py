@@ -211,7 +211,7 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
             self.send_button.disabled, self.stop_button.disabled = True, False
             self._run = Run(
                 lambda: self._open_stream(picture, question), lambda run, text: self._show(answer, run, text),
-                lambda run: self._finish(run, (asked, answer)), self.max_updates_per_second,
+                lambda run: self._finish(run, (asked, answer)), self.max_updates_per_second, self._start_lock,
                 lambda run, seconds: setattr(
                     self.figures, "value", waiting_line(self.model.loaded, run.stats, seconds)
                 ),
@@ -251,18 +251,18 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         self.figures.value = figures_line(run)
 
     def _finish(self, run: Run, turn: tuple[Any, Any]) -> None:
+        """The turn's end (``Run`` holds the start lock)."""
         self.figures.value = figures_line(run)
-        with self._start_lock:
-            if run.error is not None:  # a refused question leaves no trace in the transcript
-                self._say(short_message(run.error), error=True)
-                if not run.text:
-                    self.transcript.children = tuple(c for c in self.transcript.children if c not in turn)
-                    for part in turn:
-                        part.close()
-            if self._clear_when_done:
-                self._clear_when_done = False
-                self._forget()
-            self.send_button.disabled, self.stop_button.disabled = False, True
+        if run.error is not None:  # a refused question leaves no trace in the transcript
+            self._say(short_message(run.error), error=True)
+            if not run.text:
+                self.transcript.children = tuple(c for c in self.transcript.children if c not in turn)
+                for part in turn:
+                    part.close()
+        if self._clear_when_done:
+            self._clear_when_done = False
+            self._forget()
+        self.send_button.disabled, self.stop_button.disabled = False, True
 
     def _say(self, text: str, error: bool = False) -> None:
         self.message.style.text_color = ERROR_COLOUR if error else None

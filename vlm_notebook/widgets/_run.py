@@ -29,7 +29,12 @@ WAIT_TICK = 0.5  # seconds between updates of the figures line while the first t
 
 
 class Run:
-    """A generation: ``open_stream`` runs on the run's thread, ``show`` on the coalescer's, ``finish`` last."""
+    """A generation: ``open_stream`` runs on the run's thread, ``show`` on the coalescer's, ``finish`` last.
+
+    ``finish`` runs holding ``start_lock``, the lock under which the widget starts runs, and the
+    run stops ``running`` before it lets go: a start that holds the lock sees either this run
+    going or the widget as ``finish`` left it (Send and Run enabled), never a run that is over
+    but still refuses the next."""
 
     def __init__(
         self,
@@ -37,11 +42,14 @@ class Run:
         show: Callable[[Run, str], None],
         finish: Callable[[Run], None],
         max_rate: float,
+        start_lock: threading.Lock,
         waiting: Callable[[Run, float], None] | None = None,
     ) -> None:
         self._open_stream = open_stream
         self._show = show
         self._finish = finish
+        self._start_lock = start_lock
+        self._ended = False
         self._max_rate = max_rate
         self._waiting = waiting
         self._stop = threading.Event()
@@ -73,7 +81,7 @@ class Run:
 
     @property
     def running(self) -> bool:
-        return self._thread.is_alive()
+        return self._thread.is_alive() and not self._ended
 
     @property
     def stopped(self) -> bool:
@@ -115,7 +123,9 @@ class Run:
             self.finished_at = time.strftime("%H:%M:%S")
             with self._order:
                 self._shown_or_done = True
-            self._finish(self)
+            with self._start_lock:
+                self._finish(self)
+                self._ended = True
 
     def _show_text(self, text: str) -> None:
         if not self._shown_or_done:

@@ -297,7 +297,7 @@ class VLMWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
                 return False
             self._reset_view()
             self._run = Run(lambda: self._open_stream(image, request), self._show, self._finish,
-                            self.max_updates_per_second, self._waiting)
+                            self.max_updates_per_second, self._start_lock, self._waiting)
             self._run.start()
         return True
 
