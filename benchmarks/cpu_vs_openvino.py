@@ -104,7 +104,8 @@ class OursWorker:
     def __init__(self, checkpoint: str, settings: dict[str, Any]):
         from vlm_notebook.models import SmolVLM
 
-        self.model = SmolVLM(checkpoint, **settings).load()
+        self.model = SmolVLM(checkpoint, **settings)
+        self.model.load()
         self.describe = {"dtype": self.model.dtype, "device": self.model.device}
 
     def answer(self, picture: Any, question: str, new_picture: bool, tiles: str, tokens: int) -> Answer:

@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -64,9 +65,7 @@ def _seconds(work: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-def products(
-    step: LlamaStep, text_model: torch.nn.Module, lm_head: torch.nn.Module
-) -> tuple[list[Callable[[], object]], int]:
+def products(step: LlamaStep, text_model: Any, lm_head: Any) -> tuple[list[Callable[[], object]], int]:
     """Calls of every matrix product of one step, as the step makes them (queries, keys and values
     as one call where it groups them, and gate and up), in its order, and the bytes of their weights."""
     dtype = text_model.embed_tokens.weight.dtype
@@ -82,7 +81,7 @@ def products(
     return calls, weight_bytes
 
 
-def without_products(step: LlamaStep, text_model: torch.nn.Module, lm_head: torch.nn.Module) -> LlamaStep:
+def without_products(step: LlamaStep, text_model: Any, lm_head: Any) -> LlamaStep:
     """``step`` with each matrix product answered by its output on a random vector, made once."""
     dtype = text_model.embed_tokens.weight.dtype
 
@@ -102,7 +101,7 @@ def without_products(step: LlamaStep, text_model: torch.nn.Module, lm_head: torc
         ))
     step._layers = layers
     logits = lm_head(torch.randn(1, 1, lm_head.in_features, dtype=dtype))
-    step._head = lambda _: logits
+    step._head = lambda _: logits  # type: ignore[assignment]  # a product's stand-in, not a module
     return step
 
 
@@ -125,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     model.load()
     picture = shapes.draw(shapes.Scene("circle", "red", "white")).image
     inputs = model._inputs(picture, "Describe this image.")
-    text_model = llama_text_model(model.model)
+    text_model: Any = llama_text_model(model.model)
     assert text_model is not None, "SmolVLM-256M's text model is a Llama"
     counts = sorted({1, cpu.physical_cores()})
     capacity = inputs["input_ids"].shape[1] + args.steps + 2

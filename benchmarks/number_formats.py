@@ -28,7 +28,7 @@ from vlm_notebook.random_checkpoints import random_checkpoint
 from vlm_notebook.registry import get_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
-FORMATS = {"bfloat16": {"dtype": "bfloat16"}, "int8": {"dtype": "float32", "int8": True}}
+FORMATS: dict[str, dict[str, Any]] = {"bfloat16": {"dtype": "bfloat16"}, "int8": {"dtype": "float32", "int8": True}}
 
 
 def questions(count: int) -> list[tuple[Any, str]]:
