@@ -21,11 +21,11 @@ from ..errors import ImageError, RequestError
 from ..images import load_image
 from ..models.base import VLM
 from ..options import DEFAULT_MAX_NEW_TOKENS
-from ..stream import StreamStats, TextStream
+from ..stream import TextStream
 from ._coalesce import DEFAULT_MAX_RATE
 from ._controls import on_enter
 from ._paste import PasteBox
-from ._run import Run, figures_box, figures_line, short_message, waiting_line
+from ._run import Run, RunHolder, figures_box, figures_line, short_message, waiting_line
 from ._widget import ERROR_COLOUR, thumbnail_png
 
 _BUSY = "An answer is coming: wait for it to end, or press Stop."
@@ -33,7 +33,7 @@ _NO_IMAGE = "No picture yet: upload or paste one, or pass image= when creating t
 _NO_QUESTION = "Type a question first."
 
 
-class ChatWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
+class ChatWidget(RunHolder, widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
     """Talk with ``model`` about a picture: upload or paste one (or pass ``image=``), type a question, press
     Enter or Send; each answer streams in under its question, with the figures of the turn. Stop
     ends the answer within a token (a stopped turn is not kept in the conversation); Clear starts
@@ -47,8 +47,7 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
     'White.'
     """
 
-    # Class defaults, because ipywidgets' __del__ calls close() even when __init__ failed early.
-    _run: Run | None = None
+    # Class defaults, as RunHolder._run is.
     _chat: Chat | None = None
     _owned: tuple[Any, ...] = ()
 
@@ -83,20 +82,6 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         self._use_image(load_image(image))
 
     @property
-    def running(self) -> bool:
-        return self._run is not None and self._run.running
-
-    @property
-    def text(self) -> str:
-        """The latest answer, as far as it has been generated."""
-        return self._run.text if self._run is not None else ""
-
-    @property
-    def stats(self) -> StreamStats | None:
-        """The latest turn's ``StreamStats`` (None before the first turn or while the model loads)."""
-        return self._run.stats if self._run is not None else None
-
-    @property
     def messages(self) -> list[dict[str, Any]]:
         """The conversation so far (OpenAI-style messages; empty before the first answer)."""
         return self._chat.messages if self._chat is not None else []
@@ -108,11 +93,6 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
             raise RequestError(f"The question must be text, got a {type(question).__name__}.")
         return self._send(question)
 
-    def stop(self) -> None:
-        """Stop the answer that is coming within a token, as clicking Stop does."""
-        if self._run is not None:
-            self._run.stop()
-
     def clear(self) -> None:
         """Forget the conversation and empty the transcript (stopping an answer that is coming)."""
         with self._start_lock:
@@ -121,10 +101,6 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
                 self.stop()
                 return
             self._forget()
-
-    def wait(self, timeout: float | None = None) -> str:
-        """Block until the latest turn ends; return its answer, or raise its error."""
-        return self._run.wait(timeout) if self._run is not None else ""
 
     def close(self) -> None:
         """Stop any answer and close the widget and the widgets it is made of."""

@@ -143,6 +143,36 @@ class Run:
             coalescer.add(chunk)
 
 
+class RunHolder:
+    """What a widget that starts runs (:class:`Run`) offers from Python about the latest one."""
+
+    # A class default, because ipywidgets' __del__ calls close() even when __init__ failed early.
+    _run: Run | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._run is not None and self._run.running
+
+    @property
+    def text(self) -> str:
+        """The latest run's text (a caption, an answer), as far as it has been generated."""
+        return self._run.text if self._run is not None else ""
+
+    @property
+    def stats(self) -> StreamStats | None:
+        """The latest run's ``StreamStats`` (None before the first run or while the model loads)."""
+        return self._run.stats if self._run is not None else None
+
+    def stop(self) -> None:
+        """Stop the latest run within a token, as clicking Stop does."""
+        if self._run is not None:
+            self._run.stop()
+
+    def wait(self, timeout: float | None = None) -> str:
+        """Block until the latest run ends; return its text, or raise its error (TimeoutError if still going)."""
+        return self._run.wait(timeout) if self._run is not None else ""
+
+
 def figures_line(run: Run) -> str:
     """One line: time to first token, tokens, tokens/s, image tokens, and how and when it ended."""
     stats = run.stats

@@ -19,7 +19,7 @@ from ..images import load_image
 from ..models.base import VLM
 from ..options import DEFAULT_MAX_NEW_TOKENS, GenerationOptions
 from ..overlay import overlay
-from ..stream import StreamStats, TextStream, TokenSink
+from ..stream import TextStream, TokenSink
 from ._coalesce import DEFAULT_MAX_RATE, set_output_text
 from ._controls import (
     LABELLED,
@@ -30,7 +30,7 @@ from ._controls import (
     set_option_values,
 )
 from ._paste import PasteBox
-from ._run import Run, figures_box, figures_line, short_message, waiting_line
+from ._run import Run, RunHolder, figures_box, figures_line, short_message, waiting_line
 
 Mode = Literal["caption", "question", "detect", "point"]
 #: Modes that find a named thing in the picture (the widgets of families that can offer them).
@@ -54,7 +54,7 @@ class _Request:
     max_new_tokens: int
 
 
-class VLMWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
+class VLMWidget(RunHolder, widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
     """An interactive front end to one model: image in, streamed answer out.
 
     Run starts a generation on a worker thread and returns at once; the answer streams into
@@ -77,9 +77,7 @@ class VLMWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
     family: ClassVar[str | None] = None  # the family a subclass serves; None: any
     option_controls: ClassVar[Mapping[str, ControlFactory]] = MappingProxyType({})  # option name -> control
     _family_widgets: ClassVar[dict[str, type[VLMWidget]]] = {}
-    # Class defaults, because ipywidgets' __del__ calls close() even when __init__ failed early.
-    _run: Run | None = None
-    _owned: tuple[Any, ...] = ()
+    _owned: tuple[Any, ...] = ()  # a class default: see RunHolder._run
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -117,20 +115,6 @@ class VLMWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
     def image(self, image: Any) -> None:
         self._use_image(load_image(image))
 
-    @property
-    def running(self) -> bool:
-        return self._run is not None and self._run.running
-
-    @property
-    def text(self) -> str:
-        """The text of the latest run, as far as it has been generated."""
-        return self._run.text if self._run is not None else ""
-
-    @property
-    def stats(self) -> StreamStats | None:
-        """The latest run's ``StreamStats`` (None before the first run or while the model loads)."""
-        return self._run.stats if self._run is not None else None
-
     def run(
         self, question: str | None = None, *, mode: Mode | None = None, max_new_tokens: int | None = None,
         **options: Any,
@@ -145,15 +129,6 @@ class VLMWidget(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         """
         self._apply(question, mode, max_new_tokens, options)
         return self._start()
-
-    def stop(self) -> None:
-        """Stop the running generation within a token, as clicking Stop does."""
-        if self._run is not None:
-            self._run.stop()
-
-    def wait(self, timeout: float | None = None) -> str:
-        """Block until the latest run ends; return its text, or raise its error (TimeoutError if still going)."""
-        return self._run.wait(timeout) if self._run is not None else ""
 
     def close(self) -> None:
         """Stop any generation and close the widget and the widgets it is made of."""
