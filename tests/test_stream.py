@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 
@@ -107,6 +108,22 @@ def test_keyboard_interrupt_in_the_consumer_cancels_the_worker() -> None:
         next(stream)
     assert not stream.running
     assert stream.stats.finish_reason == "cancelled"
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.usefixtures("ctrl_c_raises")
+def test_a_ctrl_c_in_wait_cancels_the_worker_and_the_stream_says_so() -> None:
+    """As a notebook's interrupt does: a real SIGINT at the main thread while it waits. (Python
+    3.11 took a thread whose join was interrupted for ended: the stream said it was not running.)"""
+    stream = TextStream(endless)
+    next(stream)
+    main = threading.main_thread().ident
+    assert main is not None
+    threading.Timer(0.2, signal.pthread_kill, (main, signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        stream.wait(5)
+    assert not stream.running and stream.stats.finish_reason == "cancelled"
+    assert stream.wait(1) == stream.text
 
 
 @pytest.mark.timeout(10)

@@ -10,7 +10,7 @@ Contract:
 - Several threads may iterate one stream: each chunk goes to one of them, and every one of them
   ends (StopIteration, or the producer's exception) when the generation does: none waits for ever.
 - ``cancel()`` asks the producer to stop; generation ends at the next token. A KeyboardInterrupt
-  while iterating cancels the worker before it propagates. Leaving a ``with`` block, exhausting
+  while iterating or in ``wait()`` cancels the worker before it propagates. Leaving a ``with`` block, exhausting
   the stream, or dropping it cancels and ends the worker thread.
 - One generation at a time per model: streams given the same lock wait their turn, in the worker,
   and their time to first token includes that wait (it is what the user waits for).
@@ -31,6 +31,19 @@ from typing import Any
 
 _END = object()
 _POLL_SECONDS = 0.1
+
+
+def wait_for(event: threading.Event, timeout: float | None = None) -> bool:
+    """``event.wait(timeout)``, a short wait at a time, so that Ctrl-C reaches a waiting main
+    thread even where the signal landed on another thread. Threads here are waited for this way,
+    not with ``Thread.join``: Python 3.11 takes a thread whose join was interrupted for ended."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not event.is_set():
+        left = _POLL_SECONDS if deadline is None else min(_POLL_SECONDS, deadline - time.monotonic())
+        if left <= 0:
+            return False
+        event.wait(left)
+    return True
 
 
 class GenerationCancelled(Exception):
@@ -207,13 +220,13 @@ class TextStream(Iterator[str]):
         self._sink = TokenSink(self.stats, self._chunks, self._cancel)
         self._ended: object | None = None  # _END or a _Failure, once a consumer met it (or close() ran)
         self._error: list[BaseException] = []
-        self._thread = threading.Thread(
+        self._done = threading.Event()  # the worker's end
+        threading.Thread(
             target=_work,
-            args=(produce, self._sink, lock or threading.Lock(), self._error),
+            args=(produce, self._sink, lock or threading.Lock(), self._error, self._done),
             name="vlm-notebook-generate",
             daemon=True,
-        )
-        self._thread.start()
+        ).start()
         weakref.finalize(self, self._cancel.set)
 
     @property
@@ -223,7 +236,7 @@ class TextStream(Iterator[str]):
 
     @property
     def running(self) -> bool:
-        return self._thread.is_alive()
+        return not self._done.is_set()
 
     def cancel(self) -> None:
         """Ask the worker to stop at the next token; returns at once."""
@@ -232,14 +245,18 @@ class TextStream(Iterator[str]):
     def close(self) -> None:
         """Cancel and wait for the worker thread to end."""
         self.cancel()
-        self._thread.join()
+        wait_for(self._done)
         if self._ended is None:
             self._ended = _END  # iteration stops here, whatever chunks are left unread
 
     def wait(self, timeout: float | None = None) -> str:
         """Block until generation ends; return the whole text or raise the worker's exception."""
-        self._thread.join(timeout)
-        if self._thread.is_alive():
+        try:
+            ended = wait_for(self._done, timeout)
+        except BaseException:  # KeyboardInterrupt while waiting: stop the worker first
+            self.close()
+            raise
+        if not ended:
             raise TimeoutError(f"generation still running after {timeout} s")
         if self._error:
             raise self._error[0]
@@ -261,7 +278,7 @@ class TextStream(Iterator[str]):
             # The end, or the producer's failure: put back for another thread waiting on the queue
             # (it would wait for ever), and kept, so every later call meets it too.
             self._chunks.put(item)
-            self._thread.join()
+            wait_for(self._done)
             self._ended = ended = item
         if isinstance(ended, _Failure):
             raise ended.error
@@ -287,8 +304,10 @@ class TextStream(Iterator[str]):
         return f"<TextStream {state}: {self.stats.tokens} tokens>"
 
 
-def _work(produce: Producer, sink: TokenSink, lock: threading.Lock, errors: list[BaseException]) -> None:
-    """The worker thread: wait for the model, produce, and always end the queue."""
+def _work(
+    produce: Producer, sink: TokenSink, lock: threading.Lock, errors: list[BaseException], done: threading.Event
+) -> None:
+    """The worker thread: wait for the model, produce, and always end the queue, then set ``done``."""
     try:
         if _acquire_unless_cancelled(lock, sink):
             try:
@@ -302,6 +321,7 @@ def _work(produce: Producer, sink: TokenSink, lock: threading.Lock, errors: list
         sink._fail(error)
     finally:
         sink._end()
+        done.set()
 
 
 def _acquire_unless_cancelled(lock: threading.Lock, sink: TokenSink) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 import ipywidgets as widgets
 
 from ..errors import VLMError
-from ..stream import StreamStats, TextStream
+from ..stream import StreamStats, TextStream, wait_for
 from ._coalesce import Coalescer
 
 #: What the figures line's parts mean (its tooltip).
@@ -49,7 +49,7 @@ class Run:
         self._show = show
         self._finish = finish
         self._start_lock = start_lock
-        self._ended = False
+        self._done = threading.Event()  # set when finish has run
         self._max_rate = max_rate
         self._waiting = waiting
         self._stop = threading.Event()
@@ -69,10 +69,7 @@ class Run:
 
     def _tick(self) -> None:
         """Until the first text shows or the run ends: ``waiting(run, seconds so far)`` twice a second."""
-        while True:
-            self._thread.join(WAIT_TICK)
-            if not self._thread.is_alive():
-                return
+        while not self._done.wait(WAIT_TICK):
             with self._order:
                 if self._shown_or_done:
                     return
@@ -81,7 +78,7 @@ class Run:
 
     @property
     def running(self) -> bool:
-        return self._thread.is_alive() and not self._ended
+        return self._thread.ident is not None and not self._done.is_set()  # started and not done
 
     @property
     def stopped(self) -> bool:
@@ -104,8 +101,7 @@ class Run:
 
     def wait(self, timeout: float | None = None) -> str:
         """Block until the run ends; return its text or raise its error."""
-        self._thread.join(timeout)
-        if self._thread.is_alive():
+        if not wait_for(self._done, timeout):
             raise TimeoutError(f"generation still running after {timeout} s")
         if self.error is not None:
             raise self.error
@@ -125,7 +121,7 @@ class Run:
                 self._shown_or_done = True
             with self._start_lock:
                 self._finish(self)
-                self._ended = True
+                self._done.set()
 
     def _show_text(self, text: str) -> None:
         if not self._shown_or_done:
