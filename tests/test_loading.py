@@ -3,6 +3,7 @@ stream's reader gets the answer once the checkpoint is in, or the loading error 
 
 from __future__ import annotations
 
+import _thread
 import threading
 import time
 
@@ -103,3 +104,35 @@ def test_a_load_runs_on_a_thread_of_its_own_whose_nested_loads_return_and_whose_
     with pytest.raises(CheckpointNotAvailableError) as raised:
         broken.load()
     assert raised.value is failure and not broken.loaded
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.usefixtures("ctrl_c_raises")
+def test_a_ctrl_c_during_a_load_returns_at_once_and_the_next_call_waits_for_that_load(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A load cannot be stopped halfway: the interrupted caller gets its KeyboardInterrupt, the load
+    goes on, and the next call waits for it instead of loading the checkpoint a second time."""
+    model, loads = SmolVLM("shapes-smolvlm"), []
+    gate, real_load = threading.Event(), model._load
+
+    def held_load() -> None:
+        loads.append(threading.current_thread())
+        assert gate.wait(30), "the test never let the loading go on"
+        real_load()
+
+    monkeypatch.setattr(model, "_load", held_load)
+
+    def press_ctrl_c() -> None:
+        while not loads:  # the caller is waiting for the load
+            time.sleep(0.01)
+        _thread.interrupt_main()
+
+    threading.Thread(target=press_ctrl_c).start()
+    with pytest.raises(KeyboardInterrupt):
+        model.load()
+    assert not model.loaded
+    gate.set()
+    assert model.load() is model and model.loaded
+    assert len(loads) == 1, "the interrupted load was waited for, not started again"
+    assert model.caption(shapes.draw(RED_CIRCLE).image) == "A red circle on a white background."

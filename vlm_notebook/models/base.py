@@ -17,7 +17,7 @@ from ..images import load_image
 from ..languages import CAPTION_PROMPTS
 from ..options import DEFAULT_MAX_NEW_TOKENS, GenerationOptions, clean_question
 from ..request import Request
-from ..stream import TextStream, TokenSink
+from ..stream import TextStream, TokenSink, wait_for
 
 if TYPE_CHECKING:  # the runtime needs torch; this module must not import it (cheap front ends)
     from ..runtime import Runtime
@@ -29,29 +29,42 @@ if TYPE_CHECKING:  # the runtime needs torch; this module must not import it (ch
 _ONE_LOAD_AT_A_TIME = threading.Lock()
 
 
-def _on_a_thread_of_its_own(work: Callable[[], None]) -> None:
-    """Run ``work`` on a new thread and wait for it to end; its exception is raised here.
+class _LoadJob:
+    """A load running on a thread of its own, which callers wait for.
 
-    Loading runs this way so that it leaves no torch worker threads behind on the caller's thread.
+    On a thread of its own so that it leaves no torch worker threads behind on the caller's thread.
     torch's CPU builds (GNU OpenMP) keep a team of threads for each thread that has run parallel
     work, for as long as that thread lives, and generations run on a stream's own thread: with a
     team left on a notebook's main thread too, the process holds more OpenMP threads than cores,
     OpenMP then stops spinning between parallel regions, and the many small ones of each decode
     step wait (``benchmarks/results/decode_threads.md``). A thread that ends takes its team along.
-    """
-    errors: list[BaseException] = []
 
-    def run() -> None:
+    A caller interrupted while it waits (Ctrl-C) leaves the load running: threads cannot be
+    stopped halfway, and the next caller waits for the same load instead of starting another.
+    """
+
+    def __init__(self, work: Callable[[], None]) -> None:
+        self._errors: list[BaseException] = []
+        self._ended = threading.Event()
+        threading.Thread(target=self._run, args=(work,), name="vlm-notebook-load", daemon=True).start()
+
+    def _run(self, work: Callable[[], None]) -> None:
         try:
             work()
-        except BaseException as error:  # raised again on the caller's thread, never lost
-            errors.append(error)
+        except BaseException as error:  # raised again on the waiting caller's thread, never lost
+            self._errors.append(error)
+        finally:
+            self._ended.set()
 
-    thread = threading.Thread(target=run, name="vlm-notebook-load", daemon=True)
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
+    @property
+    def done(self) -> bool:
+        return self._ended.is_set()
+
+    def wait(self) -> None:
+        """Until the load ends; its exception is raised here."""
+        wait_for(self._ended)
+        if self._errors:
+            raise self._errors[0]
 
 
 class VLM(ABC):
@@ -83,6 +96,7 @@ class VLM(ABC):
         self._load_lock = threading.Lock()  # a load's own nested load() returns before it (see load)
         self._loaded = False
         self._loading_thread: threading.Thread | None = None  # while a load runs: its thread
+        self._load_job: _LoadJob | None = None  # a load not yet waited to its end
         #: Where and in what number format the model runs (None for a model that runs elsewhere).
         self.runtime: Runtime | None = None
 
@@ -106,8 +120,14 @@ class VLM(ABC):
             return self  # the load's own format check, which uses what it has just loaded
         with self._load_lock:
             if not self._loaded:
-                _on_a_thread_of_its_own(self._load_and_check)
-                self._loaded = True
+                if self._load_job is None:  # else an interrupted caller's load: wait for it, not start another
+                    self._load_job = _LoadJob(self._load_and_check)
+                job = self._load_job
+                try:
+                    job.wait()
+                finally:
+                    if job.done:  # a failed load is tried again by the next call
+                        self._load_job = None
         return self
 
     def _load_and_check(self) -> None:
@@ -116,6 +136,7 @@ class VLM(ABC):
             with _ONE_LOAD_AT_A_TIME:
                 self._load()
             self._check_number_format()
+            self._loaded = True  # here, not by the caller: one interrupted while waiting may never return
         finally:
             self._loading_thread = None
 
