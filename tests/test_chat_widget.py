@@ -76,6 +76,7 @@ def test_stop_ends_the_answer_and_the_conversation_goes_on_without_it(shapes_smo
         widget.stop_button.click()
         resume.set()
         widget.wait(30)
+    assert widget.message.value == "", "the refusal went with the answer it waited for"
     assert widget.stats is not None and widget.stats.finish_reason == "cancelled"
     assert len(widget.messages) == 2, "the stopped turn is not part of the conversation"
     assert widget.ask(QUESTIONS[1]) and widget.wait(30) == "A circle."

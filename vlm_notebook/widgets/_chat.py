@@ -235,6 +235,8 @@ class ChatWidget(RunHolder, widgets.VBox):  # type: ignore[misc]  # ipywidgets i
                 self.transcript.children = tuple(c for c in self.transcript.children if c not in turn)
                 for part in turn:
                     part.close()
+        elif self.message.value == _BUSY:  # the refusal is over; other news (a bad upload) stays
+            self._say("")
         if self._clear_when_done:
             self._clear_when_done = False
             self._forget()
