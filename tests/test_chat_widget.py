@@ -1,8 +1,8 @@
 """The chat widget, driven from Python without a browser (tests/browser drives it in JupyterLab).
 
-What the browser would do goes through the widgets' own state: Enter in the question box is the
-box's value arriving (``set_state``, as ``continuous_update=False`` sends it), an upload is the
-upload's value in the wire format. Answers are checked against ``model.chat`` asked directly.
+What the browser would do goes through the widgets' own messages and state: Enter in the question
+box is a "submit" message carrying the text, an upload is the upload's value in the wire format.
+Answers are checked against ``model.chat`` asked directly.
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ def picture(scene: shapes.Scene = BLUE_CIRCLE) -> Image.Image:
 
 
 def press_enter(widget: ChatWidget, question: str) -> None:
-    """Type ``question`` (the box's value follows each key) and press Enter (a "submit" message)."""
-    widget.question.set_state({"value": question})
-    widget.question._handle_custom_msg({"event": "submit"}, [])
+    """Type ``question`` and press Enter: a "submit" message with the text (the box's value may
+    still hold less of it: the browser holds updates back while the kernel is busy)."""
+    widget.question.set_state({"value": question[:3]})
+    widget.question._handle_custom_msg({"event": "submit", "value": question}, [])
 
 
 def answers(widget: ChatWidget) -> list[str]:

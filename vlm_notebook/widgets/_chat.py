@@ -23,8 +23,8 @@ from ..models.base import VLM
 from ..options import DEFAULT_MAX_NEW_TOKENS
 from ..stream import TextStream
 from ._coalesce import DEFAULT_MAX_RATE
-from ._controls import on_enter
 from ._paste import PasteBox
+from ._question import QuestionBox
 from ._run import Run, RunHolder, figures_box, figures_line, short_message, waiting_line
 from ._widget import ERROR_COLOUR, thumbnail_png
 
@@ -121,8 +121,9 @@ class ChatWidget(RunHolder, widgets.VBox):  # type: ignore[misc]  # ipywidgets i
         self.paste = PasteBox(self._take_picture, on_refused=lambda text: self._say(text, error=True))
         self.preview = widgets.Image(format="png", layout=widgets.Layout(width="192px", display="none"))
         self.transcript = widgets.VBox(layout=widgets.Layout(border="1px solid #ccc", padding="4px", min_height="2em"))
-        self.question = widgets.Text(
-            placeholder="Ask about the picture, then Enter", layout=widgets.Layout(flex="1 1 auto", min_width="8em"),
+        self.question = QuestionBox(
+            lambda: self._send(self.question.value), placeholder="Ask about the picture, then Enter",
+            layout=widgets.Layout(flex="1 1 auto", min_width="8em"),
         )
         narrow = {"layout": widgets.Layout(width="auto")}
         self.send_button = widgets.Button(description="Send", button_style="primary", icon="paper-plane", **narrow)
@@ -135,7 +136,6 @@ class ChatWidget(RunHolder, widgets.VBox):  # type: ignore[misc]  # ipywidgets i
         self._owned = (self.transcript, self.upload, self.paste, self.preview, self.question, self.send_button,
                        self.stop_button, self.clear_button, self.figures, self.message)
         self.upload.observe(self._on_upload, names="value")
-        on_enter(self.question, lambda: self._send(self.question.value))
         self.send_button.on_click(lambda _: self._send(self.question.value))
         self.stop_button.on_click(lambda _: self.stop())
         self.clear_button.on_click(lambda _: self.clear())
@@ -181,7 +181,7 @@ class ChatWidget(RunHolder, widgets.VBox):  # type: ignore[misc]  # ipywidgets i
             picture = self._picture
             asked, answer = widgets.HTML(value=f"<b>You:</b> {html.escape(question.strip())}"), widgets.Output()
             self.transcript.children = (*self.transcript.children, asked, answer)
-            self.question.value = ""
+            self.question.clear()
             self.figures.value = "loading the model…" if not self.model.loaded else "waiting for the model…"
             self._say("")
             self.send_button.disabled, self.stop_button.disabled = True, False
