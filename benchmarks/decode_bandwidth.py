@@ -65,16 +65,22 @@ def _seconds(work: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
+def step_inputs(module: Any) -> dict[str, torch.nn.Linear]:
+    """Each matrix product of a step's layer (by its name in the step) and a linear of the decoder
+    layer ``module`` that reads the same input, for its width."""
+    attention, mlp = module.self_attn, module.mlp
+    return {"query_key_value": attention.q_proj, "output": attention.o_proj, "gate_and_up": mlp.gate_proj,
+            "down": mlp.down_proj}
+
+
 def products(step: LlamaStep, text_model: Any, lm_head: Any) -> tuple[list[Callable[[], object]], int]:
     """Calls of every matrix product of one step, as the step makes them (queries, keys and values
     as one call where it groups them, and gate and up), in its order, and the bytes of their weights."""
     dtype = text_model.embed_tokens.weight.dtype
     calls: list[Callable[[], object]] = []
     for layer, module in zip(step._layers, text_model.layers, strict=True):
-        attention, mlp = module.self_attn, module.mlp
-        made = ((layer.query_key_value, attention.q_proj), (layer.output, attention.o_proj),
-                (layer.gate_and_up, mlp.gate_proj), (layer.down, mlp.down_proj))
-        calls += [partial(product, torch.randn(1, linear.in_features, dtype=dtype)) for product, linear in made]
+        calls += [partial(getattr(layer, name), torch.randn(1, linear.in_features, dtype=dtype))
+                  for name, linear in step_inputs(module).items()]
     calls.append(partial(lm_head, torch.randn(1, 1, lm_head.in_features, dtype=dtype)))
     modules = [layer.get_submodule(name) for layer in text_model.layers for name in LINEARS] + [lm_head]
     weight_bytes = sum(module.in_features * module.out_features * dtype.itemsize for module in modules)
@@ -89,17 +95,11 @@ def without_products(step: LlamaStep, text_model: Any, lm_head: Any) -> LlamaSte
         output = product(torch.randn(1, inputs, dtype=dtype))
         return lambda _: output
 
-    layers = []
-    for layer, module in zip(step._layers, text_model.layers, strict=True):
-        attention, mlp = module.self_attn, module.mlp
-        layers.append(dataclasses.replace(
-            layer,
-            query_key_value=answered(layer.query_key_value, attention.q_proj.in_features),
-            output=answered(layer.output, attention.o_proj.in_features),
-            gate_and_up=answered(layer.gate_and_up, mlp.gate_proj.in_features),
-            down=answered(layer.down, mlp.down_proj.in_features),
-        ))
-    step._layers = layers
+    step._layers = [
+        dataclasses.replace(layer, **{name: answered(getattr(layer, name), linear.in_features)
+                                      for name, linear in step_inputs(module).items()})
+        for layer, module in zip(step._layers, text_model.layers, strict=True)
+    ]
     logits = lm_head(torch.randn(1, 1, lm_head.in_features, dtype=dtype))
     step._head = lambda _: logits  # type: ignore[assignment]  # a product's stand-in, not a module
     return step
