@@ -10,8 +10,8 @@ Contract:
 - Several threads may iterate one stream: each chunk goes to one of them, and every one of them
   ends (StopIteration, or the producer's exception) when the generation does: none waits for ever.
 - ``cancel()`` asks the producer to stop; generation ends at the next token. A KeyboardInterrupt
-  while iterating or in ``wait()`` cancels the worker before it propagates. Leaving a ``with`` block, exhausting
-  the stream, or dropping it cancels and ends the worker thread.
+  while iterating or in ``wait()`` cancels the worker before it propagates. Leaving a ``with``
+  block, exhausting the stream, or dropping it cancels and ends the worker thread.
 - One generation at a time per model: streams given the same lock wait their turn, in the worker,
   and their time to first token includes that wait (it is what the user waits for).
 """
