@@ -340,6 +340,16 @@ def test_widget_captions_an_uploaded_picture(
     assert re.search(r"ended .*\(stop, ", widget.figures()), widget.figures()
     widget.screenshot(screenshots / ("widget-finished.png" if ui == "lab" else f"widget-finished-{ui}.png"))
 
+    # Then a question, typed into the labelled box that question mode shows, and Enter.
+    widget.area.get_by_role("button", name="Question").click()
+    question = widget.area.get_by_label("Question")
+    notebook.expect(question, "the question box, enabled").to_be_enabled()
+    question.fill(CHAT_TURNS[0][0])
+    question.press("Enter")
+    output = widget.area.locator(".widget-output")
+    notebook.expect(output, "the answer to the typed question").to_have_text(CHAT_TURNS[0][1])
+    widget.wait_idle()
+
 
 @pytest.mark.timeout(180)
 def test_widget_shows_partial_texts_then_the_whole_answer(

@@ -120,18 +120,3 @@ def _refuse_unless_it_fits(name: str, control: Any, value: Any) -> None:
 
 def _fallback(name: str) -> ControlFactory:
     return text_control(name.replace("_", " ").capitalize())
-
-
-def on_enter(box: widgets.Text, callback: Callable[[], object]) -> None:
-    """Call ``callback`` when Enter is pressed in ``box``.
-
-    The front end sends the box a "submit" message on Enter. ipywidgets 8 deprecates ``on_submit``
-    in favour of a value change with ``continuous_update=False``, but that change also comes when the
-    box loses focus, so a click on Run or Send after typing would send twice.
-    """
-
-    def handle(widget: Any, content: Any, buffers: Any) -> None:
-        if isinstance(content, dict) and content.get("event") == "submit":
-            callback()
-
-    box.on_msg(handle)

@@ -18,14 +18,29 @@ import traitlets
 
 _ESM = """
 function render({ model, el }) {
+  const row = document.createElement("div");
+  row.style.cssText = "display: flex; align-items: center; width: 100%;";
+  const label = document.createElement("label");
+  label.className = "widget-label";
+  label.style.cssText = "flex: none; text-align: right; margin-right: 8px; overflow: hidden; white-space: nowrap;";
   const input = document.createElement("input");
   input.type = "text";
   input.className = "vlm-question-box";
-  input.placeholder = model.get("placeholder");
-  input.value = model.get("value");
-  input.style.cssText = "width: 100%; height: 28px; box-sizing: border-box; padding: 0 6px; font: inherit; "
-    + "color: var(--jp-widgets-input-color, inherit); background: var(--jp-widgets-input-background-color, #fff); "
+  input.style.cssText = "flex: 1 1 auto; min-width: 0; height: 28px; box-sizing: border-box; padding: 0 6px; "
+    + "font: inherit; color: var(--jp-widgets-input-color, inherit); "
+    + "background: var(--jp-widgets-input-background-color, #fff); "
     + "border: 1px solid var(--jp-widgets-input-border-color, #9e9e9e);";
+  const show = () => {
+    const description = model.get("description");
+    label.textContent = description;
+    label.style.display = description ? "" : "none";
+    label.style.width = model.get("description_width");
+    input.placeholder = model.get("placeholder");
+    input.disabled = model.get("disabled");
+    input.setAttribute("aria-label", description || model.get("placeholder"));
+  };
+  input.value = model.get("value");
+  show();
   input.addEventListener("input", () => {
     model.set("value", input.value);
     model.save_changes();
@@ -37,7 +52,7 @@ function render({ model, el }) {
   model.on("change:value", () => {
     if (input.value !== model.get("value")) input.value = model.get("value");
   });
-  model.on("change:placeholder", () => { input.placeholder = model.get("placeholder"); });
+  for (const name of ["description", "description_width", "placeholder", "disabled"]) model.on(`change:${name}`, show);
   model.on("msg:custom", (message) => {
     if (message.event !== "clear") return;
     // Empty, and send the empty text: it replaces any update of older text still held back.
@@ -45,18 +60,25 @@ function render({ model, el }) {
     model.set("value", "");
     model.save_changes();
   });
-  el.appendChild(input);
+  row.append(label, input);
+  el.appendChild(row);
 }
 export default { render };
 """
 
 
 class QuestionBox(anywidget.AnyWidget):
-    """Type, then Enter: ``value`` becomes the text the Enter found, then ``on_submit()`` runs."""
+    """Type, then Enter: ``value`` becomes the text the Enter found, then ``on_submit()`` runs.
+
+    ``description`` labels the box on its left, in ``description_width`` (CSS), as ipywidgets'
+    labelled controls are; a ``disabled`` box takes no typing and no Enter."""
 
     _esm = _ESM
     value = traitlets.Unicode("").tag(sync=True)
     placeholder = traitlets.Unicode("").tag(sync=True)
+    description = traitlets.Unicode("").tag(sync=True)
+    description_width = traitlets.Unicode("").tag(sync=True)
+    disabled = traitlets.Bool(False).tag(sync=True)
 
     def __init__(self, on_submit: Callable[[], object], **kwargs: Any):
         super().__init__(**kwargs)
@@ -64,6 +86,8 @@ class QuestionBox(anywidget.AnyWidget):
         self.on_msg(self._received)
 
     def _received(self, widget: Any, content: Any, buffers: list[Any]) -> None:
+        if self.disabled:  # an Enter that left the browser before the box was disabled
+            return
         if isinstance(content, dict) and content.get("event") == "submit" and isinstance(content.get("value"), str):
             self.value = content["value"]
             self._on_submit()

@@ -25,11 +25,11 @@ from ._controls import (
     LABELLED,
     ControlFactory,
     build_controls,
-    on_enter,
     option_values,
     set_option_values,
 )
 from ._paste import PasteBox
+from ._question import QuestionBox
 from ._run import Run, RunHolder, figures_box, figures_line, short_message, waiting_line
 
 Mode = Literal["caption", "question", "detect", "point"]
@@ -162,9 +162,10 @@ class VLMWidget(RunHolder, widgets.VBox):  # type: ignore[misc]  # ipywidgets is
         self.title = widgets.HTML(value=f"<b>{html.escape(self.model.name)}</b> ({self.model.family})")
         self.mode = widgets.ToggleButtons(options=[("Caption", "caption"), ("Question", "question")])
         # Shown in question mode only (the family's caption options in caption mode); Enter runs.
-        self.question = widgets.Text(
-            placeholder="Ask about the image, then Enter", description="Question", disabled=True, style=LABELLED,
-            layout=widgets.Layout(display="none"),
+        self.question = QuestionBox(
+            self._start, placeholder="Ask about the image, then Enter", description="Question",
+            description_width=LABELLED["description_width"], disabled=True,
+            layout=widgets.Layout(display="none", width="var(--jp-widgets-inline-width, 300px)"),
         )
         self.options = build_controls(self.model, self._option_factories())
         # Not a BoundedIntText: it would turn 0 into 1 without a word, where the API refuses 0.
@@ -184,7 +185,6 @@ class VLMWidget(RunHolder, widgets.VBox):  # type: ignore[misc]  # ipywidgets is
     def _connect(self) -> None:
         self.upload.observe(self._on_upload, names="value")
         self.mode.observe(self._on_mode, names="value")
-        on_enter(self.question, self._start)
         self.run_button.on_click(lambda _: self._start())
         self.stop_button.on_click(lambda _: self.stop())
 
