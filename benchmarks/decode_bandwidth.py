@@ -157,8 +157,8 @@ def write(out: Path, rows: list[tuple[int, float, float, float, float, float, fl
     lines = [
         "# A decode step of SmolVLM-256M on this CPU: weights read against what memory streams",
         "",
-        f"{datetime.now(UTC).isoformat(timespec='seconds')} · {cpu.model_name()} "
-        f"({' '.join(cpu.matrix_flags()) or 'no AVX2'}) · {os.cpu_count()} cores online · load average at end "
+        f"{datetime.now(UTC).isoformat(timespec='seconds')} · {cpu.described()}"
+        f" · {os.cpu_count()} cores online · load average at end "
         f"{[round(x, 2) for x in os.getloadavg()]} · torch {torch.__version__} · weights in {dtype} · "
         f"medians of {steps} steps · `python benchmarks/decode_bandwidth.py`",
         "",

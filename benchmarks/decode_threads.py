@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         "# Decode speed of SmolVLM-256M when the caller's thread has done torch work too",
         "",
-        f"{datetime.now(UTC).isoformat(timespec='seconds')} · {cpu.model_name()} "
-        f"({' '.join(cpu.matrix_flags()) or 'no AVX2'}) · {cpu.physical_cores()} physical cores · "
+        f"{datetime.now(UTC).isoformat(timespec='seconds')} · {cpu.described()}"
+        f" · {cpu.physical_cores()} physical cores · "
         f"load average at end {[round(x, 2) for x in os.getloadavg()]} · torch {torch.__version__} · "
         f"medians of {args.requests} requests, 32 new tokens · `python benchmarks/decode_threads.py`",
         "",

@@ -90,6 +90,11 @@ def matrix_flags() -> list[str]:
     return [flag for flag in MATRIX_FLAGS if flag in flags]
 
 
+def described() -> str:
+    """The CPU's model name and its matrix instructions, as benchmarks name their machine."""
+    return f"{model_name()} ({' '.join(matrix_flags()) or 'no AVX2'})"
+
+
 def _cpuinfo_field(name: str) -> str | None:
     """The first value of ``name`` in ``/proc/cpuinfo``; None where it is absent or unreadable."""
     try:

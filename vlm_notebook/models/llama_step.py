@@ -4,10 +4,11 @@ transformers' ``generate``.
 A step through ``generate`` pays for the per-step work of a general tool: masks, cache objects
 that grow by concatenation, rotary angles recomputed, logits processors, hooks. :class:`LlamaStep`
 calls the same weights as single operators (packed bf16 and int8 layers as they are), keeps keys
-and values in buffers made once, reads rotary angles from a table and attends with one fused
-operator; its logits stay within 1e-5 of transformers' (tests/test_decode.py) and greedy tokens
-equal ``generate``'s. The engine (``vlm_notebook.engine``) calls it once per token. Decode speeds,
-with the machine they were measured on: ``benchmarks/results/cpu_vs_openvino.md``.
+and values in buffers made once, reads rotary angles from a table, and attends with torch's fused
+operator or, in half formats on a CPU, three products (:func:`attend_one_query`); its logits stay
+within 1e-5 of transformers' (tests/test_decode.py) and greedy tokens equal ``generate``'s. The
+engine (``vlm_notebook.engine``) calls it once per token. Decode speeds, with the machine they
+were measured on: ``benchmarks/results/cpu_vs_openvino.md``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 
 from ..cpu import DecodingLinear, PackedLinear, PackedSiblings
+from .attention import attend_one_query
 
 _LOG = logging.getLogger("vlm_notebook")
 
@@ -145,9 +147,7 @@ class LlamaStep:
         position, end = self._length, self._length + 1
         query, key, value = self._project(layer, hidden, cos, sin)
         keys[:, position], values[:, position] = key, value
-        mixed = F.scaled_dot_product_attention(  # one fused operator: a quarter of the time of bmm-softmax-bmm
-            query, keys[None, :, :end], values[None, :, :end], scale=self._scaling, enable_gqa=True
-        )
+        mixed = attend_one_query(query, keys[:, :end], values[:, :end], self._scaling)
         return layer.output(mixed.view(1, -1))
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..attention import attend_one_query
 from .cache import KVCache
 from .config import TextConfig
 from .layers import MLP, merge_heads, split_heads
@@ -76,7 +77,11 @@ class TextAttention(nn.Module):
         v = split_heads(v, config.n_kv_heads)
         if cache is not None:
             k, v = cache.write(layer, k, v)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=config.n_kv_heads != config.n_heads)
+        if mask is None and q.shape[:3] == (1, config.n_heads, 1):  # one new token, as decoding feeds
+            out = attend_one_query(q, k[0], v[0], config.head_dim**-0.5)
+        else:
+            grouped = config.n_kv_heads != config.n_heads
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=grouped)
         return self.proj(merge_heads(out))  # type: ignore[no-any-return]
 
 

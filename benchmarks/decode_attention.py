@@ -1,0 +1,112 @@
+"""One decoded token's attention on this CPU: torch's fused operator against three plain ones.
+
+    python benchmarks/decode_attention.py [--out FILE]
+
+A decode step attends one new query per head over every position so far. ``fused`` is
+``F.scaled_dot_product_attention`` (with ``enable_gqa``), as transformers' "sdpa" attention calls
+it; ``three products`` is ``models.attention.attention_in_three_products``: the scores as one batched
+product per key/value head in fp32, a softmax, and the weighted values, rounded to the model's
+format once at the end. ``models.attention.attend_one_query`` takes the three products for bf16 and fp16
+on a CPU, the fused operator elsewhere. Both are timed on the same random queries, keys and values (keys
+and values read from a larger buffer, as the step's are), at the head layouts of SmolVLM-256M and
+Qwen2-VL-2B, in bf16 and fp32, at several lengths; the error is the largest difference from the
+same attention in float64. Medians of 200 calls on the current torch threads.
+
+Set ``ATEN_CPU_CAPABILITY=avx2`` (and ``ONEDNN_MAX_CPU_ISA=AVX2``) to time the kernels an AVX2-only
+CPU runs. Not part of ``make test``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from vlm_notebook import cpu
+from vlm_notebook.models.attention import attention_in_three_products
+
+RESULTS = Path(__file__).resolve().parent / "results"
+#: (name, query heads, key/value heads, head size)
+LAYOUTS = (("SmolVLM-256M", 9, 3, 64), ("Qwen2-VL-2B", 12, 2, 128))
+LENGTHS = (100, 300, 900, 2000)
+CALLS = 200
+
+
+def median_us(call: Callable[[], torch.Tensor]) -> float:
+    for _ in range(10):
+        call()
+    times = []
+    for _ in range(CALLS):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e6
+
+
+def row(layout: tuple[str, int, int, int], dtype: torch.dtype, length: int) -> str:
+    name, heads, kv_heads, size = layout
+    generator = torch.Generator().manual_seed(length)
+    capacity = length + 64
+    keys = torch.randn(kv_heads, capacity, size, generator=generator).mul(2).to(dtype)
+    values = torch.randn(kv_heads, capacity, size, generator=generator).to(dtype)
+    query = torch.randn(1, heads, 1, size, generator=generator).mul(2).to(dtype)
+    scale = size**-0.5
+    seen_keys, seen_values = keys[:, :length], values[:, :length]
+
+    def fused() -> torch.Tensor:
+        return F.scaled_dot_product_attention(
+            query, seen_keys[None], seen_values[None], scale=scale, enable_gqa=True
+        ).view(heads, size)
+
+    def three() -> torch.Tensor:
+        return attention_in_three_products(query, seen_keys, seen_values, scale).view(heads, size)
+
+    exact = F.scaled_dot_product_attention(
+        query.double(), seen_keys[None].double(), seen_values[None].double(), scale=scale, enable_gqa=True
+    ).view(heads, size)
+    errors = [(call().double() - exact).abs().max().item() for call in (fused, three)]
+    fused_us, three_us = median_us(fused), median_us(three)
+    format_name = str(dtype).removeprefix("torch.")
+    return (f"| {name} ({heads}/{kv_heads} heads, {size}) | {format_name} | {length} | {fused_us:.0f} | "
+            f"{three_us:.0f} | {fused_us / three_us:.2f} | {errors[0]:.1e} | {errors[1]:.1e} |")
+
+
+def machine() -> str:
+    capability = os.environ.get("ATEN_CPU_CAPABILITY")
+    forced = f" · ATEN_CPU_CAPABILITY={capability}" if capability else ""
+    return (f"{datetime.now(UTC).isoformat(timespec='seconds')} · {cpu.described()} · "
+            f"{torch.get_num_threads()} torch threads · torch {torch.__version__}{forced}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--out", type=Path, default=RESULTS / "decode_attention.md")
+    args = parser.parse_args(argv)
+    lines = [
+        "# One decoded token's attention: torch's fused operator against three plain ones", "",
+        machine() + f" · medians of {CALLS} calls · `python benchmarks/decode_attention.py`", "",
+        "| heads | format | positions | fused us | three products us | fused / three | fused error | "
+        "three products error |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    with torch.inference_mode():
+        for layout in LAYOUTS:
+            for dtype in (torch.bfloat16, torch.float32):
+                for length in LENGTHS:
+                    lines.append(row(layout, dtype, length))
+                    print(lines[-1], flush=True)
+    lines += ["", "Errors: the largest difference from float64 attention on the same inputs. "
+              "See the script's docstring for how each figure is taken."]
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
