@@ -4,13 +4,13 @@
 
 A decode step attends one new query per head over every position so far. ``fused`` is
 ``F.scaled_dot_product_attention`` (with ``enable_gqa``), as transformers' "sdpa" attention calls
-it; ``three products`` is ``models.attention.attention_in_three_products``: the scores as one batched
-product per key/value head in fp32, a softmax, and the weighted values, rounded to the model's
-format once at the end. ``models.attention.attend_one_query`` takes the three products for bf16 and fp16
-on a CPU, the fused operator elsewhere. Both are timed on the same random queries, keys and values (keys
-and values read from a larger buffer, as the step's are), at the head layouts of SmolVLM-256M and
-Qwen2-VL-2B, in bf16 and fp32, at several lengths; the error is the largest difference from the
-same attention in float64. Medians of 200 calls on the current torch threads.
+it; ``three products`` is ``vlm_notebook.models.attention.attention_in_three_products``: the
+scores as one batched product per key/value head in fp32, a softmax, and the weighted values,
+rounded to the model's format once at the end (``attend_one_query`` there takes it for bf16 and
+fp16 on a CPU, the fused operator elsewhere). Both are timed on the same random queries, keys and
+values (keys and values read from a larger buffer, as the step's are), at the head layouts of
+SmolVLM-256M and Qwen2-VL-2B, in bf16 and fp32, at several lengths; the error is the largest
+difference from the same attention in float64. Medians of 200 calls on the current torch threads.
 
 Set ``ATEN_CPU_CAPABILITY=avx2`` (and ``ONEDNN_MAX_CPU_ISA=AVX2``) to time the kernels an AVX2-only
 CPU runs. Not part of ``make test``.
