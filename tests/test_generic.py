@@ -19,12 +19,12 @@ import pytest
 import torch
 from generic_checkpoints import build, set_config
 from PIL import Image
-from transformers import AutoConfig, AutoModelForImageTextToText
+from transformers import AutoConfig, AutoModelForImageTextToText, DynamicCache
 from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
 
 from vlm_notebook import CheckpointError, CheckpointNotAvailableError, UnknownModelError, get_model, registry, shapes
 from vlm_notebook.images import load_image
-from vlm_notebook.models import Qwen2VL
+from vlm_notebook.models import Qwen2VL, attention
 from vlm_notebook.models.generic import TransformersModel, load_processor
 from vlm_notebook.models.hf import TransformersVLM
 from vlm_notebook.stream import TextStream
@@ -296,3 +296,40 @@ def test_every_model_type_answers_in_bf16_with_its_linears_packed(
     model = get_model(checkpoints[model_type], device="cpu", dtype="bfloat16")
     text = model.caption(picture(), max_new_tokens=4)
     assert isinstance(text, str) and model.dtype == "bfloat16"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_in_bf16_a_decoded_tokens_attention_is_sdpas(
+    checkpoints: dict[str, Path], model_type: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a CPU in bf16 the text decoder attends through vlm_notebook's function: a decoded token's
+    attention as three products (faster there), the rest as "sdpa". A decode step's logits are the
+    ones "sdpa" gives, to bf16 rounding."""
+    model = get_model(checkpoints[model_type], device="cpu", dtype="bfloat16")
+    model.load()
+    decoder, head = model.model.get_decoder(), model.model.get_output_embeddings()
+    assert decoder.config._attn_implementation == attention.TRANSFORMERS_NAME
+    calls: list[int] = []
+
+    def counted(*args: Any) -> torch.Tensor:
+        calls.append(1)
+        return attention.attention_in_three_products(*args)
+
+    monkeypatch.setattr(attention, "attend_one_query", counted)
+    vocabulary = model.model.config.get_text_config().vocab_size
+    prompt = torch.randint(0, vocabulary, (1, 30), generator=torch.Generator().manual_seed(4))
+
+    def next_logits() -> torch.Tensor:
+        cache = DynamicCache(config=decoder.config)
+        with torch.inference_mode():
+            decoder(input_ids=prompt, cache=cache, use_cache=True)
+            step = decoder(input_ids=torch.tensor([[7]]), cache=cache, use_cache=True)
+            return head(step.last_hidden_state[:, -1]).float()
+
+    ours = next_logits()
+    assert calls, "the decoded token attended through three products"
+    decoder.set_attn_implementation("sdpa")
+    theirs = next_logits()
+    tolerance = 0.02 * float(theirs.abs().max())
+    assert torch.allclose(ours, theirs, atol=tolerance, rtol=0), float((ours - theirs).abs().max())
