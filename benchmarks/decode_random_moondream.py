@@ -6,7 +6,8 @@ Uses the random checkpoint of ``ttft_random_moondream.py`` (built there once). T
 encoder is skipped: a random 730-token image prefix (BOS + 729 image tokens, as a 640x480
 picture gives) is prefilled, then a question is answered with ``--tokens`` new tokens, on the
 package's thread policy (decoding on one thread). The same weights are then quantized in place
-and the same request is timed again. Random weights: only the times count.
+and the same request is timed again; on a CPU with bf16 instructions (where bf16 is the default)
+the checkpoint is then loaded in bf16 and timed as well. Random weights: only the times count.
 """
 
 from __future__ import annotations
@@ -71,14 +72,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     quantize_int8(model.network)  # what Moondream(..., int8=True) does on load
     int8 = decode_steps(model, args.tokens)
     fp32_ms, int8_ms = statistics.median(fp32) * 1e3, statistics.median(int8) * 1e3
+    rows = [f"| fp32 | {fp32_ms:.0f} | {1e3 / fp32_ms:.2f} | {len(fp32)} |",
+            f"| int8 (`int8=True`, opt-in) | {int8_ms:.0f} | {1e3 / int8_ms:.2f} | {len(int8)} |"]
+    if cpu.has_fast_bf16():  # then bf16 is the default here: time it too
+        del model
+        model = Moondream(str(checkpoint_dir(None)), dtype="bfloat16")
+        model.load()
+        bf16_ms = statistics.median(bf16 := decode_steps(model, args.tokens)) * 1e3
+        rows.insert(1, f"| bf16 (the default on this CPU) | {bf16_ms:.0f} | {1e3 / bf16_ms:.2f} | {len(bf16)} |")
     lines = [
-        "# Decoding: random-weight Moondream 2 (full size, native), fp32 against int8, CPU",
+        "# Decoding: random-weight Moondream 2 (full size, native), fp32 against int8 (and bf16), CPU",
         "",
         f"{datetime.now(UTC).isoformat(timespec='seconds')} · torch {torch.__version__} · "
         f"load average at start {[round(x, 2) for x in load]} · `python benchmarks/decode_random_moondream.py`",
         "",
-        f"Machine: {os.cpu_count()} cores of `{cpu.model_name()}` (matrix instructions: "
-        f"{' '.join(cpu.matrix_flags()) or 'no AVX2'}).",
+        f"Machine: {os.cpu_count()} cores of {cpu.described()}.",
         "",
         f"A {IMAGE_TOKENS + 1}-token random image prefix, one question, {args.tokens} new tokens, "
         f"decoding threads as the package chooses them ({cpu.thread_policy()}).",
@@ -86,8 +94,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "",
         "| weights | decode step (ms) | tokens/s | steps measured |",
         "|---|---|---|---|",
-        f"| fp32 | {fp32_ms:.0f} | {1e3 / fp32_ms:.2f} | {len(fp32)} |",
-        f"| int8 (`int8=True`, opt-in) | {int8_ms:.0f} | {1e3 / int8_ms:.2f} | {len(int8)} |",
+        *rows,
         "",
         f"int8 decodes **{fp32_ms / int8_ms:.2f}x** as fast as fp32 in this run.",
         "",
