@@ -28,7 +28,8 @@ def attend_one_query(query: torch.Tensor, keys: torch.Tensor, values: torch.Tens
     fp32), the longer the more (``benchmarks/results/decode_attention.md``)."""
     if keys.device.type == "cpu" and keys.dtype in (torch.bfloat16, torch.float16):
         return attention_in_three_products(query, keys, values, scale)
-    return F.scaled_dot_product_attention(query, keys[None], values[None], scale=scale, enable_gqa=True)
+    grouped = keys.shape[0] != query.shape[1]  # only then: some GPU kernels take no grouped heads
+    return F.scaled_dot_product_attention(query, keys[None], values[None], scale=scale, enable_gqa=grouped)
 
 
 def attention_in_three_products(
