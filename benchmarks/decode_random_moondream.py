@@ -65,20 +65,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     load = os.getloadavg()
+    checkpoint = str(build_random_checkpoint(checkpoint_dir(None)))
+    int8 = "int8 (`int8=True`, opt-in)"
     # fp32 as the baseline on every CPU (dtype="auto" is bf16 on one with bf16 instructions).
-    settings: dict[str, dict[str, Any]] = {"fp32": {"dtype": "float32"}, "int8 (`int8=True`, opt-in)": {"int8": True}}
+    settings: dict[str, dict[str, Any]] = {"fp32": {"dtype": "float32"}, int8: {"int8": True}}
     if cpu.has_fast_bf16():
         settings["bf16 (the default on this CPU)"] = {"dtype": "bfloat16"}
-    medians: dict[str, float] = {}
-    counts: dict[str, int] = {}
+    gaps: dict[str, list[float]] = {}
     for label, setting in settings.items():  # one model at a time: a full-size Moondream 2 is large
-        model = Moondream(str(build_random_checkpoint(checkpoint_dir(None))), **setting)
+        model = Moondream(checkpoint, **setting)
         model.load()
-        steps = decode_steps(model, args.tokens)
-        medians[label], counts[label] = statistics.median(steps) * 1e3, len(steps)
+        gaps[label] = decode_steps(model, args.tokens)
         del model
-    rows = [f"| {label} | {ms:.0f} | {1e3 / ms:.2f} | {counts[label]} |" for label, ms in medians.items()]
-    fp32_ms, int8_ms = medians["fp32"], medians["int8 (`int8=True`, opt-in)"]
+    medians = {label: statistics.median(steps) * 1e3 for label, steps in gaps.items()}
+    rows = [f"| {label} | {ms:.0f} | {1e3 / ms:.2f} | {len(gaps[label])} |" for label, ms in medians.items()]
+    fp32_ms, int8_ms = medians["fp32"], medians[int8]
     lines = [
         "# Decoding: random-weight Moondream 2 (full size, native), fp32 against int8 (and bf16), CPU",
         "",
