@@ -15,7 +15,7 @@ difference from the same attention in float64. Medians of 200 calls on the curre
 Then whole answers through transformers' ``generate`` (what the generic family decodes with), on
 the same-shape random-weight SmolVLM-256M in bf16 after a text prompt of each length: the median
 time per new token with the text decoder on "sdpa" and on vlm-notebook's attention
-(``attention.decode_with_it``, which uses the three products for the decoded token only);
+(``attention.attend_with_it``, which uses the three products for the decoded token only);
 the median gap between new tokens over two answers each.
 
 Set ``ATEN_CPU_CAPABILITY=avx2`` (and ``ONEDNN_MAX_CPU_ISA=AVX2``) to time the kernels an AVX2-only
@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from vlm_notebook import cpu, random_checkpoints
-from vlm_notebook.models.attention import TRANSFORMERS_NAME, attention_in_three_products, decode_with_it
+from vlm_notebook.models.attention import TRANSFORMERS_NAME, attend_with_it, attention_in_three_products
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: (name, query heads, key/value heads, head size)
@@ -91,7 +91,7 @@ def generate_rows() -> list[str]:
 
     directory = random_checkpoints.random_checkpoint("smolvlm-256m", image_splitting=False)
     model = AutoModelForImageTextToText.from_pretrained(directory, dtype=torch.bfloat16).eval()
-    decode_with_it(model)  # registers vlm-notebook's attention with transformers
+    attend_with_it(model, None)  # registers vlm-notebook's attention with transformers, for the decoder only
     decoder = model.get_decoder()
     rows = []
     for length in LENGTHS[:3]:

@@ -1,11 +1,15 @@
-"""Attention of one new token over the keys and values before it, as every decoding loop here needs it.
+"""Attention where torch's fused operator is slow on a CPU in a half format.
 
-SmolVLM's and Qwen2-VL's own step and native Moondream call :func:`attend_one_query`; models that
-decode through transformers' ``generate`` get it through :func:`decode_with_it`.
+Two cases, each with its own choice: one new token over the keys and values before it, as every
+decoding loop needs it (:func:`attend_one_query`: SmolVLM's and Qwen2-VL's own step, native
+Moondream's decoding), and every query over every key with no mask, as a vision encoder needs it
+(:func:`attend_many_queries`, which also takes a prompt's causal attention: native Moondream's
+encoder). Models on transformers get both through :func:`attend_with_it`.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
@@ -13,6 +17,8 @@ import torch.nn.functional as F
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from ..cpu import has_fast_bf16
 
 #: The name transformers knows :func:`transformers_attention` by (its masks are "sdpa"'s).
 TRANSFORMERS_NAME = "vlm_notebook_sdpa"
@@ -44,34 +50,103 @@ def attention_in_three_products(
     return mixed.to(query.dtype).view(1, -1, 1, values.shape[-1])
 
 
+def attend_many_queries(
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float, causal: bool = False
+) -> torch.Tensor:
+    """Many queries' attention with no mask: each over every key (a vision encoder's) or, ``causal``,
+    over the keys up to its own position (a prompt's prefill; as many keys as queries). ``query``
+    batch x heads x queries x dim, ``keys`` and ``values`` batch x kv heads x keys x dim (query head
+    ``h`` reads kv head ``h // (heads / kv heads)``); the result as torch's fused operator returns
+    it. That operator, but for bf16 on a CPU with bf16 matrix instructions and at least
+    ``MANY_QUERIES`` queries, where :func:`scores_in_bf16` takes about half its time
+    (``benchmarks/results/vision_attention.md``)."""
+    if bf16_scores_pay(query, keys, causal):
+        return scores_in_bf16(query, keys, values, scale, causal)
+    grouped = keys.shape[1] != query.shape[1]
+    return F.scaled_dot_product_attention(query, keys, values, scale=scale, is_causal=causal, enable_gqa=grouped)
+
+
+def bf16_scores_pay(query: torch.Tensor, keys: torch.Tensor, causal: bool) -> bool:
+    """Whether :func:`scores_in_bf16` is the faster here (see :func:`attend_many_queries`)."""
+    length = query.shape[2]
+    on_fast_bf16 = query.device.type == "cpu" and query.dtype == torch.bfloat16 and has_fast_bf16()
+    inference = not (query.requires_grad or keys.requires_grad)  # it writes into its own buffers
+    return on_fast_bf16 and inference and length >= MANY_QUERIES and (not causal or keys.shape[2] == length)
+
+
+#: Fewer queries than this go to torch's fused operator, which is the faster there.
+MANY_QUERIES = 256
+#: Queries per block of a causal :func:`scores_in_bf16`: each leaves out the keys after its last
+#: query (about half of them in all), and its scores stay in the CPU's caches.
+_CAUSAL_BLOCK = 256
+
+
+def scores_in_bf16(
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float, causal: bool = False
+) -> torch.Tensor:
+    """:func:`attend_many_queries` as three bf16 products per kv head (sums in fp32, each result
+    rounded to bf16), in blocks of queries when causal.
+    Unlike the fused operator it rounds the scores to bf16 before their softmax: that attention
+    alone then differs more from exact arithmetic, but a model's logits differ from fp32's about as
+    much as with the fused operator, the rest of a bf16 model's rounding being the larger part
+    (``benchmarks/results/vision_attention.md``)."""
+    batch, heads, length, size = query.shape
+    kv_heads = keys.shape[1]
+    group = heads // kv_heads
+    scaled = query * scale
+    mixed = query.new_empty(batch, length, heads, size)
+    block = _CAUSAL_BLOCK if causal else length
+    for start in range(0, length, block):
+        end = min(start + block, length)
+        seen = end if causal else keys.shape[2]
+        later = torch.ones(end - start, end - start, dtype=torch.bool).triu_(1) if causal else None
+        scores = query.new_empty(group, end - start, seen)  # reused: fresh memory costs page faults
+        weighted = query.new_empty(group, end - start, size)
+        for item, head in itertools.product(range(batch), range(kv_heads)):
+            rows = slice(head * group, (head + 1) * group)
+            torch.matmul(scaled[item, rows, start:end], keys[item, head, :seen].transpose(0, 1), out=scores)
+            if later is not None:
+                scores[:, :, start:end].masked_fill_(later, float("-inf"))
+            torch.softmax(scores, dim=-1, out=scores)
+            torch.matmul(scores, values[item, head, :seen], out=weighted)
+            mixed[item, start:end, rows] = weighted.transpose(0, 1)
+    return mixed.transpose(1, 2)
+
+
 def transformers_attention(
     module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None, **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """transformers' "sdpa" attention, but one decoded token's (a batch of one, no mask: every
-    position seen) through :func:`attend_one_query`."""
-    one_token = query.shape[0] == 1 and query.shape[2] == 1 and attention_mask is None and not dropout
+    position seen) through :func:`attend_one_query`, and many queries with no mask (a vision
+    encoder's; a prompt's, causal) through :func:`scores_in_bf16` where that pays."""
     changed = [kwargs.get(name) for name in _CHANGES_ATTENTION]
-    if not one_token or any(setting is not None and setting is not False for setting in changed):
+    plain = attention_mask is None and not dropout and all(setting is None or setting is False for setting in changed)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    said = kwargs.get("is_causal")
+    causal = bool(getattr(module, "is_causal", True) if said is None else said)
+    if plain and query.shape[0] == 1 and query.shape[2] == 1:
+        mixed = attend_one_query(query, key[0], value[0], scale)
+    elif plain and bf16_scores_pay(query, key, causal):
+        mixed = scores_in_bf16(query, key, value, scale, causal)
+    else:
         general: tuple[torch.Tensor, None] = sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout, scaling, **kwargs
         )
         return general
-    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    mixed = attend_one_query(query, key[0], value[0], scale)
-    return mixed.transpose(1, 2).contiguous(), None  # (1, 1, heads, dim), as "sdpa" returns it
+    return mixed.transpose(1, 2).contiguous(), None  # (batch, queries, heads, dim), as "sdpa" returns it
 
 
-def decode_with_it(model: PreTrainedModel) -> None:
-    """Have ``model``'s text decoder attend through :func:`transformers_attention` where it uses
-    "sdpa" and computes in bf16 or fp16 on a CPU: what ``generate`` decodes then gets the speed of
-    :func:`attend_one_query`, everything else stays "sdpa"'s."""
-    decoder = model.get_decoder()
+def attend_with_it(model: PreTrainedModel, vision: torch.nn.Module | None) -> None:
+    """Have ``model``'s text decoder and its ``vision`` encoder attend through
+    :func:`transformers_attention` where they use "sdpa" and compute in bf16 or fp16 on a CPU: what
+    ``generate`` decodes, a prompt's prefill and what the encoder sees then get the speed of
+    :func:`attend_one_query` and :func:`attend_many_queries`, everything else stays "sdpa"'s."""
     on_cpu_in_half = model.device.type == "cpu" and model.dtype in (torch.bfloat16, torch.float16)
-    if not isinstance(decoder, PreTrainedModel) or not on_cpu_in_half:
+    if not on_cpu_in_half:
         return
-    if decoder.config._attn_implementation != "sdpa":
-        return
-    AttentionInterface.register(TRANSFORMERS_NAME, transformers_attention)
-    AttentionMaskInterface.register(TRANSFORMERS_NAME, sdpa_mask)
-    decoder.set_attn_implementation(TRANSFORMERS_NAME)
+    for part in (model.get_decoder(), vision):
+        if isinstance(part, PreTrainedModel) and part.config._attn_implementation == "sdpa":
+            AttentionInterface.register(TRANSFORMERS_NAME, transformers_attention)
+            AttentionMaskInterface.register(TRANSFORMERS_NAME, sdpa_mask)
+            part.set_attn_implementation(TRANSFORMERS_NAME)

@@ -41,7 +41,7 @@ from ..runtime import Runtime, check_fits, choose_runtime, fit_weights, float32_
 from ..stream import TokenSink
 from . import _conversation
 from ._prefix import SplitPrompt, continuation_inputs, encode_prefix, split_prompt, vision_module
-from .attention import decode_with_it
+from .attention import attend_with_it
 from .base import VLM
 from .llama_step import LlamaStep, step_for
 
@@ -333,7 +333,7 @@ def _load_weights(directory: Path, runtime: Runtime) -> PreTrainedModel:
     decoding = [part for part in (loaded.get_decoder(), loaded.get_output_embeddings()) if part is not None]
     fit_weights(loaded, runtime, decoding)
     contiguous_vision_embeddings(loaded)
-    decode_with_it(loaded)
+    attend_with_it(loaded, vision_module(loaded))
     return loaded
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from functools import wraps
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import torch
 
 from .. import caption_options
 from ..errors import CheckpointError
+from ._prefix import vision_module
 from .generic import TransformersModel
 from .llama_step import llama_text_model
 
@@ -22,7 +24,8 @@ class SmolVLM(TransformersModel):
     error for SmolVLM2's video-only dependencies, and its own decoding step (``llama_step``).
 
     ``defaults="cpu"`` (the default) shows the vision encoder one tile per picture;
-    ``defaults="card"`` restores the model card's image sizes (many tiles per photo).
+    ``defaults="card"`` restores the model card's image sizes (many tiles per photo), which a CPU
+    encodes one after another (:func:`encode_tile_by_tile`).
 
     >>> model = SmolVLM("shapes-smolvlm")
     >>> model.caption("vlm_notebook/assets/red-circle-on-white.png")
@@ -48,6 +51,12 @@ class SmolVLM(TransformersModel):
             return {}
         return {"size": {"longest_edge": tile}}
 
+    def _load(self) -> None:
+        super()._load()
+        encoder = vision_module(self.model)
+        if self.runtime.device.type == "cpu" and encoder is not None:
+            encode_tile_by_tile(encoder)
+
     def _decoding_text_model(self) -> torch.nn.Module | None:
         """SmolVLM's Llama text model (None for a text model :class:`LlamaStep` cannot run)."""
         return llama_text_model(self.model)
@@ -60,6 +69,26 @@ class SmolVLM(TransformersModel):
                 "that matches your torch), or use a SmolVLM v1 checkpoint such as 'smolvlm-256m'."
             )
         return super()._load_processor(directory)
+
+
+def encode_tile_by_tile(encoder: torch.nn.Module) -> None:
+    """Have SmolVLM's vision encoder (transformers' Idefics3 one) take a picture's tiles one at a time:
+    the same numbers, sooner on a CPU, where one tile's activations stay in the caches and 13 at once
+    do not (``benchmarks/results/vision_attention.md``). A call that asks for more than the last
+    hidden state (hidden states, attentions) runs as before."""
+    whole = encoder.forward
+
+    @wraps(whole)
+    def forward(pixel_values: torch.Tensor, patch_attention_mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
+        if pixel_values.shape[0] == 1 or kwargs not in ({}, {"return_dict": True}):
+            return whole(pixel_values, patch_attention_mask, **kwargs)
+        masks = [None] * len(pixel_values) if patch_attention_mask is None else patch_attention_mask[:, None]
+        outputs = [whole(tile[None], mask, **kwargs) for tile, mask in zip(pixel_values, masks, strict=True)]
+        first = outputs[0]
+        first["last_hidden_state"] = torch.cat([output.last_hidden_state for output in outputs])
+        return first
+
+    encoder.forward = forward
 
 
 def _edge(size: Any) -> int | None:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..attention import attend_many_queries
 from .config import VisionConfig
 from .layers import MLP, merge_heads, split_heads
 
@@ -26,7 +27,7 @@ class VisionAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = (split_heads(t, self.n_heads) for t in self.qkv(x).chunk(3, dim=-1))
-        return self.proj(merge_heads(F.scaled_dot_product_attention(q, k, v)))  # type: ignore[no-any-return]
+        return self.proj(merge_heads(attend_many_queries(q, k, v, q.shape[-1] ** -0.5)))  # type: ignore[no-any-return]
 
 
 class VisionBlock(nn.Module):

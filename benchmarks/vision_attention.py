@@ -1,0 +1,206 @@
+"""Many queries' attention in bf16 on this CPU: torch's fused operator against bf16 scores.
+
+    python benchmarks/vision_attention.py [--out FILE]
+
+``fused`` is ``F.scaled_dot_product_attention``, as transformers' "sdpa" attention calls it;
+``bf16 scores`` is ``vlm_notebook.models.attention.scores_in_bf16``: per key/value head, the scores
+as one bf16 product, their softmax and the weighted values (sums in fp32, each result rounded to
+bf16; causal attention in blocks of queries, each leaving out the keys after its last query).
+``attend_many_queries`` takes it for bf16 on a CPU with bf16 matrix instructions from
+``MANY_QUERIES`` queries on. Three parts:
+
+1. The operator at the shapes that matter, on random inputs: SmolVLM-256M's vision encoder (a 512 px
+   tile), Moondream 2's (a 378 px crop), SmolVLM-256M's text decoder on a prompt of the model
+   card's 13 tiles (causal), and on a one-tile prompt (which stays on the fused operator). Medians
+   of several calls; error: the largest difference from float64 attention of the same inputs,
+   over the largest output.
+2. Whole models: the first answer token's logits in bf16 with the vision encoder and the text
+   decoder on "sdpa", then on vlm-notebook's attention, each against the same model in fp32 (the
+   largest difference over the largest fp32 logit), and whether the top token stays fp32's. The
+   random-weight SmolVLM-256M on three pictures; the shipped ``shapes-smolvlm`` and
+   ``shapes-qwen2vl`` on 12 random pictures each (their encoders see fewer patches than
+   ``MANY_QUERIES``: lowered to 16 for them here, so that they go through the bf16 scores).
+3. SmolVLM-256M's vision encoder on the card's 13 tiles: seconds a tile with all the tiles in one
+   call and one at a time (``smolvlm.encode_tile_by_tile``, the CPU default), same process.
+
+Not part of ``make test``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import random
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from vlm_notebook import cpu, random_checkpoints, shapes
+from vlm_notebook.models import Qwen2VL, SmolVLM, attention
+from vlm_notebook.models._prefix import vision_module
+from vlm_notebook.models.hf import TransformersVLM
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PICTURE = RESULTS / "red-circle-640x480.png"
+QUESTION = "What colour is the shape?"
+#: (what, batch, query heads, key/value heads, queries = keys, head size, causal)
+SHAPES = (
+    ("SmolVLM-256M vision, one tile", 1, 12, 12, 1024, 64, False),
+    ("Moondream 2 vision, one crop", 1, 16, 16, 729, 72, False),
+    ("SmolVLM-256M prefill, 13 tiles", 1, 9, 3, 889, 64, True),
+    ("SmolVLM-256M prefill, one tile", 1, 9, 3, 120, 64, True),
+)
+CALLS = 30
+
+
+def median_ms(call: Callable[[], object], calls: int = CALLS) -> float:
+    for _ in range(3):
+        call()
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def operator_row(what: str, batch: int, heads: int, kv_heads: int, length: int, size: int, causal: bool) -> str:
+    generator = torch.Generator().manual_seed(length)
+
+    def part(count: int, spread: float) -> torch.Tensor:  # transformers' layout: a view of (batch, L, heads, dim)
+        return torch.randn(batch, length, count, size, generator=generator).mul(spread).bfloat16().transpose(1, 2)
+
+    query, keys, values = part(heads, 2.0), part(kv_heads, 2.0), part(kv_heads, 1.0)
+    scale = size**-0.5
+    grouped = heads != kv_heads
+
+    def fused() -> torch.Tensor:
+        return F.scaled_dot_product_attention(query, keys, values, scale=scale, is_causal=causal, enable_gqa=grouped)
+
+    def ours() -> torch.Tensor:
+        return attention.attend_many_queries(query, keys, values, scale, causal)
+
+    exact = F.scaled_dot_product_attention(
+        query.double(), keys.double(), values.double(), scale=scale, is_causal=causal, enable_gqa=grouped
+    )
+    errors = [float((call().double() - exact).abs().max() / exact.abs().max()) for call in (fused, ours)]
+    fused_ms, ours_ms = median_ms(fused), median_ms(ours)
+    taken = "bf16 scores" if attention.bf16_scores_pay(query, keys, causal) else "fused"
+    return (f"| {what} | {heads}/{kv_heads} x {length} x {size}{', causal' if causal else ''} | {fused_ms:.2f} | "
+            f"{ours_ms:.2f} ({taken}) | {fused_ms / ours_ms:.2f} | {errors[0]:.1e} | {errors[1]:.1e} |")
+
+
+def set_attention(model: TransformersVLM, implementation: str) -> None:
+    for part in (vision_module(model.model), model.model.get_decoder()):
+        part.set_attn_implementation(implementation)  # type: ignore[union-attr, operator]
+
+
+def logits_row(label: str, fp32: TransformersVLM, bf16: TransformersVLM, pictures: Sequence[Image.Image]) -> str:
+    found: dict[str, list[float]] = {"sdpa": [], attention.TRANSFORMERS_NAME: []}
+    same_top: dict[str, int] = dict.fromkeys(found, 0)
+    for picture in pictures:
+        reference = fp32._first_logits(picture, QUESTION).double()
+        for implementation in found:
+            set_attention(bf16, implementation)
+            logits = bf16._first_logits(picture, QUESTION).double()
+            found[implementation].append(float((logits - reference).abs().max() / reference.abs().max()))
+            same_top[implementation] += int(logits.argmax() == reference.argmax())
+    set_attention(bf16, attention.TRANSFORMERS_NAME)
+    sdpa, ours = found["sdpa"], found[attention.TRANSFORMERS_NAME]
+    return (f"| {label} | {len(pictures)} | {max(sdpa):.2e} ({statistics.median(sdpa):.2e}) | "
+            f"{max(ours):.2e} ({statistics.median(ours):.2e}) | {same_top['sdpa']} | "
+            f"{same_top[attention.TRANSFORMERS_NAME]} |")
+
+
+def loaded(model: TransformersVLM) -> TransformersVLM:
+    model.load()
+    return model
+
+
+def random_pictures(count: int) -> list[Image.Image]:
+    rng = random.Random(5)
+    return [Image.open(io.BytesIO(shapes.random_picture(rng).data)).convert("RGB") for _ in range(count)]
+
+
+def logits_rows() -> list[str]:
+    directory = str(random_checkpoints.random_checkpoint("smolvlm-256m", image_splitting=False))
+    photo = Image.open(PICTURE).convert("RGB")
+    rows = [logits_row("SmolVLM-256M, random weights, one tile", loaded(SmolVLM(directory, dtype="float32")),
+                       loaded(SmolVLM(directory, dtype="bfloat16")), [photo, *random_pictures(2)])]
+    print(rows[-1], flush=True)
+    many_queries = attention.MANY_QUERIES
+    attention.MANY_QUERIES = 16
+    try:
+        for name, family in (("shapes-smolvlm", SmolVLM), ("shapes-qwen2vl", Qwen2VL)):
+            rows.append(logits_row(f"`{name}` (from 16 queries)", loaded(family(name, dtype="float32")),
+                                   loaded(family(name, dtype="bfloat16")), random_pictures(12)))
+            print(rows[-1], flush=True)
+    finally:
+        attention.MANY_QUERIES = many_queries
+    return rows
+
+
+def tiles_row() -> str:
+    directory = str(random_checkpoints.random_checkpoint("smolvlm-256m", image_splitting=True))
+    model = loaded(SmolVLM(directory, dtype="bfloat16", defaults="card"))
+    encoder = vision_module(model.model)
+    assert encoder is not None
+    tiles = model._inputs(Image.open(PICTURE).convert("RGB"), QUESTION)["pixel_values"][0]
+    count = len(tiles)
+
+    def one_call() -> object:
+        return type(encoder).forward(encoder, pixel_values=tiles)
+
+    def one_by_one() -> object:
+        return encoder(pixel_values=tiles)
+
+    rounds = [(median_ms(one_call, 3), median_ms(one_by_one, 3)) for _ in range(2)]
+    at_once, by_tile = (statistics.median(times) / count / 1e3 for times in zip(*rounds, strict=True))
+    return f"| {count} | {at_once:.3f} | {by_tile:.3f} | {at_once / by_tile:.2f} |"
+
+
+def machine() -> str:
+    return (f"{datetime.now(UTC).isoformat(timespec='seconds')} · {cpu.described()} · "
+            f"{torch.get_num_threads()} torch threads · torch {torch.__version__}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--out", type=Path, default=RESULTS / "vision_attention.md")
+    args = parser.parse_args(argv)
+    lines = [
+        "# Many queries' attention in bf16: torch's fused operator against bf16 scores", "",
+        machine() + " · `python benchmarks/vision_attention.py`", "",
+        f"## The operator (medians of {CALLS} calls)", "",
+        "| where | heads x queries x size | fused ms | vlm-notebook ms (which) | fused / ours | fused error | "
+        "ours error |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    with torch.inference_mode():
+        for shape in SHAPES:
+            lines.append(operator_row(*shape))
+            print(lines[-1], flush=True)
+        lines += ["", "## Whole models: first-token logits in bf16 against fp32", "",
+                  "Largest difference over the largest fp32 logit: the largest over the pictures "
+                  "(their median), with the encoder and the decoder on \"sdpa\" and on vlm-notebook's "
+                  "attention; then how many pictures kept fp32's top token.", "",
+                  "| model | pictures | sdpa | vlm-notebook | top token kept, sdpa | top token kept, ours |",
+                  "|---|---|---|---|---|---|"]
+        lines += logits_rows()
+        lines += ["", "## SmolVLM-256M's vision encoder on the card's tiles (bf16, vlm-notebook's attention)", "",
+                  "| tiles | s a tile, all in one call | s a tile, one at a time | one call / one at a time |",
+                  "|---|---|---|---|", tiles_row()]
+    print(lines[-1], flush=True)
+    lines += ["", "See the script's docstring for how each figure is taken."]
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
