@@ -15,7 +15,7 @@ from vlm_notebook import shapes
 from vlm_notebook.models import SmolVLM, attention
 from vlm_notebook.models._prefix import vision_module
 
-HEADS, KV_HEADS, SIZE, LENGTH = 6, 2, 16, attention.MANY_QUERIES + 50  # two blocks of queries
+HEADS, KV_HEADS, SIZE, LENGTH = 6, 2, 16, 400  # over MANY_QUERIES, and two causal blocks of queries
 
 
 def attention_inputs(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -78,21 +78,20 @@ def bf16_scores_pay(query: torch.Tensor, keys: torch.Tensor, causal: bool) -> bo
 MANY_QUERIES = 256
 #: Queries per block of a causal :func:`scores_in_bf16`: each leaves out the keys after its last
 #: query (about half of them in all), and its scores stay in the CPU's caches.
-_CAUSAL_BLOCK = 256
+_CAUSAL_BLOCK = 320
 
 
 def scores_in_bf16(
     query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float, causal: bool = False
 ) -> torch.Tensor:
-    """:func:`attend_many_queries` as three bf16 products per kv head (sums in fp32, each result
-    rounded to bf16), in blocks of queries when causal.
-    Unlike the fused operator it rounds the scores to bf16 before their softmax: that attention
-    alone then differs more from exact arithmetic, but a model's logits differ from fp32's about as
-    much as with the fused operator, the rest of a bf16 model's rounding being the larger part
+    """:func:`attend_many_queries` as three bf16 products per head (sums in fp32, each result
+    rounded to bf16), in blocks of queries when causal. Unlike the fused operator it rounds the
+    scores to bf16 before their softmax: that attention alone then differs more from exact
+    arithmetic, but a model's logits differ from fp32's about as much as with the fused operator,
+    the rest of a bf16 model's rounding being the larger part
     (``benchmarks/results/vision_attention.md``)."""
     batch, heads, length, size = query.shape
-    kv_heads = keys.shape[1]
-    group = heads // kv_heads
+    group = heads // keys.shape[1]
     scaled = query * scale
     mixed = query.new_empty(batch, length, heads, size)
     block = _CAUSAL_BLOCK if causal else length
@@ -100,16 +99,14 @@ def scores_in_bf16(
         end = min(start + block, length)
         seen = end if causal else keys.shape[2]
         later = torch.ones(end - start, end - start, dtype=torch.bool).triu_(1) if causal else None
-        scores = query.new_empty(group, end - start, seen)  # reused: fresh memory costs page faults
-        weighted = query.new_empty(group, end - start, size)
-        for item, head in itertools.product(range(batch), range(kv_heads)):
-            rows = slice(head * group, (head + 1) * group)
-            torch.matmul(scaled[item, rows, start:end], keys[item, head, :seen].transpose(0, 1), out=scores)
+        scores = query.new_empty(end - start, seen)  # reused: fresh memory costs page faults
+        for item, head in itertools.product(range(batch), range(heads)):
+            kv_head = head // group
+            torch.mm(scaled[item, head, start:end], keys[item, kv_head, :seen].t(), out=scores)
             if later is not None:
-                scores[:, :, start:end].masked_fill_(later, float("-inf"))
+                scores[:, start:end].masked_fill_(later, float("-inf"))
             torch.softmax(scores, dim=-1, out=scores)
-            torch.matmul(scores, values[item, head, :seen], out=weighted)
-            mixed[item, start:end, rows] = weighted.transpose(0, 1)
+            torch.mm(scores, values[item, kv_head, :seen], out=mixed[item, start:end, head])
     return mixed.transpose(1, 2)
 
 
