@@ -86,9 +86,9 @@ def scores_in_bf16(
 ) -> torch.Tensor:
     """:func:`attend_many_queries` as three bf16 products per head (sums in fp32, each result
     rounded to bf16), in blocks of queries when causal. Unlike the fused operator it rounds the
-    scores to bf16 before their softmax: that attention alone then differs more from exact
-    arithmetic, but a model's logits differ from fp32's about as much as with the fused operator,
-    the rest of a bf16 model's rounding being the larger part
+    scores to bf16 before their softmax: that attention alone then differs several times more from
+    exact arithmetic, but a whole model's logits differ from fp32's about as much as with the fused
+    operator or somewhat more, the rest of a bf16 model's rounding being the larger part
     (``benchmarks/results/vision_attention.md``)."""
     batch, heads, length, size = query.shape
     group = heads // keys.shape[1]
