@@ -22,6 +22,11 @@ bf16; causal attention in blocks of queries, each leaving out the keys after its
    ``MANY_QUERIES``: lowered to 16 for them here, so that they go through the bf16 scores).
 3. SmolVLM-256M's vision encoder on the card's 13 tiles: seconds a tile with all the tiles in one
    call and one at a time (``smolvlm.encode_tile_by_tile``, the CPU default), same process.
+4. A full-size random-weight Moondream 2 (``ttft_random_moondream.py``'s checkpoint, built there
+   once) in bf16: ``encode_image`` of a 640x480 picture (the crops' vision encoder and the image
+   prefix, which attends both ways) with the fused operator and the crops all at once (before),
+   with the bf16 scores, and with the bf16 scores and the crops one at a time
+   (``inference.encoded_crops``, the CPU default); two rounds, medians.
 
 Not part of ``make test``.
 """
@@ -36,15 +41,17 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 from vlm_notebook import cpu, random_checkpoints, shapes
-from vlm_notebook.models import Qwen2VL, SmolVLM, attention
+from vlm_notebook.models import Moondream, Qwen2VL, SmolVLM, attention
 from vlm_notebook.models._prefix import vision_module
 from vlm_notebook.models.hf import TransformersVLM
+from vlm_notebook.models.moondream import inference
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PICTURE = RESULTS / "red-circle-640x480.png"
@@ -55,6 +62,7 @@ SHAPES = (
     ("Moondream 2 vision, one crop", 1, 16, 16, 729, 72, False),
     ("SmolVLM-256M prefill, 13 tiles", 1, 9, 3, 889, 64, True),
     ("SmolVLM-256M prefill, one tile", 1, 9, 3, 120, 64, True),
+    ("Moondream 2 image prefix (both ways)", 1, 32, 32, 730, 64, False),
 )
 CALLS = 30
 
@@ -165,6 +173,35 @@ def tiles_row() -> str:
     return f"| {count} | {at_once:.3f} | {by_tile:.3f} | {at_once / by_tile:.2f} |"
 
 
+def moondream_rows() -> list[str]:
+    from ttft_random_moondream import build_random_checkpoint, checkpoint_dir, synthetic_picture
+
+    model = Moondream(str(build_random_checkpoint(checkpoint_dir(None))), dtype="bfloat16")
+    model.load()
+    picture = synthetic_picture()
+    one_at_a_time = inference.encoded_crops
+
+    def all_at_once(net: Any, pixels: torch.Tensor, check: Any = None) -> torch.Tensor:
+        return net.vision.encode(pixels)  # type: ignore[no-any-return]
+
+    settings = (("fused operator, crops all at once", 10**9, all_at_once),
+                ("bf16 scores, crops all at once", attention.MANY_QUERIES, all_at_once),
+                ("bf16 scores, crops one at a time (default)", attention.MANY_QUERIES, one_at_a_time))
+    many_queries = attention.MANY_QUERIES
+    seconds: dict[str, list[float]] = {label: [] for label, _, _ in settings}
+    try:
+        for _ in range(2):
+            for label, queries, encode in settings:
+                attention.MANY_QUERIES, inference.encoded_crops = queries, encode
+                model.image_cache.clear()
+                start = time.perf_counter()
+                model.encode_image(picture)
+                seconds[label].append(time.perf_counter() - start)
+    finally:
+        attention.MANY_QUERIES, inference.encoded_crops = many_queries, one_at_a_time
+    return [f"| {label} | {statistics.median(times):.2f} |" for label, times in seconds.items()]
+
+
 def machine() -> str:
     return (f"{datetime.now(UTC).isoformat(timespec='seconds')} · {cpu.described()} · "
             f"{torch.get_num_threads()} torch threads · torch {torch.__version__}")
@@ -196,7 +233,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         lines += ["", "## SmolVLM-256M's vision encoder on the card's tiles (bf16, vlm-notebook's attention)", "",
                   "| tiles | s a tile, all in one call | s a tile, one at a time | one call / one at a time |",
                   "|---|---|---|---|", tiles_row()]
-    print(lines[-1], flush=True)
+        print(lines[-1], flush=True)
+        lines += ["", "## A full-size random-weight Moondream 2 in bf16: `encode_image` of a 640x480 picture", "",
+                  "| attention and crops | seconds (median of 2) |", "|---|---|"]
+        lines += moondream_rows()
+    print("\n".join(lines[-3:]), flush=True)
     lines += ["", "See the script's docstring for how each figure is taken."]
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")

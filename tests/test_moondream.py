@@ -8,6 +8,7 @@ import random
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,9 +19,9 @@ from PIL import Image
 from vlm_notebook import registry, shapes
 from vlm_notebook.errors import CheckpointError, CheckpointNotAvailableError, RequestError
 from vlm_notebook.images import load_image
-from vlm_notebook.models import Moondream
+from vlm_notebook.models import Moondream, attention
 from vlm_notebook.models.moondream import EncodedImage, MoondreamConfig, crops
-from vlm_notebook.models.moondream.inference import generate_text, image_embeddings
+from vlm_notebook.models.moondream.inference import encoded_crops, generate_text, image_embeddings
 from vlm_notebook.models.moondream.network import build_on_meta
 from vlm_notebook.models.moondream.prompts import caption_prompt, locate_prompt, query_prompt
 from vlm_notebook.models.moondream.text import prefix_causal_mask
@@ -136,7 +137,7 @@ def test_streamed_text_equals_the_whole_answer(model: Moondream, red_circle: Enc
 def vision_calls(model: Moondream) -> Iterator[list[int]]:
     calls: list[int] = []
     model.image_cache.clear()
-    handle = model.network.vision.patch_emb.register_forward_hook(lambda *args: calls.append(1))
+    handle = model.network.vision.proj_mlp.register_forward_hook(lambda *args: calls.append(1))  # once a picture
     yield calls
     handle.remove()
 
@@ -407,3 +408,48 @@ def test_resizing_with_pyvips_is_libvips() -> None:
         assert resized.shape == (height, width, 3) and resized.dtype == np.uint8
         lanczos = np.asarray(picture.resize((width, height), Image.Resampling.LANCZOS)).astype(int)
         assert 0 < np.abs(resized.astype(int) - lanczos).mean() < 8, "libvips' own pixels, close to PIL's"
+
+
+@pytest.mark.timeout(60)
+def test_on_a_cpu_the_crops_are_encoded_one_at_a_time_with_the_numbers_of_all_at_once() -> None:
+    fp32 = Moondream("shapes-moondream", dtype="float32")
+    fp32.load()
+    net = fp32.network
+    pixels = crops.overlap_crops(shapes.draw(RED_CIRCLE).image.resize((200, 90)), net.config.vision).pixels
+    batches: list[int] = []
+    net.vision.patch_emb.register_forward_hook(lambda _, args, output: batches.append(len(output)))
+    with torch.inference_mode():
+        one_by_one = encoded_crops(net, pixels)
+        all_at_once = net.vision.encode(pixels)
+    assert len(pixels) > 2 and batches == [1] * len(pixels) + [len(pixels)]
+    torch.testing.assert_close(one_by_one, all_at_once, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.timeout(60)
+def test_in_bf16_the_crops_and_the_image_prefix_attend_through_bf16_scores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a CPU with bf16 instructions (forced here), the vision encoder and the image prefix (which
+    attends both ways) go through ``scores_in_bf16`` (from 16 queries here, for the shipped
+    checkpoint's 64 patches); the first-token logits stay within bf16's differences of the fused
+    operator's."""
+    monkeypatch.setattr(attention, "has_fast_bf16", lambda: True)
+    monkeypatch.setattr(attention, "MANY_QUERIES", 16)
+    lengths: list[int] = []
+    bf16_scores = attention.scores_in_bf16
+
+    def noted(query: torch.Tensor, *args: Any) -> torch.Tensor:
+        lengths.append(query.shape[2])
+        return bf16_scores(query, *args)
+
+    monkeypatch.setattr(attention, "scores_in_bf16", noted)
+    model = Moondream("shapes-moondream", dtype="bfloat16")
+    model.load()
+    picture = shapes.draw(RED_CIRCLE).image
+    ours = model._first_logits(picture, "What shape is it?").float()
+    config = model.network.config
+    patches = (config.vision.crop_size // config.vision.enc_patch_size) ** 2
+    prefix = 1 + patches  # the BOS and an image token a patch
+    assert lengths.count(prefix) == config.text.n_layers and patches in lengths
+    monkeypatch.setattr(attention, "MANY_QUERIES", 10**9)
+    fused = model._first_logits(picture, "What shape is it?").float()
+    assert not torch.equal(ours, fused)
+    assert torch.allclose(ours, fused, atol=0.02 * float(fused.abs().max()), rtol=0)

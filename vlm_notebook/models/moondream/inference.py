@@ -38,10 +38,24 @@ def image_embeddings(
     if check is not None:
         check()
     pixels = crops.pixels.to(device=_device(net), dtype=net.text.wte.dtype)
-    features = net.vision.encode(pixels)  # (N, grid * grid, enc_dim)
+    features = encoded_crops(net, pixels, check)  # (N, grid * grid, enc_dim)
     local = features[1:].view(-1, config.grid, config.grid, config.enc_dim)
     stitched = stitch(local, crops.tiling, config.overlap_margin)
     return net.vision.project(features[0], stitched), crops.pixels.shape[0]
+
+
+def encoded_crops(net: MoondreamNetwork, pixels: torch.Tensor, check: Check | None = None) -> torch.Tensor:
+    """The vision encoder's features of every crop: all at once on an accelerator, one after another
+    on a CPU, where one crop's activations stay in the caches and a picture's nine do not (the same
+    numbers, sooner: ``benchmarks/results/vision_attention.md``; and a Stop is seen between crops)."""
+    if pixels.device.type != "cpu":
+        return net.vision.encode(pixels)
+    features = []
+    for crop in pixels:
+        if check is not None:
+            check()
+        features.append(net.vision.encode(crop[None]))
+    return torch.cat(features)
 
 
 def encode(net: MoondreamNetwork, picture: Image.Image, check: Check | None = None) -> EncodedImage:

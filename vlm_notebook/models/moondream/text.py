@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..attention import attend_one_query
+from ..attention import attend_many_queries, attend_one_query
 from .cache import KVCache
 from .config import TextConfig
 from .layers import MLP, merge_heads, split_heads
@@ -79,6 +79,8 @@ class TextAttention(nn.Module):
             k, v = cache.write(layer, k, v)
         if mask is None and q.shape[:3] == (1, config.n_heads, 1):  # one new token, as decoding feeds
             out = attend_one_query(q, k[0], v[0], config.head_dim**-0.5)
+        elif mask is None:  # the image prefix, which attends both ways
+            out = attend_many_queries(q, k, v, config.head_dim**-0.5)
         else:
             grouped = config.n_kv_heads != config.n_heads
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=grouped)
