@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from functools import wraps
+import types
 from pathlib import Path
 from typing import Any
 
@@ -76,19 +76,21 @@ def encode_tile_by_tile(encoder: torch.nn.Module) -> None:
     the same numbers, sooner on a CPU, where one tile's activations stay in the caches and 13 at once
     do not (``benchmarks/results/vision_attention.md``). A call that asks for more than the last
     hidden state (hidden states, attentions) runs as before."""
-    whole = encoder.forward
+    encoder.forward = types.MethodType(_tile_by_tile, encoder)
 
-    @wraps(whole)
-    def forward(pixel_values: torch.Tensor, patch_attention_mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
-        if pixel_values.shape[0] == 1 or kwargs not in ({}, {"return_dict": True}):
-            return whole(pixel_values, patch_attention_mask, **kwargs)
-        masks = [None] * len(pixel_values) if patch_attention_mask is None else patch_attention_mask[:, None]
-        outputs = [whole(tile[None], mask, **kwargs) for tile, mask in zip(pixel_values, masks, strict=True)]
-        first = outputs[0]
-        first["last_hidden_state"] = torch.cat([output.last_hidden_state for output in outputs])
-        return first
 
-    encoder.forward = forward
+def _tile_by_tile(
+    encoder: torch.nn.Module, pixel_values: torch.Tensor, patch_attention_mask: torch.Tensor | None = None,
+    **kwargs: Any,
+) -> Any:
+    whole = type(encoder).forward
+    if pixel_values.shape[0] == 1 or kwargs not in ({}, {"return_dict": True}):
+        return whole(encoder, pixel_values, patch_attention_mask, **kwargs)
+    masks = [None] * len(pixel_values) if patch_attention_mask is None else patch_attention_mask[:, None]
+    outputs = [whole(encoder, tile[None], mask, **kwargs) for tile, mask in zip(pixel_values, masks, strict=True)]
+    first = outputs[0]
+    first["last_hidden_state"] = torch.cat([output.last_hidden_state for output in outputs])
+    return first
 
 
 def _edge(size: Any) -> int | None:
