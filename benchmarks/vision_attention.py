@@ -39,15 +39,15 @@ import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from decode_attention import machine
 from PIL import Image
 
-from vlm_notebook import cpu, random_checkpoints, shapes
+from vlm_notebook import random_checkpoints, shapes
 from vlm_notebook.models import Moondream, Qwen2VL, SmolVLM, attention
 from vlm_notebook.models._prefix import vision_module
 from vlm_notebook.models.hf import TransformersVLM
@@ -200,11 +200,6 @@ def moondream_rows() -> list[str]:
     finally:
         attention.MANY_QUERIES, inference.encoded_crops = many_queries, one_at_a_time
     return [f"| {label} | {statistics.median(times):.2f} |" for label, times in seconds.items()]
-
-
-def machine() -> str:
-    return (f"{datetime.now(UTC).isoformat(timespec='seconds')} · {cpu.described()} · "
-            f"{torch.get_num_threads()} torch threads · torch {torch.__version__}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
