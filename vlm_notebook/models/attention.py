@@ -2,9 +2,9 @@
 
 Two cases, each with its own choice: one new token over the keys and values before it, as every
 decoding loop needs it (:func:`attend_one_query`: SmolVLM's and Qwen2-VL's own step, native
-Moondream's decoding), and every query over every key with no mask, as a vision encoder needs it
-(:func:`attend_many_queries`, which also takes a prompt's causal attention: native Moondream's
-encoder). Models on transformers get both through :func:`attend_with_it`.
+Moondream's decoding), and many queries with no mask, each over every key as a vision encoder
+needs it or causal as a prompt's prefill (:func:`attend_many_queries`: native Moondream's encoder
+and image prefix). Models on transformers get both through :func:`attend_with_it`.
 """
 
 from __future__ import annotations
