@@ -1,6 +1,7 @@
-"""Many queries' attention with no mask (``attention.attend_many_queries``), every query over every
-key as vision encoders use it, or causal as a prompt's prefill; and SmolVLM's encoder taking a
-picture's tiles one at a time on a CPU."""
+"""vlm-notebook's attention: one decoded token's (``attention.attend_one_query``), and many queries'
+with no mask (``attention.attend_many_queries``), every query over every key as vision encoders
+use it, or causal as a prompt's prefill; and SmolVLM's encoder taking a picture's tiles one at a
+time on a CPU."""
 
 from __future__ import annotations
 
@@ -16,6 +17,25 @@ from vlm_notebook.models import SmolVLM, attention
 from vlm_notebook.models._prefix import vision_module
 
 HEADS, KV_HEADS, SIZE, LENGTH = 6, 2, 16, 400  # over MANY_QUERIES, and two causal blocks of queries
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_one_querys_attention_is_exact_attention_rounded_once(dtype: torch.dtype) -> None:
+    """Whichever way the step attends (three products for half formats on a CPU), it is the exact
+    attention of the rounded inputs, query head h reading key/value head h // 3, to the format's
+    rounding."""
+    generator = torch.Generator().manual_seed(3)
+    heads, kv_heads, size, length = 6, 2, 16, 300
+    query = torch.randn(1, heads, 1, size, generator=generator).mul(2).to(dtype)
+    keys = torch.randn(kv_heads, length + 10, size, generator=generator).mul(2).to(dtype)[:, :length]
+    values = torch.randn(kv_heads, length + 10, size, generator=generator).to(dtype)[:, :length]
+    got = attention.attend_one_query(query, keys, values, size**-0.5)
+    repeated_keys, repeated_values = (part.double().repeat_interleave(3, dim=0) for part in (keys, values))
+    weights = torch.softmax(query.double()[0, :, 0, None] @ repeated_keys.transpose(1, 2) * size**-0.5, dim=-1)
+    exact = (weights @ repeated_values).view(1, heads, 1, size)
+    assert got.dtype == dtype and got.shape == query.shape
+    rounding = {torch.bfloat16: 2**-8, torch.float16: 2**-11, torch.float32: 1e-6}[dtype]
+    torch.testing.assert_close(got.double(), exact, rtol=rounding, atol=rounding * float(exact.abs().max()))
 
 
 def attention_inputs(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

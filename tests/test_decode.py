@@ -13,7 +13,6 @@ from transformers import DynamicCache
 from vlm_notebook import shapes
 from vlm_notebook.engine import Sampler
 from vlm_notebook.models import Qwen2VL, SmolVLM, llama_step
-from vlm_notebook.models.attention import attend_one_query
 from vlm_notebook.models.hf import TransformersVLM
 from vlm_notebook.models.llama_step import GraphedLlamaStep, LlamaStep, llama_text_model, qwen2_vl_text_model
 from vlm_notebook.options import GenerationOptions
@@ -156,25 +155,6 @@ def test_answers_are_generates_answers_token_for_token(own_step_model: Transform
             with torch.inference_mode():
                 output = model.model.generate(**inputs, generation_config=config)
             assert ours == output[0, inputs["input_ids"].shape[1] :].tolist(), (model.name, scene, prompt)
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-def test_one_querys_attention_is_exact_attention_rounded_once(dtype: torch.dtype) -> None:
-    """Whichever way the step attends (three products for half formats on a CPU), it is the exact
-    attention of the rounded inputs, query head h reading key/value head h // 3, to the format's
-    rounding."""
-    generator = torch.Generator().manual_seed(3)
-    heads, kv_heads, size, length = 6, 2, 16, 300
-    query = torch.randn(1, heads, 1, size, generator=generator).mul(2).to(dtype)
-    keys = torch.randn(kv_heads, length + 10, size, generator=generator).mul(2).to(dtype)[:, :length]
-    values = torch.randn(kv_heads, length + 10, size, generator=generator).to(dtype)[:, :length]
-    got = attend_one_query(query, keys, values, size**-0.5)
-    repeated_keys, repeated_values = (part.double().repeat_interleave(3, dim=0) for part in (keys, values))
-    weights = torch.softmax(query.double()[0, :, 0, None] @ repeated_keys.transpose(1, 2) * size**-0.5, dim=-1)
-    exact = (weights @ repeated_values).view(1, heads, 1, size)
-    assert got.dtype == dtype and got.shape == query.shape
-    rounding = {torch.bfloat16: 2**-8, torch.float16: 2**-11, torch.float32: 1e-6}[dtype]
-    torch.testing.assert_close(got.double(), exact, rtol=rounding, atol=rounding * float(exact.abs().max()))
 
 
 def draws(logits: torch.Tensor, count: int, temperature: float, top_p: float) -> Counter[int]:
