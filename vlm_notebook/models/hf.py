@@ -43,6 +43,7 @@ from . import _conversation
 from ._prefix import SplitPrompt, continuation_inputs, encode_prefix, split_prompt, vision_module
 from .attention import attend_with_it
 from .base import VLM
+from .idefics3_pixels import pixels_by_table
 from .llama_step import LlamaStep, step_for
 
 #: ``defaults=`` values: "cpu" (the project's CPU policy) or "card" (the model card's settings).
@@ -103,6 +104,7 @@ class TransformersVLM(VLM):
                 f"The checkpoint in {str(directory)!r} has no chat template (chat_template.jinja): "
                 "it is incomplete. Download the checkpoint again."
             )
+        pixels_by_table(getattr(processor, "image_processor", None))
         model = _load_part("weights", directory, partial(_load_weights, runtime=self.runtime))
         self.processor, self.model = processor, model
         self._tokenizer = processor.tokenizer.backend_tokenizer
