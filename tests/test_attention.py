@@ -16,7 +16,7 @@ from vlm_notebook import shapes
 from vlm_notebook.models import SmolVLM, attention
 from vlm_notebook.models._prefix import vision_module
 
-HEADS, KV_HEADS, SIZE, LENGTH = 6, 2, 16, 400  # over MANY_QUERIES, and two causal blocks of queries
+HEADS, KV_HEADS, SIZE, LENGTH = 6, 2, 16, 400  # over MANY_QUERIES, and several causal blocks of queries
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
@@ -38,24 +38,26 @@ def test_one_querys_attention_is_exact_attention_rounded_once(dtype: torch.dtype
     torch.testing.assert_close(got.double(), exact, rtol=rounding, atol=rounding * float(exact.abs().max()))
 
 
-def attention_inputs(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Queries (2 x 6 heads), keys and values (2 x 2 heads) as transformers passes them: views of
-    (batch, positions, heads, dim) tensors, not contiguous per head."""
+def attention_inputs(
+    dtype: torch.dtype, kv_heads: int = KV_HEADS
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries (2 x 6 heads), keys and values (2 x ``kv_heads``) as transformers passes them: views
+    of (batch, positions, heads, dim) tensors, not contiguous per head."""
     generator = torch.Generator().manual_seed(5)
 
     def part(heads: int, spread: float) -> torch.Tensor:
         values = torch.randn(2, LENGTH, heads, SIZE, generator=generator).mul(spread).to(dtype)
         return values.transpose(1, 2)
 
-    return part(HEADS, 3.0), part(KV_HEADS, 3.0), part(KV_HEADS, 1.0)
+    return part(HEADS, 3.0), part(kv_heads, 3.0), part(kv_heads, 1.0)
 
 
 def exact_attention(
     query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, score_format: torch.dtype, causal: bool
 ) -> torch.Tensor:
-    """float64 attention of the given inputs, query head h reading key/value head h // 3 (as
-    transformers repeats them), its scores first rounded to ``score_format``."""
-    group = HEADS // KV_HEADS
+    """float64 attention of the given inputs, query head h reading key/value head h // (heads / kv
+    heads) (as transformers repeats them), its scores first rounded to ``score_format``."""
+    group = HEADS // keys.shape[1]
     repeated_keys, repeated_values = (part.double().repeat_interleave(group, dim=1) for part in (keys, values))
     scaled = (query * SIZE**-0.5).double()
     scores = (scaled @ repeated_keys.transpose(-1, -2)).to(score_format).double()
@@ -70,11 +72,14 @@ def fast_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(attention, "has_fast_bf16", lambda: True)
 
 
+@pytest.mark.parametrize("kv_heads", [KV_HEADS, HEADS], ids=["grouped heads", "a key/value head each"])
 @pytest.mark.parametrize("causal", [False, True], ids=["every key", "causal"])
-def test_in_bf16_the_scores_are_rounded_once_and_the_rest_is_exact(fast_bf16: None, causal: bool) -> None:
+def test_in_bf16_the_scores_are_rounded_once_and_the_rest_is_exact(
+    fast_bf16: None, causal: bool, kv_heads: int
+) -> None:
     """On a CPU with bf16 instructions: exact attention of the bf16 inputs, but for the scores,
     rounded to bf16 before their softmax, and the bf16 rounding of the weights and the result."""
-    query, keys, values = attention_inputs(torch.bfloat16)
+    query, keys, values = attention_inputs(torch.bfloat16, kv_heads)
     got = attention.attend_many_queries(query, keys, values, SIZE**-0.5, causal)
     assert got.dtype == torch.bfloat16 and got.shape == query.shape
     with_rounded_scores = exact_attention(query, keys, values, torch.bfloat16, causal)

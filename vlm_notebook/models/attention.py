@@ -77,37 +77,50 @@ def bf16_scores_pay(query: torch.Tensor, keys: torch.Tensor, causal: bool) -> bo
 #: Fewer queries than this go to torch's fused operator, which is the faster there.
 MANY_QUERIES = 256
 #: Queries per block of a causal :func:`scores_in_bf16`: each leaves out the keys after its last
-#: query (about half of them in all), and its scores stay in the CPU's caches.
+#: query (about half of them in all), and its scores stay in the CPU's caches; fewer where the
+#: query heads of a key/value head go through one product together (their rows add up).
 _CAUSAL_BLOCK = 320
+_GROUPED_CAUSAL_BLOCK = 192
 
 
 def scores_in_bf16(
     query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float, causal: bool = False
 ) -> torch.Tensor:
-    """:func:`attend_many_queries` as three bf16 products per head (sums in fp32, each result
-    rounded to bf16), in blocks of queries when causal. Unlike the fused operator it rounds the
-    scores to bf16 before their softmax: that attention alone then differs several times more from
-    exact arithmetic, but a whole model's logits differ from fp32's about as much as with the fused
-    operator or somewhat more, the rest of a bf16 model's rounding being the larger part
+    """:func:`attend_many_queries` as three bf16 products per key/value head (sums in fp32, each
+    result rounded to bf16; the query heads that share it stacked in one product), in blocks of
+    queries when causal. Unlike the fused operator it rounds the scores to bf16 before their
+    softmax: that attention alone then differs several times more from exact arithmetic, but a
+    whole model's logits differ from fp32's about as much as with the fused operator or somewhat
+    more, the rest of a bf16 model's rounding being the larger part
     (``benchmarks/results/vision_attention.md``)."""
     batch, heads, length, size = query.shape
-    group = heads // keys.shape[1]
+    kv_heads = keys.shape[1]
+    group = heads // kv_heads
     scaled = query * scale
     mixed = query.new_empty(batch, length, heads, size)
-    block = _CAUSAL_BLOCK if causal else length
+    block = (_GROUPED_CAUSAL_BLOCK if group > 1 else _CAUSAL_BLOCK) if causal else length
     for start in range(0, length, block):
         end = min(start + block, length)
         seen = end if causal else keys.shape[2]
         later = torch.ones(end - start, end - start, dtype=torch.bool).triu_(1) if causal else None
-        scores = query.new_empty(end - start, seen)  # reused: fresh memory costs page faults
-        for item, head in itertools.product(range(batch), range(heads)):
-            kv_head = head // group
-            torch.mm(scaled[item, head, start:end], keys[item, kv_head, :seen].t(), out=scores)
+        scores = query.new_empty(group * (end - start), seen)  # reused: fresh memory costs page faults
+        for item, kv_head in itertools.product(range(batch), range(kv_heads)):
+            sharing = slice(kv_head * group, (kv_head + 1) * group)
+            torch.mm(scaled[item, sharing, start:end].flatten(0, 1), keys[item, kv_head, :seen].t(), out=scores)
             if later is not None:
-                scores[:, start:end].masked_fill_(later, float("-inf"))
+                scores.view(group, -1, seen)[:, :, start:end].masked_fill_(later, float("-inf"))
             torch.softmax(scores, dim=-1, out=scores)
-            torch.mm(scores, values[item, kv_head, :seen], out=mixed[item, start:end, head])
+            _weighted_values(scores, values[item, kv_head, :seen], into=mixed[item, start:end, sharing])
     return mixed.transpose(1, 2)
+
+
+def _weighted_values(scores: torch.Tensor, values: torch.Tensor, into: torch.Tensor) -> None:
+    """``scores`` (the stacked rows of ``into``'s heads) times ``values``, written into ``into``
+    (queries x heads x dim): straight into it for one head, through a copy for several."""
+    if into.shape[1] == 1:
+        torch.mm(scores, values, out=into[:, 0])
+    else:
+        into.copy_(torch.mm(scores, values).view(into.shape[1], -1, values.shape[1]).transpose(0, 1))
 
 
 def transformers_attention(
