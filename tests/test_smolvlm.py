@@ -7,6 +7,7 @@ import json
 import shutil
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -262,3 +263,46 @@ def test_the_vision_encoder_gets_contiguous_patches_and_computes_the_same_number
             vision.embeddings._forward_hooks.update(hooks)
     assert not patches.is_contiguous(), "transformers' patches are a transposed view (else this fix is moot)"
     assert torch.equal(laid_out, as_transformers)
+
+
+def image_features_both_ways(
+    model: SmolVLM, inputs: Any, monkeypatch: pytest.MonkeyPatch | None = None
+) -> tuple[Any, Any]:
+    """``get_image_features`` as vlm-notebook binds it, and as transformers defines it; with
+    ``monkeypatch``, transformers' own fails while vlm-notebook's runs (it must not be needed)."""
+    inner = model.model.model
+    pixels, mask = inputs["pixel_values"], inputs.get("pixel_attention_mask")
+    with torch.inference_mode():
+        theirs = type(inner).get_image_features(inner, pixels, mask, return_dict=True)
+        if monkeypatch is not None:
+            monkeypatch.setattr(type(inner), "get_image_features", None)
+        return inner.get_image_features(pixels, mask, return_dict=True), theirs
+
+
+@pytest.mark.parametrize("with_mask", [True, False], ids=["pixel mask", "no pixel mask"])
+def test_whole_tiles_give_transformers_own_image_features(
+    shapes_smolvlm: SmolVLM, with_mask: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tiled = {"do_image_splitting": True, "size": {"longest_edge": 300}}
+    inputs = dict(shapes_smolvlm.processor(
+        text="User:<image>Describe.", images=[picture()], return_tensors="pt", **tiled
+    ))
+    assert inputs["pixel_values"].shape[1] > 1, "several tiles"
+    if not with_mask:
+        del inputs["pixel_attention_mask"]
+    ours, theirs = image_features_both_ways(shapes_smolvlm, inputs, monkeypatch)
+    assert torch.equal(ours.last_hidden_state, theirs.last_hidden_state)
+    assert len(ours.pooler_output) == len(theirs.pooler_output) == 1
+    assert torch.equal(ours.pooler_output[0], theirs.pooler_output[0])
+
+
+def test_padding_tiles_go_to_transformers_own_image_features(shapes_smolvlm: SmolVLM) -> None:
+    tiled = {"do_image_splitting": True, "size": {"longest_edge": 300}, "padding": True}
+    wide = shapes.draw(shapes.Scene("square", "blue", "white")).image.resize((300, 60))
+    inputs = shapes_smolvlm.processor(
+        text=["User:<image>Describe."] * 2, images=[[picture()], [wide]], return_tensors="pt", **tiled
+    )
+    assert not inputs["pixel_values"][1].flatten(1).any(dim=1).all(), "the wide picture has padding tiles"
+    ours, theirs = image_features_both_ways(shapes_smolvlm, inputs)
+    assert [part.shape for part in ours.pooler_output] == [part.shape for part in theirs.pooler_output]
+    assert all(torch.equal(a, b) for a, b in zip(ours.pooler_output, theirs.pooler_output, strict=True))
