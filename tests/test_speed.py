@@ -10,6 +10,7 @@ import io
 import json
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import ipywidgets as widgets
@@ -272,16 +273,18 @@ def test_the_widget_encodes_an_upload_ahead_so_run_reuses_it(shapes_smolvlm: Smo
 @pytest.mark.usefixtures("two_prefill_threads_one_decode")
 def test_prefill_uses_the_prefill_threads_and_decoding_the_decode_threads(shapes_smolvlm: SmolVLM) -> None:
     shapes_smolvlm.image_cache.clear()
-    threads: list[int] = []  # torch's threads at each use of the output layer: once per forward pass
+    prompt: list[int] = []  # torch's threads at each pass of transformers' text model: the prompt's
+    output: list[int] = []  # and at each use of the output layer: the question's words', then tokens'
 
-    def record(module: torch.nn.Module, args: object) -> None:
-        threads.append(torch.get_num_threads())
+    def recorder(threads: list[int]) -> Callable[[torch.nn.Module, object], None]:
+        return lambda module, args: threads.append(torch.get_num_threads())
 
     before = torch.get_num_threads()
-    with hook(shapes_smolvlm.model.lm_head, record):
+    with hook(shapes_smolvlm.model.model.text_model, recorder(prompt)), \
+            hook(shapes_smolvlm.model.lm_head, recorder(output)):
         assert shapes_smolvlm.caption(picture()) == "A red circle on a white background."
-    prefills, decodes = threads[:2], threads[2:]  # the prefix (image), the question's words, then tokens
-    assert prefills == [2, 2] and decodes and set(decodes) == {1}
+    assert prompt == [2, 2], "the prefix (with the picture), then the question's words"
+    assert output[0] == 2 and output[1:] and set(output[1:]) == {1}
     assert torch.get_num_threads() == before, "torch's thread count is put back"
 
 
