@@ -21,8 +21,8 @@ from PIL import Image
 
 from vlm_notebook import ImageError, RequestError, cpu, shapes
 from vlm_notebook.cache import PrefixCache, PrefixEntry, cache_bytes, image_digest
-from vlm_notebook.models import Qwen2VL, SmolVLM
-from vlm_notebook.models._prefix import split_prompt
+from vlm_notebook.models import Qwen2VL, SmolVLM, attention
+from vlm_notebook.models._prefix import encode_prefix, split_prompt
 from vlm_notebook.models.hf import TransformersVLM
 from vlm_notebook.options import GenerationOptions
 from vlm_notebook.stream import TextStream
@@ -78,10 +78,53 @@ def test_the_reused_prompt_has_the_model_card_ids(model: TransformersVLM) -> Non
         parts = split_prompt(model._chat_text(question), model.image_token)
         assert parts is not None
         with torch.inference_mode():
-            inputs, _ = model._continuation(image, parts, None)
+            inputs, _, _ = model._continuation(image, parts, None)
         assert set(inputs) == set(whole) - {key for key in whole if key.startswith("pixel_")}
         for key, value in inputs.items():
             assert torch.equal(value, whole[key]), key
+
+
+def assert_one_pass_gives_the_numbers_of_two(model: TransformersVLM, photo: Image.Image) -> int:
+    """On a miss the prefix and the question's words go through in one pass; its next-token logits
+    and the prefix's stored KV cache are those of the two passes of a hit. Returns the prompt's length."""
+    assert attention.attends_through_it(model.model)
+    parts = split_prompt(model._chat_text("What colour is the shape?"), model.image_token)
+    assert parts is not None
+    with torch.inference_mode(), model.runtime.phases(model.model):
+        _, _, whole = model._continuation(photo, parts, None, in_one_pass=True)
+        inputs, cache, reused = model._continuation(photo, parts, None, in_one_pass=True)
+        assert whole is not None and reused is None, "a miss in one pass, then a hit"
+        cached = cache.get_seq_length()
+        positions, _ = model._prompt_positions(inputs)
+        placed = {} if positions is None else {"position_ids": positions[..., cached:]}
+        words = model.model(input_ids=inputs["input_ids"][:, cached:], cache=cache, logits_to_keep=1, **placed)
+        model._forget_position_state()
+        alone, _ = encode_prefix(model.model, model.processor, photo, parts.before + model.image_token,
+                                 model._processor_kwargs(), model.runtime)
+        model._forget_position_state()
+        stored, hit, _ = model._image_work(photo, parts.before)
+    assert torch.equal(whole.logits, words.logits[:, -1])
+    assert hit and all(torch.equal(kept.keys, own.keys) and torch.equal(kept.values, own.values)
+                       for kept, own in zip(stored.kv_cache.layers, alone.kv_cache.layers, strict=True))
+    return int(inputs["input_ids"].shape[1])
+
+
+@pytest.mark.parametrize("family", [SmolVLM, Qwen2VL], ids=["smolvlm", "qwen2vl"])
+def test_a_new_pictures_prompt_in_one_pass_gives_the_numbers_of_two(family: type[TransformersVLM]) -> None:
+    model = family(f"shapes-{family.family}", dtype="bfloat16")
+    model.load()
+    assert_one_pass_gives_the_numbers_of_two(model, picture())
+
+
+def test_a_long_prompt_in_one_pass_gives_the_numbers_of_two_with_bf16_scores(
+    tiled_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(attention, "has_fast_bf16", lambda: True)
+    monkeypatch.setattr(attention, "MANY_QUERIES", 64)  # the 13 tiles' prompt is shorter than the real bound
+    card = SmolVLM(str(tiled_checkpoint), defaults="card", dtype="bfloat16")
+    card.load()
+    length = assert_one_pass_gives_the_numbers_of_two(card, picture().resize((640, 480)))
+    assert length > attention._GROUPED_CAUSAL_BLOCK, "bf16 scores, in two causal blocks"
 
 
 @pytest.mark.timeout(120)
@@ -283,7 +326,8 @@ def test_prefill_uses_the_prefill_threads_and_decoding_the_decode_threads(shapes
     with hook(shapes_smolvlm.model.model.text_model, recorder(prompt)), \
             hook(shapes_smolvlm.model.lm_head, recorder(output)):
         assert shapes_smolvlm.caption(picture()) == "A red circle on a white background."
-    assert prompt == [2, 2], "the prefix (with the picture), then the question's words"
+    passes = 1 if attention.attends_through_it(shapes_smolvlm.model) else 2  # whole prompt, or prefix then words
+    assert prompt == [2] * passes
     assert output[0] == 2 and output[1:] and set(output[1:]) == {1}
     assert torch.get_num_threads() == before, "torch's thread count is put back"
 
@@ -318,7 +362,7 @@ def test_the_reused_prompt_has_the_model_card_ids_with_many_tiles(tiled_checkpoi
     parts = split_prompt(card._chat_text(question), card.image_token)
     assert parts is not None
     with torch.inference_mode():
-        inputs, _ = card._continuation(photo, parts, None)
+        inputs, _, _ = card._continuation(photo, parts, None)
     whole = card._inputs(photo, question)
     assert torch.equal(inputs["input_ids"], whole["input_ids"]) and whole["pixel_values"].shape[1] == 13
 

@@ -5,11 +5,14 @@ expands the placeholder into the image's tokens, which always end on a special t
 ids of the whole prompt are the ids of ``before + placeholder`` (the *prefix*) followed by the
 ids of ``after`` tokenized on its own. The prefix goes through the model once (vision encoder
 and language model); its KV cache is kept, and every question about the same picture only
-prefills the ids of its own ``after``.
+prefills the ids of its own ``after``. The first question can also go through with the prefix in
+one pass whose attention is split at the prefix (``encode_prefix(..., suffix_ids)``): the same
+numbers, one pass less.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +24,7 @@ from PIL import Image
 
 from ..cache import PrefixEntry
 from ..runtime import Runtime
+from .attention import keeping_prefix
 
 _TEXT_KEYS = ("input_ids", "attention_mask")
 
@@ -41,6 +45,14 @@ def split_prompt(text: str, placeholder: str) -> SplitPrompt | None:
     return SplitPrompt(parts[0], parts[1])
 
 
+@dataclass(frozen=True)
+class WholePrompt:
+    """A whole prompt's pass on a cache miss: its KV cache and the next token's logits (1 x vocabulary)."""
+
+    cache: Any
+    logits: torch.Tensor
+
+
 def encode_prefix(
     model: Any,
     processor: Any,
@@ -48,10 +60,14 @@ def encode_prefix(
     prefix_text: str,
     processor_kwargs: dict[str, Any],
     runtime: Runtime,
-) -> PrefixEntry:
+    suffix_ids: torch.Tensor | None = None,
+) -> tuple[PrefixEntry, WholePrompt | None]:
     """Run the prefix (chat opening and image) through ``model``; return its ids and KV cache.
 
     ``prefix_text`` ends with the image placeholder. Times the vision encoder apart from the rest.
+    With ``suffix_ids`` (the question's words, 1 x n), the whole prompt goes through in one pass,
+    its attention split at the prefix (:func:`attention.keeping_prefix`), so that the prefix's KV
+    cache and the next token's logits are those of two passes; also returns that pass.
     """
     inputs = runtime.place(processor(text=prefix_text, images=[picture], return_tensors="pt", **processor_kwargs))
     ids = inputs["input_ids"]
@@ -60,20 +76,28 @@ def encode_prefix(
         key: value for key, value in inputs.items()
         if key not in _TEXT_KEYS and key not in per_token and not key.startswith("pixel_")
     }
-    started = time.perf_counter()
-    with _timed(vision_module(model)) as vision:
-        output = without_head(model)(**inputs, use_cache=True)
-    total = time.perf_counter() - started
-    return PrefixEntry(
+    entry = PrefixEntry(
         input_ids=ids,
-        kv_cache=output.cache,
+        kv_cache=None,
         token_inputs=per_token,
         image_inputs=per_image,
         image_tokens=int((ids == processor.tokenizer.convert_tokens_to_ids(processor.image_token)).sum()),
         tiles=_tiles(inputs.get("pixel_values")),
-        vision_seconds=vision[0],
-        prefill_seconds=max(total - vision[0], 0.0),
     )
+    started = time.perf_counter()
+    whole = None
+    with _timed(vision_module(model)) as vision:
+        if suffix_ids is None:
+            entry.kv_cache = without_head(model)(**inputs, use_cache=True).cache
+        else:
+            with keeping_prefix(ids.shape[1]):
+                output = model(**{**inputs, **continuation_inputs(entry, suffix_ids)}, use_cache=True, logits_to_keep=1)
+            whole = WholePrompt(output.cache, output.logits[:, -1])
+            entry.kv_cache = copy.deepcopy(output.cache)
+            entry.kv_cache.crop(-suffix_ids.shape[1])
+    entry.vision_seconds = vision[0]
+    entry.prefill_seconds = max(time.perf_counter() - started - vision[0], 0.0)
+    return entry, whole
 
 
 def continuation_inputs(entry: PrefixEntry, suffix_ids: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -10,6 +10,9 @@ and image prefix). Models on transformers get both through :func:`attend_with_it
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -24,6 +27,8 @@ from ..cpu import has_fast_bf16
 TRANSFORMERS_NAME = "vlm_notebook_sdpa"
 #: Arguments that change what attention computes: a call with one of them set goes to "sdpa".
 _CHANGES_ATTENTION = ("softcap", "s_aux", "sinks", "position_bias", "output_attentions")
+#: While :func:`keeping_prefix` runs: the length of the prompt's prefix that is kept for reuse.
+_kept_prefix: ContextVar[int | None] = ContextVar("vlm_notebook_kept_prefix", default=None)
 
 
 def attend_one_query(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float) -> torch.Tensor:
@@ -135,6 +140,9 @@ def transformers_attention(
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     said = kwargs.get("is_causal")
     causal = bool(getattr(module, "is_causal", True) if said is None else said)
+    kept = _kept_prefix.get()
+    if plain and causal and kept is not None and kept < query.shape[2] == key.shape[2]:
+        return _prefix_then_rest(module, query, key, value, kept, scaling, **kwargs)
     if plain and query.shape[0] == 1 and query.shape[2] == 1:
         mixed = attend_one_query(query, key[0], value[0], scale)
     elif plain and bf16_scores_pay(query, key, causal):
@@ -145,6 +153,42 @@ def transformers_attention(
         )
         return general
     return mixed.transpose(1, 2).contiguous(), None  # (batch, queries, heads, dim), as "sdpa" returns it
+
+
+@contextmanager
+def keeping_prefix(length: int) -> Iterator[None]:
+    """While the block runs, a whole prompt's causal pass through :func:`transformers_attention`
+    attends as its first ``length`` tokens alone and then the rest over their cache would: the
+    numbers of two passes (the prefix kept for reuse, then the question's words) in one."""
+    token = _kept_prefix.set(length)
+    try:
+        yield
+    finally:
+        _kept_prefix.reset(token)
+
+
+def _prefix_then_rest(
+    module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kept: int,
+    scaling: float | None, **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """:func:`transformers_attention` of the first ``kept`` queries over their own keys, then of the
+    rest over all keys with the boolean mask and the contiguous keys a cache would give them."""
+    prefix, _ = transformers_attention(
+        module, query[:, :, :kept], key[:, :, :kept], value[:, :, :kept], None, 0.0, scaling, **kwargs
+    )
+    rest = query.shape[2] - kept
+    seen = torch.ones(rest, key.shape[2], dtype=torch.bool, device=query.device).tril(kept)[None, None]
+    words, _ = transformers_attention(
+        module, query[:, :, kept:], key.contiguous(), value.contiguous(), seen, 0.0, scaling, **kwargs
+    )
+    return torch.cat([prefix, words], dim=1), None
+
+
+def attends_through_it(model: PreTrainedModel) -> bool:
+    """Whether ``model``'s text decoder attends through :func:`transformers_attention` (see
+    :func:`attend_with_it`), so that :func:`keeping_prefix` applies to it."""
+    decoder = model.get_decoder()
+    return isinstance(decoder, PreTrainedModel) and decoder.config._attn_implementation == TRANSFORMERS_NAME
 
 
 def attend_with_it(model: PreTrainedModel, vision: torch.nn.Module | None) -> None:

@@ -40,8 +40,8 @@ from ..request import Request
 from ..runtime import Runtime, check_fits, choose_runtime, fit_weights, float32_if_not_finite
 from ..stream import TokenSink
 from . import _conversation
-from ._prefix import SplitPrompt, continuation_inputs, encode_prefix, split_prompt, vision_module
-from .attention import attend_with_it
+from ._prefix import SplitPrompt, WholePrompt, continuation_inputs, encode_prefix, split_prompt, vision_module
+from .attention import attend_with_it, attends_through_it
 from .base import VLM
 from .idefics3_pixels import pixels_by_table
 from .llama_step import LlamaStep, step_for
@@ -172,10 +172,13 @@ class TransformersVLM(VLM):
             torch.inference_mode(), _seeded(options.generator_seed, self.runtime), _interruptible(self.model, sink),
             self.runtime.phases(self.model, self._decode_threads) as to_decoding,
         ):
+            own_step = self._own_step()
+            whole: WholePrompt | None = None
             if split is None:  # a chat template without exactly one picture slot: no reuse
                 inputs, cache = self._text_inputs(picture, text), None
             else:
-                inputs, cache = self._continuation(picture, split, sink)
+                in_one_pass = own_step is not None and conversation is None and attends_through_it(self.model)
+                inputs, cache, whole = self._continuation(picture, split, sink, in_one_pass)
             prompt_ids = inputs["input_ids"]
             if conversation is not None:
                 cache = _conversation.resume(conversation, prompt_ids, cache, self._context_tokens, sink)
@@ -183,10 +186,11 @@ class TransformersVLM(VLM):
                 sink.set_prompt(prompt_ids.shape[1], int((prompt_ids == self._image_token_id).sum()))
             options = fit_to_context(options, prompt_ids.shape[1], self._context_tokens)
             config = self._generation_config(options)
-            own_step = self._own_step()
-            if own_step is not None and cache is not None and cache.get_seq_length() < prompt_ids.shape[1]:
+            words_left = cache is not None and cache.get_seq_length() < prompt_ids.shape[1]
+            if own_step is not None and cache is not None and (whole is not None or words_left):
                 token_ids = self._decode_here(
-                    inputs, cache, own_step, options, config, sink, to_decoding, keep_cache=conversation is not None
+                    inputs, cache, own_step, options, config, sink, to_decoding, keep_cache=conversation is not None,
+                    whole=whole,
                 )
             else:
                 token_ids = self._generate_ids(inputs, cache, config, sink)
@@ -238,52 +242,61 @@ class TransformersVLM(VLM):
         sink: TokenSink | None,
         to_decoding: Callable[[], None],
         keep_cache: bool = False,
+        whole: WholePrompt | None = None,
     ) -> list[int]:
-        """Prefill the words after the cached prefix, then decode through the engine with the
-        family's own step (same layers, same greedy tokens as ``generate``, less work per token).
-        With ``keep_cache`` (a conversation's turn), ``cache`` then holds the answer's tokens too."""
+        """Prefill the words after the cached prefix (unless ``whole``: the whole prompt's pass was
+        done), then decode through the engine with the family's own step (same layers, same greedy
+        tokens as ``generate``, less work per token). With ``keep_cache`` (a conversation's turn),
+        ``cache`` then holds the answer's tokens too."""
         prompt_ids, cached = inputs["input_ids"], cache.get_seq_length()
-        started = time.perf_counter()
         positions, offset = self._prompt_positions(inputs)
-        placed = {} if positions is None else {"position_ids": positions[..., cached:]}
-        output = self.model(
-            input_ids=prompt_ids[:, cached:], cache=cache, use_cache=True, logits_to_keep=1, **placed
-        )
-        if sink is not None:
-            sink.add_prefill_time(time.perf_counter() - started)
-        step = own_step(output.cache, prompt_ids.shape[1] + options.max_new_tokens, offset)
+        if whole is None:
+            started = time.perf_counter()
+            placed = {} if positions is None else {"position_ids": positions[..., cached:]}
+            output = self.model(
+                input_ids=prompt_ids[:, cached:], cache=cache, use_cache=True, logits_to_keep=1, **placed
+            )
+            if sink is not None:
+                sink.add_prefill_time(time.perf_counter() - started)
+            whole = WholePrompt(output.cache, output.logits[:, -1])
+        step = own_step(whole.cache, prompt_ids.shape[1] + options.max_new_tokens, offset)
         token_ids = engine.generate(
-            output.logits[:, -1], step, options, stop_ids(config.eos_token_id), sink, Detokenizer(self._tokenizer),
+            whole.logits, step, options, stop_ids(config.eos_token_id), sink, Detokenizer(self._tokenizer),
             before_step=to_decoding,
         )
         if keep_cache:
-            step.extend(output.cache)
+            step.extend(whole.cache)
         return token_ids
 
     def _continuation(
-        self, picture: Image.Image, split: SplitPrompt, sink: TokenSink | None
-    ) -> tuple[dict[str, torch.Tensor], Any]:
-        """Inputs for the whole prompt without pixels, and a private copy of the prefix's KV cache."""
-        entry, hit = self._image_work(picture, split.before)
+        self, picture: Image.Image, split: SplitPrompt, sink: TokenSink | None, in_one_pass: bool = False
+    ) -> tuple[dict[str, torch.Tensor], Any, WholePrompt | None]:
+        """Inputs for the whole prompt without pixels, and a private copy of the prefix's KV cache;
+        or, ``in_one_pass`` on a cache miss, the whole prompt's pass (its cache and next logits)."""
+        suffix = self.processor.tokenizer(split.after, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        suffix = suffix.to(self.runtime.device)
+        entry, hit, whole = self._image_work(picture, split.before, suffix if in_one_pass else None)
         if sink is not None:
             vision, prefill = (0.0, 0.0) if hit else (entry.vision_seconds, entry.prefill_seconds)
             sink.set_image_work(cache_hit=hit, tiles=entry.tiles, vision_seconds=vision, prefill_seconds=prefill)
-        suffix = self.processor.tokenizer(split.after, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        suffix = suffix.to(self.runtime.device)
         self._forget_position_state()
-        return continuation_inputs(entry, suffix), entry.fresh_cache()
+        inputs = continuation_inputs(entry, suffix)
+        return (inputs, whole.cache, whole) if whole is not None else (inputs, entry.fresh_cache(), None)
 
-    def _image_work(self, picture: Image.Image, before: str) -> tuple[PrefixEntry, bool]:
-        """The prefix entry for ``picture`` (from the store, or computed and stored); whether it was stored."""
+    def _image_work(
+        self, picture: Image.Image, before: str, suffix: torch.Tensor | None = None
+    ) -> tuple[PrefixEntry, bool, WholePrompt | None]:
+        """The prefix entry for ``picture`` (from the store, or computed and stored); whether it was
+        stored; on a miss with ``suffix`` (the question's ids), the whole prompt's pass."""
         kwargs = self._processor_kwargs()
         key = (image_digest(picture), before, repr(sorted(kwargs.items())))
         entry = self.image_cache.get(key)
         if entry is not None:
-            return entry, True
+            return entry, True, None
         prefix = before + self._image_placeholder()
-        entry = encode_prefix(self.model, self.processor, picture, prefix, kwargs, self.runtime)
+        entry, whole = encode_prefix(self.model, self.processor, picture, prefix, kwargs, self.runtime, suffix)
         self.image_cache.put(key, entry)
-        return entry, False
+        return entry, False, whole
 
     def _prepare(self, picture: Image.Image) -> None:
         split = split_prompt(self._chat_text("?"), self._image_placeholder())
