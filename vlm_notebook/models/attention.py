@@ -4,7 +4,9 @@ Two cases, each with its own choice: one new token over the keys and values befo
 decoding loop needs it (:func:`attend_one_query`: SmolVLM's and Qwen2-VL's own step, native
 Moondream's decoding), and many queries with no mask, each over every key as a vision encoder
 needs it or causal as a prompt's prefill (:func:`attend_many_queries`: native Moondream's encoder
-and image prefix). Models on transformers get both through :func:`attend_with_it`.
+and image prefix). Models on transformers get both through :func:`attend_with_it`, and with it
+:func:`keeping_prefix`: a new picture's prefix and first question in one pass, split so that the
+numbers are those of two.
 """
 
 from __future__ import annotations
@@ -134,7 +136,8 @@ def transformers_attention(
 ) -> tuple[torch.Tensor, None]:
     """transformers' "sdpa" attention, but one decoded token's (a batch of one, no mask: every
     position seen) through :func:`attend_one_query`, and many queries with no mask (a vision
-    encoder's; a prompt's, causal) through :func:`scores_in_bf16` where that pays."""
+    encoder's; a prompt's, causal) through :func:`scores_in_bf16` where that pays; inside
+    :func:`keeping_prefix`, a whole prompt's causal pass as the prefix's and then the rest's."""
     changed = [kwargs.get(name) for name in _CHANGES_ATTENTION]
     plain = attention_mask is None and not dropout and all(setting is None or setting is False for setting in changed)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
