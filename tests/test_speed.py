@@ -91,9 +91,9 @@ def assert_one_pass_gives_the_numbers_of_two(model: TransformersVLM, photo: Imag
     parts = split_prompt(model._chat_text("What colour is the shape?"), model.image_token)
     assert parts is not None
     with torch.inference_mode(), model.runtime.phases(model.model):
-        _, _, whole = model._continuation(photo, parts, None, in_one_pass=True)
+        _, _, in_one_pass = model._continuation(photo, parts, None, in_one_pass=True)
         inputs, cache, reused = model._continuation(photo, parts, None, in_one_pass=True)
-        assert whole is not None and reused is None, "a miss in one pass, then a hit"
+        assert in_one_pass is not None and reused is None, "a miss in one pass, then a hit"
         cached = cache.get_seq_length()
         positions, _ = model._prompt_positions(inputs)
         placed = {} if positions is None else {"position_ids": positions[..., cached:]}
@@ -103,7 +103,7 @@ def assert_one_pass_gives_the_numbers_of_two(model: TransformersVLM, photo: Imag
                                  model._processor_kwargs(), model.runtime)
         model._forget_position_state()
         stored, hit, _ = model._image_work(photo, parts.before)
-    assert torch.equal(whole.logits, words.logits[:, -1])
+    assert torch.equal(in_one_pass, words.logits[:, -1])
     assert hit and all(torch.equal(kept.keys, own.keys) and torch.equal(kept.values, own.values)
                        for kept, own in zip(stored.kv_cache.layers, alone.kv_cache.layers, strict=True))
     return int(inputs["input_ids"].shape[1])

@@ -173,12 +173,12 @@ class TransformersVLM(VLM):
             self.runtime.phases(self.model, self._decode_threads) as to_decoding,
         ):
             own_step = self._own_step()
-            whole: WholePrompt | None = None
+            first_logits: torch.Tensor | None = None  # set when the cache already holds the whole prompt
             if split is None:  # a chat template without exactly one picture slot: no reuse
                 inputs, cache = self._text_inputs(picture, text), None
             else:
                 in_one_pass = own_step is not None and conversation is None and attends_through_it(self.model)
-                inputs, cache, whole = self._continuation(picture, split, sink, in_one_pass)
+                inputs, cache, first_logits = self._continuation(picture, split, sink, in_one_pass)
             prompt_ids = inputs["input_ids"]
             if conversation is not None:
                 cache = _conversation.resume(conversation, prompt_ids, cache, self._context_tokens, sink)
@@ -187,10 +187,10 @@ class TransformersVLM(VLM):
             options = fit_to_context(options, prompt_ids.shape[1], self._context_tokens)
             config = self._generation_config(options)
             words_left = cache is not None and cache.get_seq_length() < prompt_ids.shape[1]
-            if own_step is not None and cache is not None and (whole is not None or words_left):
+            if own_step is not None and cache is not None and (first_logits is not None or words_left):
                 token_ids = self._decode_here(
                     inputs, cache, own_step, options, config, sink, to_decoding, keep_cache=conversation is not None,
-                    whole=whole,
+                    first_logits=first_logits,
                 )
             else:
                 token_ids = self._generate_ids(inputs, cache, config, sink)
@@ -242,15 +242,15 @@ class TransformersVLM(VLM):
         sink: TokenSink | None,
         to_decoding: Callable[[], None],
         keep_cache: bool = False,
-        whole: WholePrompt | None = None,
+        first_logits: torch.Tensor | None = None,
     ) -> list[int]:
-        """Prefill the words after the cached prefix (unless ``whole``: the whole prompt's pass was
-        done), then decode through the engine with the family's own step (same layers, same greedy
-        tokens as ``generate``, less work per token). With ``keep_cache`` (a conversation's turn),
-        ``cache`` then holds the answer's tokens too."""
+        """Prefill the words after the cached prefix (unless ``first_logits`` are given: ``cache``
+        then holds the whole prompt already), then decode through the engine with the family's own
+        step (same layers, same greedy tokens as ``generate``, less work per token). With
+        ``keep_cache`` (a conversation's turn), ``cache`` then holds the answer's tokens too."""
         prompt_ids, cached = inputs["input_ids"], cache.get_seq_length()
         positions, offset = self._prompt_positions(inputs)
-        if whole is None:
+        if first_logits is None:
             started = time.perf_counter()
             placed = {} if positions is None else {"position_ids": positions[..., cached:]}
             output = self.model(
@@ -258,21 +258,22 @@ class TransformersVLM(VLM):
             )
             if sink is not None:
                 sink.add_prefill_time(time.perf_counter() - started)
-            whole = WholePrompt(output.cache, output.logits[:, -1])
-        step = own_step(whole.cache, prompt_ids.shape[1] + options.max_new_tokens, offset)
+            cache, first_logits = output.cache, output.logits[:, -1]
+        step = own_step(cache, prompt_ids.shape[1] + options.max_new_tokens, offset)
         token_ids = engine.generate(
-            whole.logits, step, options, stop_ids(config.eos_token_id), sink, Detokenizer(self._tokenizer),
+            first_logits, step, options, stop_ids(config.eos_token_id), sink, Detokenizer(self._tokenizer),
             before_step=to_decoding,
         )
         if keep_cache:
-            step.extend(whole.cache)
+            step.extend(cache)
         return token_ids
 
     def _continuation(
         self, picture: Image.Image, split: SplitPrompt, sink: TokenSink | None, in_one_pass: bool = False
-    ) -> tuple[dict[str, torch.Tensor], Any, WholePrompt | None]:
-        """Inputs for the whole prompt without pixels, and a private copy of the prefix's KV cache;
-        or, ``in_one_pass`` on a cache miss, the whole prompt's pass (its cache and next logits)."""
+    ) -> tuple[dict[str, torch.Tensor], Any, torch.Tensor | None]:
+        """Inputs for the whole prompt without pixels, and a private copy of the prefix's KV cache
+        (then None); or, ``in_one_pass`` on a cache miss, the whole prompt's cache and the next
+        token's logits."""
         suffix = self.processor.tokenizer(split.after, add_special_tokens=False, return_tensors="pt")["input_ids"]
         suffix = suffix.to(self.runtime.device)
         entry, hit, whole = self._image_work(picture, split.before, suffix if in_one_pass else None)
@@ -281,7 +282,7 @@ class TransformersVLM(VLM):
             sink.set_image_work(cache_hit=hit, tiles=entry.tiles, vision_seconds=vision, prefill_seconds=prefill)
         self._forget_position_state()
         inputs = continuation_inputs(entry, suffix)
-        return (inputs, whole.cache, whole) if whole is not None else (inputs, entry.fresh_cache(), None)
+        return (inputs, whole.cache, whole.logits) if whole is not None else (inputs, entry.fresh_cache(), None)
 
     def _image_work(
         self, picture: Image.Image, before: str, suffix: torch.Tensor | None = None
