@@ -1,13 +1,15 @@
-"""Many queries' attention in bf16 on this CPU: torch's fused operator against bf16 scores.
+"""Many queries' attention in bf16 on this CPU: torch's fused operator, bf16 scores, one oneDNN partition.
 
     python benchmarks/vision_attention.py [--out FILE]
 
 ``fused`` is ``F.scaled_dot_product_attention``, as transformers' "sdpa" attention calls it;
 ``bf16 scores`` is ``vlm_notebook.models.attention.scores_in_bf16``: per key/value head, the scores
 as one bf16 product, their softmax and the weighted values (sums in fp32, each result rounded to
-bf16; causal attention in blocks of queries, each leaving out the keys after its last query).
-``attend_many_queries`` takes it for bf16 on a CPU with bf16 matrix instructions from
-``MANY_QUERIES`` queries on. Three parts:
+bf16; causal attention in blocks of queries, each leaving out the keys after its last query);
+``oneDNN partition`` is ``vlm_notebook.models.onednn_attention.attend``: the same attention traced
+once and run by TorchScript's oneDNN fusion as one partition (every query over every key only).
+``attend_many_queries`` takes the partition, where it fuses, or else the bf16 scores, for bf16 on a
+CPU with bf16 matrix instructions from ``MANY_QUERIES`` queries on. Four parts:
 
 1. The operator at the shapes that matter, on random inputs: SmolVLM-256M's vision encoder (a 512 px
    tile), Moondream 2's (a 378 px crop), SmolVLM-256M's text decoder on a prompt of the model
@@ -19,14 +21,16 @@ bf16; causal attention in blocks of queries, each leaving out the keys after its
    largest difference over the largest fp32 logit), and whether the top token stays fp32's. The
    random-weight SmolVLM-256M on three pictures; the shipped ``shapes-smolvlm`` and
    ``shapes-qwen2vl`` on 12 random pictures each (their encoders see fewer patches than
-   ``MANY_QUERIES``: lowered to 16 for them here, so that they go through the bf16 scores).
+   ``MANY_QUERIES``: lowered to 16 for them here, so that they go through vlm-notebook's).
 3. SmolVLM-256M's vision encoder on the card's 13 tiles: seconds a tile with all the tiles in one
-   call and one at a time (``smolvlm.encode_tile_by_tile``, the CPU default), same process.
+   call, and one at a time (``smolvlm.encode_tile_by_tile``, the CPU default) with the bf16 scores
+   and with the oneDNN partition (the default), same process.
 4. A full-size random-weight Moondream 2 (``ttft_random_moondream.py``'s checkpoint, built there
    once) in bf16: ``encode_image`` of a 640x480 picture (the crops' vision encoder and the image
    prefix, which attends both ways) with the fused operator and the crops all at once (before),
-   with the bf16 scores, and with the bf16 scores and the crops one at a time
-   (``inference.encoded_crops``, the CPU default); two rounds, medians.
+   with the bf16 scores, with the bf16 scores and the crops one at a time
+   (``inference.encoded_crops``, the CPU default), and with the oneDNN partition and the crops one
+   at a time (the default); two rounds, medians.
 
 Not part of ``make test``.
 """
@@ -48,7 +52,7 @@ from decode_attention import machine
 from PIL import Image
 
 from vlm_notebook import random_checkpoints, shapes
-from vlm_notebook.models import Moondream, Qwen2VL, SmolVLM, attention
+from vlm_notebook.models import Moondream, Qwen2VL, SmolVLM, attention, onednn_attention
 from vlm_notebook.models._prefix import vision_module
 from vlm_notebook.models.hf import TransformersVLM
 from vlm_notebook.models.moondream import inference
@@ -87,21 +91,31 @@ def operator_row(what: str, batch: int, heads: int, kv_heads: int, length: int, 
     query, keys, values = part(heads, 2.0), part(kv_heads, 2.0), part(kv_heads, 1.0)
     scale = size**-0.5
     grouped = heads != kv_heads
-
-    def fused() -> torch.Tensor:
-        return F.scaled_dot_product_attention(query, keys, values, scale=scale, is_causal=causal, enable_gqa=grouped)
-
-    def ours() -> torch.Tensor:
-        return attention.attend_many_queries(query, keys, values, scale, causal)
-
+    ways: dict[str, Callable[[], torch.Tensor | None]] = {
+        "fused": lambda: F.scaled_dot_product_attention(
+            query, keys, values, scale=scale, is_causal=causal, enable_gqa=grouped),
+        "bf16 scores": lambda: attention.scores_in_bf16(query, keys, values, scale, causal),
+        "oneDNN partition": lambda: None if causal else onednn_attention.attend(query, keys, values, scale),
+        "ours": lambda: attention.attend_many_queries(query, keys, values, scale, causal),
+    }
     exact = F.scaled_dot_product_attention(
         query.double(), keys.double(), values.double(), scale=scale, is_causal=causal, enable_gqa=grouped
     )
-    errors = [float((call().double() - exact).abs().max() / exact.abs().max()) for call in (fused, ours)]
-    fused_ms, ours_ms = median_ms(fused), median_ms(ours)
-    taken = "bf16 scores" if attention.bf16_scores_pay(query, keys, causal) else "fused"
-    return (f"| {what} | {heads}/{kv_heads} x {length} x {size}{', causal' if causal else ''} | {fused_ms:.2f} | "
-            f"{ours_ms:.2f} ({taken}) | {fused_ms / ours_ms:.2f} | {errors[0]:.1e} | {errors[1]:.1e} |")
+    cells: dict[str, tuple[str, str]] = {}
+    for way, call in ways.items():
+        result = call()
+        if result is None:
+            cells[way] = ("-", "-")
+            continue
+        error = float((result.double() - exact).abs().max() / exact.abs().max())
+        cells[way] = (f"{median_ms(call):.2f}", f"{error:.1e}")
+    taken = "fused" if not attention.bf16_scores_pay(query, keys, causal) else (
+        "bf16 scores" if cells["oneDNN partition"][0] == "-" else "oneDNN partition")
+    ratio = float(cells["fused"][0]) / float(cells["ours"][0])
+    times = " | ".join(cells[way][0] for way in ("fused", "bf16 scores", "oneDNN partition"))
+    errors = " | ".join(cells[way][1] for way in ("fused", "bf16 scores", "oneDNN partition"))
+    return (f"| {what} | {heads}/{kv_heads} x {length} x {size}{', causal' if causal else ''} | {times} | "
+            f"{taken} | {ratio:.2f} | {errors} |")
 
 
 def set_attention(model: TransformersVLM, implementation: str) -> None:
@@ -168,9 +182,18 @@ def tiles_row() -> str:
     def one_by_one() -> object:
         return encoder(pixel_values=tiles)
 
-    rounds = [(median_ms(one_call, 3), median_ms(one_by_one, 3)) for _ in range(2)]
-    at_once, by_tile = (statistics.median(times) / count / 1e3 for times in zip(*rounds, strict=True))
-    return f"| {count} | {at_once:.3f} | {by_tile:.3f} | {at_once / by_tile:.2f} |"
+    fused_partition = onednn_attention.attend
+
+    def one_by_one_scores() -> object:
+        onednn_attention.attend = lambda *args: None
+        try:
+            return encoder(pixel_values=tiles)
+        finally:
+            onednn_attention.attend = fused_partition
+
+    rounds = [(median_ms(one_call, 3), median_ms(one_by_one_scores, 3), median_ms(one_by_one, 3)) for _ in range(2)]
+    at_once, scores, by_tile = (statistics.median(times) / count / 1e3 for times in zip(*rounds, strict=True))
+    return f"| {count} | {at_once:.3f} | {scores:.3f} | {by_tile:.3f} | {at_once / by_tile:.2f} |"
 
 
 def moondream_rows() -> list[str]:
@@ -184,21 +207,32 @@ def moondream_rows() -> list[str]:
     def all_at_once(net: Any, pixels: torch.Tensor, check: Any = None) -> torch.Tensor:
         return net.vision.encode(pixels)  # type: ignore[no-any-return]
 
-    settings = (("fused operator, crops all at once", 10**9, all_at_once),
-                ("bf16 scores, crops all at once", attention.MANY_QUERIES, all_at_once),
-                ("bf16 scores, crops one at a time (default)", attention.MANY_QUERIES, one_at_a_time))
+    fused_partition = onednn_attention.attend
+
+    def no_partition(
+        query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float
+    ) -> torch.Tensor | None:
+        return None
+
+    settings = (("fused operator, crops all at once", 10**9, all_at_once, no_partition),
+                ("bf16 scores, crops all at once", attention.MANY_QUERIES, all_at_once, no_partition),
+                ("bf16 scores, crops one at a time", attention.MANY_QUERIES, one_at_a_time, no_partition),
+                ("oneDNN partition, crops one at a time (default)", attention.MANY_QUERIES, one_at_a_time,
+                 fused_partition))
     many_queries = attention.MANY_QUERIES
-    seconds: dict[str, list[float]] = {label: [] for label, _, _ in settings}
+    seconds: dict[str, list[float]] = {label: [] for label, *_ in settings}
     try:
         for _ in range(2):
-            for label, queries, encode in settings:
+            for label, queries, encode, partition in settings:
                 attention.MANY_QUERIES, inference.encoded_crops = queries, encode
+                onednn_attention.attend = partition
                 model.image_cache.clear()
                 start = time.perf_counter()
                 model.encode_image(picture)
                 seconds[label].append(time.perf_counter() - start)
     finally:
         attention.MANY_QUERIES, inference.encoded_crops = many_queries, one_at_a_time
+        onednn_attention.attend = fused_partition
     return [f"| {label} | {statistics.median(times):.2f} |" for label, times in seconds.items()]
 
 
@@ -207,12 +241,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "vision_attention.md")
     args = parser.parse_args(argv)
     lines = [
-        "# Many queries' attention in bf16: torch's fused operator against bf16 scores", "",
+        "# Many queries' attention in bf16: torch's fused operator, bf16 scores, one oneDNN partition", "",
         machine() + " · `python benchmarks/vision_attention.py`", "",
         f"## The operator (medians of {CALLS} calls)", "",
-        "| where | heads x queries x size | fused ms | vlm-notebook ms (which) | fused / ours | fused error | "
-        "ours error |",
-        "|---|---|---|---|---|---|---|",
+        "| where | heads x queries x size | fused ms | bf16 scores ms | oneDNN partition ms | vlm-notebook takes | "
+        "fused / vlm-notebook | fused error | bf16 scores error | partition error |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     with torch.inference_mode():
         for shape in SHAPES:
@@ -226,8 +260,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                   "|---|---|---|---|---|---|"]
         lines += logits_rows()
         lines += ["", "## SmolVLM-256M's vision encoder on the card's tiles (bf16, vlm-notebook's attention)", "",
-                  "| tiles | s a tile, all in one call | s a tile, one at a time | one call / one at a time |",
-                  "|---|---|---|---|", tiles_row()]
+                  "| tiles | s a tile, all in one call | s a tile, one at a time, bf16 scores | s a tile, one at a "
+                  "time (default) | one call / default |",
+                  "|---|---|---|---|---|", tiles_row()]
         print(lines[-1], flush=True)
         lines += ["", "## A full-size random-weight Moondream 2 in bf16: `encode_image` of a 640x480 picture", "",
                   "| attention and crops | seconds (median of 2) |", "|---|---|"]

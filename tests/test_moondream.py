@@ -426,21 +426,21 @@ def test_on_a_cpu_the_crops_are_encoded_one_at_a_time_with_the_numbers_of_all_at
 
 
 @pytest.mark.timeout(60)
-def test_in_bf16_the_crops_and_the_image_prefix_attend_through_bf16_scores(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_in_bf16_the_crops_and_the_image_prefix_attend_in_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
     """On a CPU with bf16 instructions (forced here), the vision encoder and the image prefix (which
-    attends both ways) go through ``scores_in_bf16`` (from 16 queries here, for the shipped
+    attends both ways) go through ``attend_in_bf16`` (from 16 queries here, for the shipped
     checkpoint's 64 patches); the first-token logits stay within bf16's differences of the fused
     operator's."""
     monkeypatch.setattr(attention, "has_fast_bf16", lambda: True)
     monkeypatch.setattr(attention, "MANY_QUERIES", 16)
     lengths: list[int] = []
-    bf16_scores = attention.scores_in_bf16
+    in_bf16 = attention.attend_in_bf16
 
     def noted(query: torch.Tensor, *args: Any) -> torch.Tensor:
         lengths.append(query.shape[2])
-        return bf16_scores(query, *args)
+        return in_bf16(query, *args)
 
-    monkeypatch.setattr(attention, "scores_in_bf16", noted)
+    monkeypatch.setattr(attention, "attend_in_bf16", noted)
     model = Moondream("shapes-moondream", dtype="bfloat16")
     model.load()
     picture = shapes.draw(RED_CIRCLE).image

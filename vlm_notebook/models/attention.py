@@ -24,6 +24,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from ..cpu import has_fast_bf16
+from . import onednn_attention
 
 #: The name transformers knows :func:`transformers_attention` by (its masks are "sdpa"'s).
 TRANSFORMERS_NAME = "vlm_notebook_sdpa"
@@ -65,16 +66,16 @@ def attend_many_queries(
     batch x heads x queries x dim, ``keys`` and ``values`` batch x kv heads x keys x dim (query head
     ``h`` reads kv head ``h // (heads / kv heads)``); the result as torch's fused operator returns
     it. That operator, but for bf16 on a CPU with bf16 matrix instructions and at least
-    ``MANY_QUERIES`` queries, where :func:`scores_in_bf16` takes about half its time
+    ``MANY_QUERIES`` queries, where :func:`attend_in_bf16` takes about half its time or less
     (``benchmarks/results/vision_attention.md``)."""
     if bf16_scores_pay(query, keys, causal):
-        return scores_in_bf16(query, keys, values, scale, causal)
+        return attend_in_bf16(query, keys, values, scale, causal)
     grouped = keys.shape[1] != query.shape[1]
     return F.scaled_dot_product_attention(query, keys, values, scale=scale, is_causal=causal, enable_gqa=grouped)
 
 
 def bf16_scores_pay(query: torch.Tensor, keys: torch.Tensor, causal: bool) -> bool:
-    """Whether :func:`scores_in_bf16` is the faster here (see :func:`attend_many_queries`)."""
+    """Whether :func:`attend_in_bf16` is the faster here (see :func:`attend_many_queries`)."""
     length = query.shape[2]
     on_fast_bf16 = query.device.type == "cpu" and query.dtype == torch.bfloat16 and has_fast_bf16()
     inference = not (query.requires_grad or keys.requires_grad)  # it writes into its own buffers
@@ -83,6 +84,19 @@ def bf16_scores_pay(query: torch.Tensor, keys: torch.Tensor, causal: bool) -> bo
 
 #: Fewer queries than this go to torch's fused operator, which is the faster there.
 MANY_QUERIES = 256
+
+
+def attend_in_bf16(
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float, causal: bool = False
+) -> torch.Tensor:
+    """:func:`attend_many_queries` where :func:`bf16_scores_pay`: every query over every key as one
+    oneDNN partition where it fuses (:func:`~vlm_notebook.models.onednn_attention.attend`), and
+    otherwise, causal attention included, as :func:`scores_in_bf16`; both round the scores to bf16
+    before their softmax."""
+    fused = None if causal else onednn_attention.attend(query, keys, values, scale)
+    return scores_in_bf16(query, keys, values, scale, causal) if fused is None else fused
+
+
 #: Queries per block of a causal :func:`scores_in_bf16`: each leaves out the keys after its last
 #: query (about half of them in all), and its scores stay in the CPU's caches; fewer where the
 #: query heads of a key/value head go through one product together (their rows add up).
@@ -136,7 +150,7 @@ def transformers_attention(
 ) -> tuple[torch.Tensor, None]:
     """transformers' "sdpa" attention, but one decoded token's (a batch of one, no mask: every
     position seen) through :func:`attend_one_query`, and many queries with no mask (a vision
-    encoder's; a prompt's, causal) through :func:`scores_in_bf16` where that pays; inside
+    encoder's; a prompt's, causal) through :func:`attend_in_bf16` where that pays; inside
     :func:`keeping_prefix`, a whole prompt's causal pass as the prefix's and then the rest's."""
     changed = [kwargs.get(name) for name in _CHANGES_ATTENTION]
     plain = attention_mask is None and not dropout and all(setting is None or setting is False for setting in changed)
@@ -149,7 +163,7 @@ def transformers_attention(
     if plain and query.shape[0] == 1 and query.shape[2] == 1:
         mixed = attend_one_query(query, key[0], value[0], scale)
     elif plain and bf16_scores_pay(query, key, causal):
-        mixed = scores_in_bf16(query, key, value, scale, causal)
+        mixed = attend_in_bf16(query, key, value, scale, causal)
     else:
         general: tuple[torch.Tensor, None] = sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout, scaling, **kwargs
