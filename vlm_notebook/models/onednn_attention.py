@@ -6,10 +6,10 @@ TorchScript's oneDNN fusion finds that pattern in a traced graph: in bf16 on a C
 matrix instructions it takes about two thirds of the time of three separate products and a softmax
 (``benchmarks/results/vision_attention.md``). :func:`attend` traces the attention once for each
 shape it meets (in row-major order, copied there where needed), has TorchScript fuse it, and keeps
-what it fused; where fusion does
-not happen (a torch without TorchScript's oneDNN fusion, or one that does not fuse it), it says so
-and the caller attends its own way. Each shape always takes the same way, so the same inputs give
-the same numbers whatever came before.
+what it fused. Where fusion does not happen (a torch without TorchScript's oneDNN fusion, or one
+that does not fuse it), and for the shapes met after the first :data:`MOST_SHAPES`, it says so and
+the caller attends its own way. In a process each shape always takes the same way, so the same
+inputs give the same numbers whatever came after them.
 """
 
 from __future__ import annotations
@@ -21,12 +21,14 @@ from typing import Any
 
 import torch
 
-#: How many shapes are kept traced; beyond them the oldest is traced again if it returns.
-_KEPT = 32
+#: How many shapes a process traces at most: each trace leaves memory behind that dropping it does
+#: not give back (about 10 MB a shape at Qwen2-VL-2B's vision heads, on this torch), so shapes met
+#: after these attend the caller's way (Qwen2-VL's encoder meets a new shape with each picture size).
+MOST_SHAPES = 8
 #: Calls before TorchScript's profiling executor has optimised a traced function (one to profile).
 _CALLS_TO_OPTIMISE = 3
 _lock = threading.Lock()
-#: For each shape met: the fused function, or None where fusion did not happen.
+#: For each shape traced: the fused function, or None where fusion did not happen.
 _fused: dict[tuple[Any, ...], Callable[..., torch.Tensor] | None] = {}
 
 
@@ -38,14 +40,15 @@ def attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale:
     partition runs it."""
     if not _fits(query, keys, values):
         return None
-    query, keys, values = (_row_major(part) for part in (query, keys, values))
     key = (*(tuple(part.shape) for part in (query, keys, values)), query.dtype, scale)
     if key not in _fused:
         with _lock:
-            if key not in _fused:
-                return _first_call(key, query, keys, values, scale)
+            if key not in _fused and len(_fused) < MOST_SHAPES:
+                return _first_call(key, _row_major(query), _row_major(keys), _row_major(values), scale)
     fused = _fused.get(key)
-    return None if fused is None else fused(query, keys, values).transpose(1, 2)
+    if fused is None:
+        return None
+    return fused(_row_major(query), _row_major(keys), _row_major(values)).transpose(1, 2)
 
 
 def available() -> bool:
@@ -94,7 +97,5 @@ def _first_call(
         fused = False
     finally:
         torch.jit.enable_onednn_fusion(was_on)
-    while len(_fused) >= _KEPT:
-        del _fused[next(iter(_fused))]
     _fused[key] = traced if fused else None
     return mixed.transpose(1, 2) if fused else None
