@@ -3,7 +3,7 @@
 oneDNN, the library under torch's CPU matrix products, runs a scaled dot-product attention (the
 scores' product, their scaling, their softmax and the weighted values) as one fused partition when
 TorchScript's oneDNN fusion finds that pattern in a traced graph: in bf16 on a CPU with bf16
-matrix instructions it takes about two thirds of the time of three separate products and a softmax
+matrix instructions it takes well under the time of three separate products and a softmax
 (``benchmarks/results/vision_attention.md``). :func:`attend` traces the attention once for each
 shape it meets (in row-major order, copied there where needed), has TorchScript fuse it, and keeps
 what it fused. Where fusion does not happen (a torch without TorchScript's oneDNN fusion, or one
