@@ -44,7 +44,8 @@ import io
 import random
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +171,18 @@ def logits_rows() -> list[str]:
     return rows
 
 
+@contextmanager
+def partition(on: bool) -> Iterator[None]:
+    """vlm-notebook's attention with the oneDNN partition where it fuses (as it runs), or without it
+    (the bf16 scores), while the block runs."""
+    available = onednn_attention.available
+    onednn_attention.available = available if on else lambda: False
+    try:
+        yield
+    finally:
+        onednn_attention.available = available
+
+
 def tiles_row() -> str:
     directory = str(random_checkpoints.random_checkpoint("smolvlm-256m", image_splitting=True))
     model = loaded(SmolVLM(directory, dtype="bfloat16", defaults="card"))
@@ -184,14 +197,9 @@ def tiles_row() -> str:
     def one_by_one() -> object:
         return encoder(pixel_values=tiles)
 
-    fused_partition = onednn_attention.attend
-
     def one_by_one_scores() -> object:
-        onednn_attention.attend = lambda *args: None
-        try:
+        with partition(on=False):
             return encoder(pixel_values=tiles)
-        finally:
-            onednn_attention.attend = fused_partition
 
     rounds = [(median_ms(one_call, 3), median_ms(one_by_one_scores, 3), median_ms(one_by_one, 3)) for _ in range(2)]
     at_once, scores, by_tile = (statistics.median(times) / count / 1e3 for times in zip(*rounds, strict=True))
@@ -209,32 +217,23 @@ def moondream_rows() -> list[str]:
     def all_at_once(net: Any, pixels: torch.Tensor, check: Any = None) -> torch.Tensor:
         return net.vision.encode(pixels)  # type: ignore[no-any-return]
 
-    fused_partition = onednn_attention.attend
-
-    def no_partition(
-        query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float
-    ) -> torch.Tensor | None:
-        return None
-
-    settings = (("fused operator, crops all at once", 10**9, all_at_once, no_partition),
-                ("bf16 scores, crops all at once", attention.MANY_QUERIES, all_at_once, no_partition),
-                ("bf16 scores, crops one at a time", attention.MANY_QUERIES, one_at_a_time, no_partition),
-                ("oneDNN partition, crops one at a time (default)", attention.MANY_QUERIES, one_at_a_time,
-                 fused_partition))
+    settings = (("fused operator, crops all at once", 10**9, all_at_once, False),
+                ("bf16 scores, crops all at once", attention.MANY_QUERIES, all_at_once, False),
+                ("bf16 scores, crops one at a time", attention.MANY_QUERIES, one_at_a_time, False),
+                ("oneDNN partition, crops one at a time (default)", attention.MANY_QUERIES, one_at_a_time, True))
     many_queries = attention.MANY_QUERIES
     seconds: dict[str, list[float]] = {label: [] for label, *_ in settings}
     try:
         for _ in range(2):
-            for label, queries, encode, partition in settings:
+            for label, queries, encode, fused in settings:
                 attention.MANY_QUERIES, inference.encoded_crops = queries, encode
-                onednn_attention.attend = partition
                 model.image_cache.clear()
-                start = time.perf_counter()
-                model.encode_image(picture)
-                seconds[label].append(time.perf_counter() - start)
+                with partition(on=fused):
+                    start = time.perf_counter()
+                    model.encode_image(picture)
+                    seconds[label].append(time.perf_counter() - start)
     finally:
         attention.MANY_QUERIES, inference.encoded_crops = many_queries, one_at_a_time
-        onednn_attention.attend = fused_partition
     return [f"| {label} | {statistics.median(times):.2f} |" for label, times in seconds.items()]
 
 
