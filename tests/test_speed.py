@@ -24,6 +24,7 @@ from vlm_notebook.cache import PrefixCache, PrefixEntry, cache_bytes, image_dige
 from vlm_notebook.models import Qwen2VL, SmolVLM, attention
 from vlm_notebook.models._prefix import encode_prefix, split_prompt
 from vlm_notebook.models.hf import TransformersVLM
+from vlm_notebook.models.smolvlm import cpu_longest_edge
 from vlm_notebook.options import GenerationOptions
 from vlm_notebook.stream import TextStream
 from vlm_notebook.widgets import SmolVLMWidget
@@ -259,13 +260,25 @@ def tiled_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.timeout(120)
-def test_cpu_defaults_show_smolvlm_one_tile_and_card_defaults_restore_tiling(tiled_checkpoint: Path) -> None:
+def test_cpu_defaults_show_smolvlm_one_512px_tiles_pixels_and_card_defaults_restore_tiling(
+    tiled_checkpoint: Path,
+) -> None:
     photo = picture().resize((640, 480))
     cpu, card = SmolVLM(str(tiled_checkpoint)), SmolVLM(str(tiled_checkpoint), defaults="card")
     cpu_stream, card_stream = cpu.caption(photo, stream=True), card.caption(photo, stream=True)
     cpu_stream.wait(60), card_stream.wait(60)
-    assert cpu_stream.stats.tiles == 1 and cpu_stream.stats.image_tokens == 16
+    assert cpu_stream.stats.tiles == 3 * 3 + 1, "a longest edge of 3 tiles: 10 tiles of 128 px fit in 512 x 512"
+    assert cpu_stream.stats.image_tokens == 10 * 16
     assert card_stream.stats.tiles == 4 * 3 + 1 and card_stream.stats.image_tokens == 13 * 16
+
+
+def test_on_a_cpu_smolvlms_own_checkpoints_see_one_tile_and_small_tiles_keep_their_splitting() -> None:
+    assert cpu_longest_edge(512, 2048) == 512, "SmolVLM-256M and -500M"
+    assert cpu_longest_edge(384, 1536) == 384, "SmolVLM-Instruct (2.2B)"
+    assert cpu_longest_edge(364, 4 * 364) == 364, "Idefics3-8B"
+    assert cpu_longest_edge(128, 256) == 256, "shapes-smolvlm: its own sizes"
+    assert cpu_longest_edge(128, 128) == 128
+    assert cpu_longest_edge(128, 1024) == 384
 
 
 def test_cpu_defaults_keep_the_shipped_checkpoints_exact(shapes_smolvlm: SmolVLM, shapes_qwen2vl: Qwen2VL) -> None:

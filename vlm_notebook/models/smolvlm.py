@@ -20,10 +20,11 @@ from .llama_step import llama_text_model
 class SmolVLM(TransformersModel):
     """SmolVLM / SmolVLM2 instruct checkpoints; default ``smolvlm-256m`` from the Hub.
 
-    The generic transformers family with SmolVLM's extras: one tile per picture on a CPU, a clear
-    error for SmolVLM2's video-only dependencies, and its own decoding step (``llama_step``).
+    The generic transformers family with SmolVLM's extras: one 512 px tile's worth of pixels per
+    picture on a CPU, a clear error for SmolVLM2's video-only dependencies, and its own decoding step
+    (``llama_step``).
 
-    ``defaults="cpu"`` (the default) shows the vision encoder one tile per picture;
+    ``defaults="cpu"`` (the default) shows the vision encoder one 512 px tile's worth per picture;
     ``defaults="card"`` restores the model card's image sizes (many tiles per photo), which a CPU
     encodes one after another (:func:`encode_tile_by_tile`).
 
@@ -37,11 +38,12 @@ class SmolVLM(TransformersModel):
     caption_options = caption_options.names("smolvlm")
 
     def _processor_kwargs(self) -> dict[str, Any]:
-        """On a CPU (``defaults="cpu"``), one tile: the longest edge is cut to the vision encoder's
-        tile size, so a photo costs one encoder pass instead of the model card's 13 for a 640x480
-        photo: SmolVLM-256M's first token after 3.3 s instead of 45 s on a shared 2-core CPU
-        (``benchmarks/results/cpu_speed_smolvlm.md``; about 1.8 s on a quiet one). Fine detail
-        (small text) may need more tiles: ``defaults="card"`` keeps the checkpoint's own sizes
+        """On a CPU (``defaults="cpu"``), a picture's tiles hold at most the pixels of one 512 px tile
+        (:func:`cpu_longest_edge`): SmolVLM's own checkpoints see one tile, so a photo costs one encoder
+        pass instead of the model card's 13 for a 640x480 photo: SmolVLM-256M's first token after
+        3.3 s instead of 45 s on a shared 2-core CPU (``benchmarks/results/cpu_speed_smolvlm.md``;
+        about 1.8 s on a quiet one). A checkpoint with smaller tiles keeps as many as fit. Fine
+        detail (small text) may need more tiles: ``defaults="card"`` keeps the checkpoint's own sizes
         (its longest edge, then tiles of ``max_image_size``)."""
         if self.defaults == "card":
             return {}
@@ -49,7 +51,8 @@ class SmolVLM(TransformersModel):
         tile, longest = _edge(image_processor.max_image_size), _edge(image_processor.size)
         if tile is None or longest is None or longest <= tile:
             return {}
-        return {"size": {"longest_edge": tile}}
+        edge = cpu_longest_edge(tile, longest)
+        return {} if edge == longest else {"size": {"longest_edge": edge}}
 
     def _load(self) -> None:
         super()._load()
@@ -70,6 +73,20 @@ class SmolVLM(TransformersModel):
                 "that matches your torch), or use a SmolVLM v1 checkpoint such as 'smolvlm-256m'."
             )
         return super()._load_processor(directory)
+
+
+#: What a CPU's vision encoder is shown of one picture by default: the pixels of one 512 px tile.
+CPU_PIXELS = 512 * 512
+
+
+def cpu_longest_edge(tile: int, longest: int) -> int:
+    """The longest edge a CPU resizes pictures to: the checkpoint's own (``longest``) or less, in whole
+    tiles, so that a square picture's tiles and the whole picture's one (``(edge / tile)^2 + 1``
+    tiles) hold at most :data:`CPU_PIXELS`; one tile at least."""
+    edge = tile
+    while edge + tile <= longest and (((edge + tile) // tile) ** 2 + 1) * tile * tile <= CPU_PIXELS:
+        edge += tile
+    return edge
 
 
 def encode_tile_by_tile(encoder: torch.nn.Module) -> None:
