@@ -79,7 +79,8 @@ def test_every_step_gives_the_logits_of_transformers_modules(
 @pytest.mark.timeout(120)
 def test_the_fixed_shape_step_for_gpus_gives_the_steps_logits(smolvlm_in: SmolVLM) -> None:
     """GraphedLlamaStep runs operator by operator off CUDA: its numbers are LlamaStep's (fp32 to
-    rounding; bf16 within its rounding, the same greedy tokens), in the format the CPU runtime picks."""
+    rounding, the same greedy tokens; bf16 within its rounding, each greedy token the step's or as
+    likely within that rounding), in the format the CPU runtime picks."""
     text_model, head = smolvlm_in.model.model.text_model, smolvlm_in.model.lm_head
     vocabulary = smolvlm_in.model.config.text_config.vocab_size
     ids = torch.randint(0, vocabulary, (1, 40), generator=torch.Generator().manual_seed(2))
@@ -92,7 +93,10 @@ def test_the_fixed_shape_step_for_gpus_gives_the_steps_logits(smolvlm_in: SmolVL
             expected, got = plain(token_id).float(), fixed(token_id).float()
             tolerance = 1e-5 if smolvlm_in.dtype == "float32" else 0.02 * float(expected.abs().max())
             assert torch.allclose(got, expected, rtol=1e-5, atol=tolerance), float((got - expected).abs().max())
-            assert int(got.argmax()) == int(expected.argmax())
+            if smolvlm_in.dtype == "float32":
+                assert int(got.argmax()) == int(expected.argmax())
+            else:
+                assert float(expected[0, int(got.argmax())]) >= float(expected.max()) - tolerance
             token_id = int(expected.argmax())
         with pytest.raises(RuntimeError, match="buffers hold 70 tokens"):
             fixed(token_id)

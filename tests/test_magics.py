@@ -84,7 +84,7 @@ def test_stats_and_no_stream(shell: InteractiveShell, capsys: pytest.CaptureFixt
     answer, out = run(shell, "%vlm_caption img --stats", capsys)
     first, stats = out.splitlines()
     assert first == CAPTION and stats.startswith("TTFT ") and "tokens/s" in stats
-    assert isinstance(answer, Answer) and answer.stats is not None and answer.stats.image_tokens == 16
+    assert isinstance(answer, Answer) and answer.stats is not None and answer.stats.image_tokens == 5 * 16
     assert run(shell, "%vlm_caption img --no-stream", capsys)[1] == CAPTION + "\n"
 
 

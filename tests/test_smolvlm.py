@@ -95,7 +95,7 @@ def test_stats_are_present_and_consistent(shapes_smolvlm: SmolVLM) -> None:
     text = stream.wait(30)
     stats = stream.stats
     assert text == "A red circle on a white background."
-    assert stats.image_tokens == 16
+    assert stats.tiles == 5 and stats.image_tokens == 5 * 16, "four tiles and the whole picture"
     assert stats.prompt_tokens > stats.image_tokens
     assert stats.finish_reason == "stop"
     assert stats.time_to_first_token is not None and stats.end_time is not None

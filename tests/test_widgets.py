@@ -375,7 +375,7 @@ def test_the_figures_line_shows_the_runs_stats(shapes_smolvlm: SmolVLM) -> None:
     assert stats is not None and stats.finish_reason == "stop"
     figures = widget.figures.value
     assert figures.startswith(stats.summary()), figures
-    assert "16 image tokens" in figures and "(stop, " in figures and "ended " in figures
+    assert "80 image tokens" in figures and "(stop, " in figures and "ended " in figures
 
 
 @pytest.mark.timeout(120)

@@ -7,10 +7,13 @@ a chat template that renders SmolVLM's published prompt format::
 
     <|im_start|>User:<image>Describe this image.<end_of_utterance>\\nAssistant:
 
-Pictures are 128 px, patch 16, pixel-shuffle scale 2, hence 16 image tokens per picture;
-image splitting is off, so any input picture becomes a single 128 px tile (squeezed to a square).
-Checkpoints until 2026-12-03 saw 64 px tiles at patch 8: the same tokens and patch grid, a
-quarter of the pixels; :func:`load_model` carries such a checkpoint over.
+Tiles are 128 px, patch 16, pixel-shuffle scale 2, hence 16 image tokens per tile. Pictures are
+split as SmolVLM's own processor splits them: resized so the longest edge is 256 px, each side
+rounded up to whole tiles and cut into them (two for a long thin picture, four for a squarish one),
+then the whole picture squeezed into one more tile. Checkpoints until 2026-12-05 saw the squeezed
+tile alone (issue #22: a small shape on a long thin picture came out a few pixels across and was
+misnamed); checkpoints until 2026-12-03 saw 64 px tiles at patch 8: the same tokens and patch grid,
+a quarter of the pixels; :func:`load_model` carries such a checkpoint over.
 """
 
 from __future__ import annotations
@@ -54,7 +57,8 @@ from vlm_notebook.training.vision import PooledClassifier, labelled_pictures
 IMAGE_SIZE = 128
 PATCH_SIZE = 16
 SCALE_FACTOR = 2
-IMAGE_SEQ_LEN = (IMAGE_SIZE // PATCH_SIZE) ** 2 // SCALE_FACTOR**2  # 16
+IMAGE_SEQ_LEN = (IMAGE_SIZE // PATCH_SIZE) ** 2 // SCALE_FACTOR**2  # 16 a tile
+LONGEST_EDGE = 2 * IMAGE_SIZE  # pictures are resized to this before they are cut into tiles
 
 BOS, EOS, PAD, UNK = "<|im_start|>", "<end_of_utterance>", "<|im_end|>", "<|endoftext|>"
 IMAGE, FAKE_IMAGE, GLOBAL_IMAGE = "<image>", "<fake_token_around_image>", "<global-img>"
@@ -134,14 +138,19 @@ def build_tokenizer_fast() -> PreTrainedTokenizerFast:
     )
 
 
-def build_image_processor() -> Idefics3ImageProcessorPil:
-    """PIL image processor: any picture is resized to one square tile, no splitting."""
-    edge = {"longest_edge": IMAGE_SIZE}
-    return Idefics3ImageProcessorPil(do_image_splitting=False, size=edge, max_image_size=edge, do_resize=True)
+def build_image_processor(splitting: bool = True) -> Idefics3ImageProcessorPil:
+    """PIL image processor: a picture is cut into tiles plus the whole picture squeezed to one tile;
+    with ``splitting`` off, only the squeezed tile."""
+    return Idefics3ImageProcessorPil(
+        do_image_splitting=splitting,
+        size={"longest_edge": LONGEST_EDGE if splitting else IMAGE_SIZE},
+        max_image_size={"longest_edge": IMAGE_SIZE},
+        do_resize=True,
+    )
 
 
 def build_processor() -> Idefics3Processor:
-    """The real ``Idefics3Processor`` for one tile and 16 image tokens."""
+    """The real ``Idefics3Processor``: 16 image tokens for each tile."""
     return Idefics3Processor(
         image_processor=build_image_processor(),
         tokenizer=build_tokenizer_fast(),
@@ -245,17 +254,16 @@ def _sample(rng: random.Random, source: PictureSource) -> tuple[shapes.Drawing, 
     return drawing, history, prompt, answer
 
 
-def make_vision_batch_maker(
-    processor: Idefics3Processor, batch_size: int, mix: Mix = DEFAULT_MIX
-) -> BatchMaker:
-    """Batches for vision pretraining: pixel values from the real image processor and
-    (shape, colour, background) class labels."""
-
+def make_vision_batch_maker(batch_size: int, mix: Mix = DEFAULT_MIX) -> BatchMaker:
+    """Batches for vision pretraining: (shape, colour, background) class labels and each whole
+    picture's pixels as the real image processor squeezes it into one tile (the tile every picture
+    has, whichever part of it holds the shape)."""
+    whole_picture = build_image_processor(splitting=False)
     source = PictureSource(mix)
 
     def make_batch(rng: random.Random) -> Batch:
         images, labels = labelled_pictures(rng, source, batch_size)
-        pixels = processor.image_processor(images=[[image] for image in images], return_tensors="pt")["pixel_values"]
+        pixels = whole_picture(images=[[image] for image in images], return_tensors="pt")["pixel_values"]
         return {"pixel_values": pixels[:, 0], "labels": labels}
 
     return make_batch
@@ -295,8 +303,8 @@ class Recipe:
 
     sizes: TinySizes = TinySizes()
     batch_size: int = 32
-    canonical_fraction: float = 0.15
-    varied_fraction: float = 0.6
+    canonical_fraction: float = 0.1
+    varied_fraction: float = 0.75
     varied_per_scene: int = DEFAULT_MIX.varied_per_scene  # distinct varied pictures a scene gets
     vision_lr: float = 1e-3
     lr: float = 1e-3
@@ -311,14 +319,12 @@ class Recipe:
         return asdict(self)
 
 
-def pretrain_vision(
-    processor: Idefics3Processor, model: PreTrainedModel, steps: int, seed: int, recipe: Recipe, log: Logger
-) -> TrainResult:
+def pretrain_vision(model: PreTrainedModel, steps: int, seed: int, recipe: Recipe, log: Logger) -> TrainResult:
     """Stage 1: train the vision tower alone to classify shape, colour and background."""
     tower = model.model.vision_model
     classifier = PooledClassifier(tower, recipe.sizes.vision_hidden)
     config = TrainConfig(steps=steps, lr=recipe.vision_lr, warmup_steps=recipe.warmup_steps, seed=seed)
-    maker = make_vision_batch_maker(processor, recipe.batch_size, recipe.mix)
+    maker = make_vision_batch_maker(recipe.batch_size, recipe.mix)
     return train(classifier, maker, config, log)
 
 
@@ -332,7 +338,7 @@ def train_model(
     seed_everything(seed)
     processor = build_processor()
     model = build_model(processor, recipe.sizes) if init is None else load_model(processor, init, recipe.sizes)
-    vision = pretrain_vision(processor, model, vision_steps, seed, recipe, lambda m: log(f"vision {m}"))
+    vision = pretrain_vision(model, vision_steps, seed, recipe, lambda m: log(f"vision {m}"))
     config = TrainConfig(steps=steps, lr=recipe.lr, warmup_steps=recipe.warmup_steps, seed=seed + 1)
     maker = make_batch_maker(processor, recipe.batch_size, recipe.mix)
     text = train(model, maker, config, lambda m: log(f"text {m}"))
