@@ -84,13 +84,13 @@ def test_english_streams_one_chunk_per_token(shapes_qwen2vl: Qwen2VL) -> None:
 def test_stats_count_the_image_tokens(shapes_qwen2vl: Qwen2VL) -> None:
     stream = shapes_qwen2vl.caption(picture(), language="ja", stream=True)
     assert stream.wait(30) == "白い背景に赤い円。"
-    assert stream.stats.image_tokens == 49, "64 x 64 pixels grow to 196 x 196 (min_pixels), patch 14, merge 2"
+    assert stream.stats.image_tokens == 64, "64 x 64 pixels grow to 224 x 224 (min_pixels), patch 14, merge 2"
     assert stream.stats.prompt_tokens > stream.stats.image_tokens
     assert stream.stats.finish_reason == "stop"
 
 
 def test_the_checkpoint_keeps_its_own_smaller_picture_size(shapes_qwen2vl: Qwen2VL) -> None:
-    assert shapes_qwen2vl.pixel_range == (40 * 28 * 28, 120 * 28 * 28), "never above the checkpoint's own cap"
+    assert shapes_qwen2vl.pixel_range == (64 * 28 * 28, 240 * 28 * 28), "never above the checkpoint's own cap"
 
 
 @pytest.mark.timeout(60)
@@ -99,7 +99,7 @@ def test_max_pixels_decides_the_number_of_image_tokens() -> None:
     photo = picture().resize((640, 480))
     stream = model.query(photo, "What shape is it?", stream=True, max_new_tokens=1)
     stream.wait(30)
-    assert model.pixel_range == (40 * 28 * 28, DEFAULT_MAX_PIXELS)
+    assert model.pixel_range == (64 * 28 * 28, DEFAULT_MAX_PIXELS)
     assert 200 <= stream.stats.image_tokens <= 256, "the default cap keeps a photo near 256 image tokens"
 
 

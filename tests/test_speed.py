@@ -141,7 +141,7 @@ def test_stats_tell_a_miss_from_a_hit_and_time_the_parts(model: TransformersVLM)
     assert miss.vision_seconds is not None and miss.vision_seconds > 0
     assert hit.vision_seconds == 0.0
     assert miss.prefill_seconds is not None and hit.prefill_seconds is not None and hit.prefill_seconds > 0
-    assert miss.image_tokens == hit.image_tokens == (5 * 16 if isinstance(model, SmolVLM) else 49)
+    assert miss.image_tokens == hit.image_tokens == (5 * 16 if isinstance(model, SmolVLM) else 64)
     assert miss.tiles == (5 if isinstance(model, SmolVLM) else None)
     ttft = hit.time_to_first_token
     assert ttft is not None and miss.decode_seconds is not None

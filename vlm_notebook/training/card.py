@@ -273,7 +273,7 @@ def _more(figures: dict[str, Any] | None) -> list[str]:
 
 def _causes(pictures: dict[str, Any]) -> list[str]:
     """Where the misses come from, when measured (``robustness.square_around_shape``)."""
-    if "misses_right_as_square" not in pictures:
+    if pictures.get("misses_right_as_square", "0/0") == "0/0":  # not measured, or no miss to ask again
         return []
     return [
         "- missed pictures answered right when asked again as the square around the shape (the same pixels):",
