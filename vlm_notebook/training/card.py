@@ -266,8 +266,8 @@ def _more(figures: dict[str, Any] | None) -> list[str]:
         return []
     before = f"; the checkpoint before this one: {figures['before']}" if figures.get("before") else ""
     return [
-        f"- on {figures['pictures']} other random pictures (seed {figures['seed']}, {figures['dtype']}): "
-        f"right {figures['right']}/{figures['pictures']}{before}"
+        f"- on {figures['pictures']} other random pictures (seed {figures['seed']}, {figures['dtype']}, measured on "
+        f"{figures['machine']}): right {figures['right']}/{figures['pictures']}{before}"
     ]
 
 
