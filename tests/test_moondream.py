@@ -25,6 +25,7 @@ from vlm_notebook.models.moondream.inference import encoded_crops, generate_text
 from vlm_notebook.models.moondream.network import build_on_meta
 from vlm_notebook.models.moondream.prompts import caption_prompt, locate_prompt, query_prompt
 from vlm_notebook.models.moondream.text import prefix_causal_mask
+from vlm_notebook.models.moondream.vision import patchify
 from vlm_notebook.options import GenerationOptions
 from vlm_notebook.training.moondream import (
     PictureClassifier,
@@ -34,6 +35,7 @@ from vlm_notebook.training.moondream import (
     build_network,
     build_tiny_tokenizer,
     iou,
+    load_init,
     make_example,
     save,
     train_model,
@@ -130,7 +132,7 @@ def test_streamed_text_equals_the_whole_answer(model: Moondream, red_circle: Enc
     chunks = list(stream)
     assert "".join(chunks) == whole and all(chunks)
     assert stream.stats.finish_reason == "stop"
-    assert stream.stats.image_tokens == 64 and stream.stats.time_to_first_token is not None
+    assert stream.stats.image_tokens == 256 and stream.stats.time_to_first_token is not None
 
 
 @pytest.fixture
@@ -358,6 +360,31 @@ def test_a_short_training_run_repeats_from_its_seed_and_its_checkpoint_loads(tmp
     save(first.tokenizer, first.net, tmp_path)
     answer = Moondream(str(tmp_path)).query(shapes.draw(RED_CIRCLE).image, "What shape is it?", max_new_tokens=3)
     assert isinstance(answer, str)
+
+
+def test_training_refines_a_patch_8_checkpoint_into_patch_4_seeing_the_same_pixels(tmp_path: Path) -> None:
+    """The shipped checkpoint had 8 px patches until 2026-12: the patch 4 recipe starts from it with
+    the same patch features of a crop as it gave that crop upscaled twice, and every other weight."""
+    tokenizer, coarse_sizes = build_tiny_tokenizer(), TinySizes(patch=8, max_context=256)
+    torch.manual_seed(0)
+    coarse = build_network(build_config(tokenizer, coarse_sizes), coarse_sizes)
+    save(tokenizer, coarse, tmp_path)
+    fine = load_init(tmp_path, build_config(tokenizer, TinySizes()))
+    crop = torch.rand(1, 3, 64, 64) * 2 - 1
+    upscaled = crop.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    with torch.no_grad():
+        seen_now = fine.vision.patch_emb(patchify(crop, 4))
+        seen_before = coarse.vision.patch_emb(patchify(upscaled, 8))
+    torch.testing.assert_close(seen_now, seen_before, rtol=1e-4, atol=1e-5)
+    dim = coarse_sizes.vision_dim
+    fine_grid, coarse_grid = fine.vision.pos_emb.view(16, 16, dim), coarse.vision.pos_emb.view(8, 8, dim)
+    assert torch.equal(fine_grid[0, 0], coarse_grid[0, 0]) and torch.equal(fine_grid[-1, -1], coarse_grid[-1, -1])
+    refined = {"vision.patch_emb.weight", "vision.pos_emb"}
+    kept = {name: tensor for name, tensor in coarse.state_dict().items() if name not in refined}
+    assert all(torch.equal(fine.state_dict()[name], tensor) for name, tensor in kept.items())
+    save(tokenizer, fine, tmp_path / "fine")
+    with pytest.raises(ValueError, match="cannot refine 4 px patches into 8 px ones"):
+        load_init(tmp_path / "fine", build_config(tokenizer, coarse_sizes))
 
 
 def test_vision_pretraining_learns_from_the_local_crops_and_the_projection() -> None:

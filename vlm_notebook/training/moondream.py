@@ -35,7 +35,7 @@ from torch.nn import functional as F
 
 from vlm_notebook import shapes
 from vlm_notebook.models.moondream import crops
-from vlm_notebook.models.moondream.checkpoint import load_network
+from vlm_notebook.models.moondream.checkpoint import load_network, read_config
 from vlm_notebook.models.moondream.config import (
     MoondreamConfig,
     RegionConfig,
@@ -44,7 +44,7 @@ from vlm_notebook.models.moondream.config import (
     VisionConfig,
 )
 from vlm_notebook.models.moondream.crops import overlap_crops, stitch
-from vlm_notebook.models.moondream.network import MoondreamNetwork
+from vlm_notebook.models.moondream.network import MoondreamNetwork, build_on_meta
 from vlm_notebook.models.moondream.prompts import caption_prompt, locate_prompt, query_prompt
 from vlm_notebook.models.moondream.text import prefix_causal_mask
 from vlm_notebook.training import robustness
@@ -78,7 +78,7 @@ class TinySizes:
     vision_layers: int = 2
     vision_heads: int = 4
     vision_ff: int = 256
-    patch: int = 8
+    patch: int = 4  # 16 x 16 image tokens a 64 px crop; 8 x 8 (patch 8) blurred shapes on elongated pictures
     overlap_margin: int = 2
     max_crops: int = 4
     proj_inner: int = 256
@@ -86,7 +86,7 @@ class TinySizes:
     text_layers: int = 3
     text_heads: int = 4
     text_ff: int = 384
-    max_context: int = 256
+    max_context: int = 384  # BOS, 256 image tokens, the longest prompt and answer
     coord_bins: int = 128
     size_bins: int = 128
     region_inner: int = 256
@@ -175,11 +175,18 @@ class Example:
     with_size: bool = False
 
 
-def make_example(rng: random.Random, tokenizer: Tokenizer, config: MoondreamConfig, source: PictureSource) -> Example:
-    """A random scene and a random task on it, in the prompts inference builds (``prompts``)."""
+TASKS = ("caption", "query", "detect", "point")
+
+
+def make_example(
+    rng: random.Random, tokenizer: Tokenizer, config: MoondreamConfig, source: PictureSource,
+    task_weights: tuple[float, ...] = (3, 3, 2, 1),
+) -> Example:
+    """A random scene and a random task on it (``TASKS``, drawn with ``task_weights``), in the
+    prompts inference builds (``prompts``)."""
     scene = rng.choice(SCENES)
     drawing = source.drawing(rng, scene)
-    tokens, kind = config.tokenizer, rng.choices(["caption", "query", "detect", "point"], [3, 3, 2, 1])[0]
+    tokens, kind = config.tokenizer, rng.choices(list(TASKS), task_weights)[0]
     eos, encode = [tokens.eos_id], partial(_ids, tokenizer)
     if kind == "caption":
         length = rng.choice(shapes.CAPTION_LENGTHS)
@@ -312,9 +319,11 @@ class Recipe:
 
     sizes: TinySizes = TinySizes()
     batch_size: int = 32
-    canonical_fraction: float = 0.15
-    varied_fraction: float = 0.6  # pictures like users send (``training.pictures``); the rest: random squares
+    canonical_fraction: float = 0.1
+    varied_fraction: float = 0.8  # pictures like users send (``training.pictures``); the rest: random squares
     varied_per_scene: int = DEFAULT_MIX.varied_per_scene  # distinct varied pictures a scene gets
+    # caption, query, detect, point: detect's box sizes on elongated pictures are the hardest part
+    task_weights: tuple[float, float, float, float] = (3, 3, 4, 1)
 
     @property
     def mix(self) -> Mix:
@@ -340,7 +349,9 @@ def make_batch_maker(tokenizer: Tokenizer, config: MoondreamConfig, recipe: Reci
     source = PictureSource(recipe.mix, IMAGE_SIZE)
 
     def make_batch(rng: random.Random) -> Batch:
-        examples = [make_example(rng, tokenizer, config, source) for _ in range(recipe.batch_size)]
+        examples = [
+            make_example(rng, tokenizer, config, source, recipe.task_weights) for _ in range(recipe.batch_size)
+        ]
         return cast(Batch, {"examples": examples})
 
     return make_batch
@@ -365,7 +376,7 @@ def train_model(
     seed_everything(seed)
     tokenizer = build_tiny_tokenizer()
     config = build_config(tokenizer, recipe.sizes)
-    net = build_network(config, recipe.sizes) if init is None else load_network(init, config).train()
+    net = build_network(config, recipe.sizes) if init is None else load_init(init, config).train()
     classifier = PictureClassifier(net)
     stage1 = TrainConfig(steps=vision_steps, lr=recipe.vision_lr, warmup_steps=recipe.warmup_steps, seed=seed)
     vision = train(classifier, make_vision_batch_maker(recipe), stage1, lambda m: log(f"vision {m}"))
@@ -373,6 +384,44 @@ def train_model(
     objective = ShapesObjective(net, recipe.region_weight)
     text = train(objective, make_batch_maker(tokenizer, config, recipe), stage2, lambda m: log(f"text {m}"))
     return Trained(tokenizer, net.eval(), vision, text)
+
+
+def load_init(directory: Path, config: MoondreamConfig) -> MoondreamNetwork:
+    """The weights a run starts from. A checkpoint whose patches are a whole multiple of
+    ``config``'s (8 px where the recipe has 4) is refined first: each patch kernel is summed over
+    the blocks that become one finer patch, and the position embeddings are interpolated to the
+    finer grid, so the encoder starts as the old one looking at the crop upscaled (nearest)."""
+    old, _ = read_config(directory)
+    if old.vision.enc_patch_size == config.vision.enc_patch_size:
+        return load_network(directory, config)
+    net = load_network(directory, old)
+    tensors = {name: tensor.detach().clone() for name, tensor in net.state_dict().items()}
+    tensors["vision.patch_emb.weight"] = finer_patch_kernel(
+        tensors["vision.patch_emb.weight"], old.vision.enc_patch_size, config.vision.enc_patch_size
+    )
+    tensors["vision.pos_emb"] = finer_positions(tensors["vision.pos_emb"], old.vision.grid, config.vision.grid)
+    root = build_on_meta(config)
+    root.model.load_state_dict(tensors, strict=True, assign=True)
+    return root.model
+
+
+def finer_patch_kernel(weight: torch.Tensor, old_patch: int, new_patch: int) -> torch.Tensor:
+    """(D, C * p * p) channel-first patch kernel -> (D, C * q * q) for patches ``q = p / k`` px:
+    the k x k blocks of the old kernel summed, which is what it gives on a k-times upscaled crop."""
+    if old_patch % new_patch:
+        raise ValueError(f"cannot refine {old_patch} px patches into {new_patch} px ones")
+    block, dim = old_patch // new_patch, weight.shape[0]
+    channels = weight.shape[1] // (old_patch * old_patch)
+    blocks = weight.reshape(dim, channels, new_patch, block, new_patch, block)
+    return blocks.sum(dim=(3, 5)).reshape(dim, channels * new_patch * new_patch)
+
+
+def finer_positions(pos_emb: torch.Tensor, old_grid: int, new_grid: int) -> torch.Tensor:
+    """(1, g * g, D) position embeddings -> (1, G * G, D), bilinear over the grid."""
+    dim = pos_emb.shape[-1]
+    grid = pos_emb.reshape(1, old_grid, old_grid, dim).permute(0, 3, 1, 2)
+    resized = F.interpolate(grid, size=(new_grid, new_grid), mode="bilinear", align_corners=False)
+    return resized.permute(0, 2, 3, 1).reshape(1, new_grid * new_grid, dim)
 
 
 def resizer() -> str:
@@ -442,6 +491,13 @@ def evaluate_dir(directory: Path, random_seed: int) -> dict[str, Any]:
     return {"canonical": _score(model, canonical), "random": _score(model, placed), "pictures": pictures}
 
 
+def _task_mix(recipe: dict[str, Any]) -> str:
+    """How often each task was drawn, and the weight of the region losses (records before 2026-12-05: 3-3-2-1)."""
+    weights = recipe.get("task_weights", (3, 3, 2, 1))
+    drawn = ", ".join(f"{task} {weight:g}" for task, weight in zip(TASKS, weights, strict=True))
+    return f"; tasks drawn in proportions {drawn}; region losses weighted {recipe['region_weight']:g}"
+
+
 def model_card(record: dict[str, Any]) -> str:
     """The checkpoint's README.md."""
     sizes = record["recipe"]["sizes"]
@@ -461,7 +517,8 @@ def model_card(record: dict[str, Any]) -> str:
         "",
         f"- {record['parameters']:,} parameters, fp32 `model.safetensors` with the published tensor names",
         f"  (`model.vision.*`, `model.text.*`, `model.region.*`); vision {sizes['vision_dim']} wide x"
-        f" {sizes['vision_layers']} layers, patch {sizes['patch']}, 64 px crops (64 image tokens);",
+        f" {sizes['vision_layers']} layers, patch {sizes['patch']}, {IMAGE_SIZE} px crops"
+        f" ({(IMAGE_SIZE // sizes['patch']) ** 2} image tokens);",
         f"  text {sizes['text_dim']} wide x {sizes['text_layers']} layers; {sizes['coord_bins']} coordinate bins.",
         "- `config.json` has Moondream's `moondream1` layout; its `config` entry gives every size and the",
         "  prompt templates in this checkpoint's token ids. `tokenizer.json`: a byte-level BPE trained on the",
@@ -481,7 +538,7 @@ def model_card(record: dict[str, Any]) -> str:
         " its projection (linear heads on the mean of the image embeddings, global and local crops, classify"
         " shape, colour and background).",
         f"2. {record['steps']} steps ({record['text_seconds']} s) training the whole network on captions,"
-        " answers (token loss) and boxes and points (region-model losses).",
+        " answers (token loss) and boxes and points (region-model losses)" + _task_mix(record["recipe"]) + ".",
         "",
         *training_pictures(record),
         f"Prompts as `vlm_notebook.models.moondream.prompts` builds them (a query ends with the answer token twice);"
