@@ -245,8 +245,11 @@ def pictures_section(pictures: dict[str, Any] | None) -> list[str]:
 
 
 def _format(pictures: dict[str, Any]) -> str:
-    """The number format the figures were measured in, where the record says it."""
-    return f" (in {pictures['dtype']})" if "dtype" in pictures else ""
+    """The number format the figures were measured in, and the machine, where the record says them
+    (fp32 answers can differ between CPUs by rounding)."""
+    said = [f"in {pictures['dtype']}"] if "dtype" in pictures else []
+    said += [f"measured on {pictures['machine']}"] if "machine" in pictures else []
+    return f" ({', '.join(said)})" if said else ""
 
 
 def _in_bf16(figures: dict[str, Any] | None) -> list[str]:
