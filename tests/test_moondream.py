@@ -346,7 +346,8 @@ def test_training_builds_each_prompt_as_inference_does(model: Moondream) -> None
     inference += [model._query_ids(question) for question, _ in shapes.questions(RED_CIRCLE)]
     inference += [locate_prompt(tokens, model._text_ids, k, s) for k in ("detect", "point") for s in shapes.SHAPES]
     source, rng = PictureSource(Mix(canonical=1.0, varied=0.0)), random.Random(0)
-    trained = [make_example(rng, model.tokenizer, model.network.config, source).prompt for _ in range(200)]
+    config, weights = model.network.config, Recipe().task_weights
+    trained = [make_example(rng, model.tokenizer, config, source, weights).prompt for _ in range(200)]
     assert all(prompt in inference for prompt in trained)
     assert len({tuple(prompt) for prompt in trained}) == len(inference), "every prompt is trained on"
 

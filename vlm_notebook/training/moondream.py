@@ -176,11 +176,13 @@ class Example:
 
 
 TASKS = ("caption", "query", "detect", "point")
+#: How often each task was drawn by the records that do not say (before 2026-12-05).
+EARLIER_TASK_WEIGHTS = (3, 3, 2, 1)
 
 
 def make_example(
     rng: random.Random, tokenizer: Tokenizer, config: MoondreamConfig, source: PictureSource,
-    task_weights: tuple[float, ...] = (3, 3, 2, 1),
+    task_weights: tuple[float, ...],
 ) -> Example:
     """A random scene and a random task on it (``TASKS``, drawn with ``task_weights``), in the
     prompts inference builds (``prompts``)."""
@@ -492,8 +494,8 @@ def evaluate_dir(directory: Path, random_seed: int) -> dict[str, Any]:
 
 
 def _task_mix(recipe: dict[str, Any]) -> str:
-    """How often each task was drawn, and the weight of the region losses (records before 2026-12-05: 3-3-2-1)."""
-    weights = recipe.get("task_weights", (3, 3, 2, 1))
+    """How often each task was drawn, and the weight of the region losses."""
+    weights = recipe.get("task_weights", EARLIER_TASK_WEIGHTS)
     drawn = ", ".join(f"{task} {weight:g}" for task, weight in zip(TASKS, weights, strict=True))
     return f"; tasks drawn in proportions {drawn}; region losses weighted {recipe['region_weight']:g}"
 
