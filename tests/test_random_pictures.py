@@ -15,6 +15,7 @@ from vlm_notebook import shapes
 from vlm_notebook.images import load_image
 from vlm_notebook.registry import get_model
 from vlm_notebook.training import robustness
+from vlm_notebook.training.pictures import Mix, PictureSource
 
 TEST_SEED = 2026  # not the cards' seed (robustness.DEFAULT_SEED): these pictures were never looked at
 TEST_PICTURES = 100
@@ -104,3 +105,13 @@ def test_the_square_around_the_shape_keeps_its_pixels_and_box() -> None:
         top = round((y0 * side) - picture.box[1] * height) * -1
         original = load_image(picture.data).getpixel((left + centre[0], top + centre[1]))
         assert load_image(square.data).getpixel(centre) == original
+
+
+def test_a_training_mix_of_small_shapes_draws_only_small_shapes_on_varied_pictures() -> None:
+    def sides(small_shapes: float) -> list[float]:
+        source, rng = PictureSource(Mix(canonical=0.0, varied=1.0, small_shapes=small_shapes)), random.Random(4)
+        drawings = [source.drawing(rng, rng.choice(shapes.all_scenes())) for _ in range(40)]
+        return [(d.box[2] - d.box[0]) * d.image.width / min(d.image.size) for d in drawings]
+
+    assert all(0.19 <= side <= 0.41 for side in sides(1.0))
+    assert max(sides(0.0)) > 0.45, "the usual varied pictures go up to 70% of the short side"

@@ -104,7 +104,10 @@ R = TypeVar("R", smolvlm.Recipe, qwen2vl.Recipe, gemma4.Recipe, moondream.Recipe
 
 
 def _sized(recipe: R, args: argparse.Namespace) -> R:
-    """The recipe, with ``--batch-size``, ``--lr`` and ``--varied-per-scene`` when given."""
+    """The recipe, with ``--batch-size``, ``--lr``, ``--canonical-fraction`` and
+    ``--varied-per-scene`` when given."""
+    if args.canonical_fraction is not None:
+        recipe = replace(recipe, canonical_fraction=args.canonical_fraction)
     if args.batch_size:
         recipe = replace(recipe, batch_size=args.batch_size)
     if args.varied_per_scene:
@@ -199,6 +202,8 @@ def run_moondream(args: argparse.Namespace) -> dict[str, Any]:
     recipe = _sized(moondream.Recipe(), args)
     if args.region_weight:
         recipe = replace(recipe, region_weight=args.region_weight)
+    if args.small_shapes is not None:
+        recipe = replace(recipe, small_shapes=args.small_shapes)
     trained = moondream.train_model(args.steps, args.vision_steps, args.seed, recipe, _log, _init(args))
     moondream.save(trained.tokenizer, trained.net, out)
     _log(f"saved to {out}; evaluating the saved directory")
@@ -244,6 +249,10 @@ def _add_family(parser: argparse.ArgumentParser, defaults: FamilyDefaults) -> No
         "--lr", type=float, default=None, help="peak learning rate of the whole-model stage (default: the recipe's)"
     )
     parser.add_argument(
+        "--canonical-fraction", type=float, default=None,
+        help="fraction of canonical drawings among the training pictures (default: the recipe's)",
+    )
+    parser.add_argument(
         "--varied-per-scene", type=int, default=None,
         help="distinct varied pictures drawn for each scene, then reused (default: the recipe's)",
     )
@@ -257,6 +266,10 @@ def _parser() -> argparse.ArgumentParser:
     commands.choices["moondream"].add_argument(
         "--region-weight", type=float, default=None,
         help="weight of the box and point losses against the tokens' (default: the recipe's)",
+    )
+    commands.choices["moondream"].add_argument(
+        "--small-shapes", type=float, default=None,
+        help="fraction of the varied pictures drawn with a small shape (default: the recipe's)",
     )
     assets = commands.add_parser("assets", help="write example pictures")
     assets.add_argument("--out", default=str(ASSETS_DIR), help="output directory")

@@ -324,16 +324,17 @@ class Recipe:
     canonical_fraction: float = 0.1
     varied_fraction: float = 0.8  # pictures like users send (``training.pictures``); the rest: random squares
     varied_per_scene: int = DEFAULT_MIX.varied_per_scene  # distinct varied pictures a scene gets
+    small_shapes: float = 0.0  # of the varied pictures, those with a shape at 20-40% of the short side
     # caption, query, detect, point: detect's box sizes on elongated pictures are the hardest part
     task_weights: tuple[float, float, float, float] = (3, 3, 4, 1)
-
-    @property
-    def mix(self) -> Mix:
-        return Mix(self.canonical_fraction, self.varied_fraction, self.varied_per_scene)
     vision_lr: float = 1e-3
     lr: float = 1.5e-3
     region_weight: float = 0.5  # the region losses (about 4 nats at best) would otherwise swamp the tokens'
     warmup_steps: int = 100
+
+    @property
+    def mix(self) -> Mix:
+        return Mix(self.canonical_fraction, self.varied_fraction, self.varied_per_scene, self.small_shapes)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

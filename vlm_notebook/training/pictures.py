@@ -10,7 +10,7 @@ function every model runs on a user's picture, so training sees exactly what inf
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from PIL import Image
 
@@ -27,16 +27,21 @@ VARIED = shapes.RandomSettings(
     noise=(0.0, 8.0),
 )
 
+#: Varied pictures with a small shape, where the models miss most (issue #22: on elongated pictures).
+SMALL_SHAPES = replace(VARIED, shape_fraction=(0.2, 0.4))
+
 
 @dataclass(frozen=True)
 class Mix:
-    """Fractions of canonical drawings and of varied pictures (the rest: random squares), and how
+    """Fractions of canonical drawings and of varied pictures (the rest: random squares), how
     many varied pictures of each scene are drawn (then reused, mirrored at random: drawing and
-    encoding one takes about 10 ms, longer than a training step spends on it)."""
+    encoding one takes about 10 ms, longer than a training step spends on it), and the fraction of
+    varied pictures drawn from :data:`SMALL_SHAPES` rather than :data:`VARIED`."""
 
     canonical: float = 0.15
     varied: float = 0.6
     varied_per_scene: int = 40
+    small_shapes: float = 0.0
 
 
 #: The mix the recipes use unless told otherwise.
@@ -48,7 +53,7 @@ class PictureSource:
 
     def __init__(self, mix: Mix = DEFAULT_MIX, size: int = 64):
         self.mix, self.size = mix, size
-        self._varied: dict[shapes.Scene, list[shapes.Drawing]] = {}
+        self._varied: dict[tuple[shapes.Scene, bool], list[shapes.Drawing]] = {}
 
     def drawing(self, rng: random.Random, scene: shapes.Scene) -> shapes.Drawing:
         """A canonical drawing, a varied picture or a random square, drawn with ``rng``."""
@@ -60,9 +65,10 @@ class PictureSource:
         return shapes.draw(scene, self.size, rng)
 
     def _varied_drawing(self, rng: random.Random, scene: shapes.Scene) -> shapes.Drawing:
-        pool = self._varied.setdefault(scene, [])
+        small = self.mix.small_shapes > 0 and rng.random() < self.mix.small_shapes
+        pool = self._varied.setdefault((scene, small), [])
         if len(pool) < self.mix.varied_per_scene:
-            picture = shapes.random_picture(rng, scene, VARIED)
+            picture = shapes.random_picture(rng, scene, SMALL_SHAPES if small else VARIED)
             pool.append(shapes.Drawing(image=load_image(picture.data), box=picture.box))
             return pool[-1]
         drawing = rng.choice(pool)
