@@ -196,8 +196,14 @@ def training_pictures(record: dict[str, Any]) -> list[str]:
 
 def _reuse(recipe: dict[str, Any]) -> str:
     """How often a varied picture was shown (records before ``varied_per_scene`` used 40)."""
-    drawn = recipe.get("varied_per_scene", 40)
-    return f"{drawn} drawn for each scene, then reused, mirrored at random"
+    from vlm_notebook.training.pictures import SMALL_SHAPES
+
+    drawn, small = recipe.get("varied_per_scene", 40), recipe.get("small_shapes", 0.0)
+    reuse = f"{drawn} drawn for each scene, then reused, mirrored at random"
+    if not small:
+        return reuse
+    low, high = SMALL_SHAPES.shape_fraction
+    return f"{reuse}; {100 * small:.0f}% of them with the shape at {100 * low:.0f}-{100 * high:.0f}% of the short side"
 
 
 def _accuracy(record: dict[str, Any]) -> list[str]:
