@@ -14,6 +14,7 @@ from transformers import AutoModelForImageTextToText
 
 from vlm_notebook import shapes
 from vlm_notebook.registry import get_model
+from vlm_notebook.training import __main__ as training_cli
 from vlm_notebook.training import gemma4, qwen2vl, smolvlm
 from vlm_notebook.training.loop import IGNORE_INDEX, save
 
@@ -77,3 +78,14 @@ def test_smolvlm_carries_a_checkpoint_with_smaller_patches_over_seeing_the_same(
     other_grid = AutoModelForImageTextToText.from_config(config)
     with pytest.raises(ValueError, match="another grid"):
         smolvlm.with_larger_patches(other_grid, smolvlm.build_model(processor, sizes))
+
+
+@pytest.mark.parametrize("family", [*RECIPES, "moondream"])
+def test_the_recorded_command_repeats_every_option_of_the_run(family: str) -> None:
+    extra = " --region-weight 1 --small-shapes 0.5" if family == "moondream" else ""
+    given = (f"{family} --steps 7 --seed 3 --vision-steps 0 --threads 1 --init-from DIR --batch-size 16 --lr 5e-4"
+             f" --canonical-fraction 0.15 --varied-per-scene 2000{extra} --out /tmp/run")
+    args = training_cli._parser().parse_args(given.split())
+    command = training_cli._command(args)
+    assert command.startswith("python -m vlm_notebook.training ")
+    assert training_cli._parser().parse_args(command.split()[3:]) == args

@@ -84,18 +84,12 @@ def _machine() -> str:
 
 
 def _command(args: argparse.Namespace) -> str:
-    command = f"python -m vlm_notebook.training {args.family} --steps {args.steps} --seed {args.seed}"
-    command += f" --vision-steps {args.vision_steps} --threads {args.threads}"
-    if args.init_from:
-        command += f" --init-from {args.init_from}"
-    if args.batch_size:
-        command += f" --batch-size {args.batch_size}"
-    if args.lr:
-        command += f" --lr {args.lr:g}"
-    if args.varied_per_scene:
-        command += f" --varied-per-scene {args.varied_per_scene}"
-    if getattr(args, "region_weight", None):
-        command += f" --region-weight {args.region_weight:g}"
+    """The command line that repeats this run: every option that has a value, ``--out`` last."""
+    command = f"python -m vlm_notebook.training {args.family}"
+    for name, value in vars(args).items():
+        if name not in ("family", "out") and value is not None:
+            shown = f"{value:g}" if isinstance(value, float) else value
+            command += f" --{name.replace('_', '-')} {shown}"
     default_out = FAMILY_DEFAULTS[args.family].out
     return command if Path(args.out).resolve() == default_out else f"{command} --out {args.out}"
 
