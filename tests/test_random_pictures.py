@@ -22,8 +22,8 @@ TEST_PICTURES = 100
 #: Pictures of the 100 each shipped checkpoint gets right: the fewer of fp32 and bf16 as measured
 #: (greedy decoding is deterministic), less one for another CPU's rounding; Gemma 4 measured on an
 #: Intel Xeon with AVX512_BF16 (100 in both formats), SmolVLM, Qwen2-VL and Moondream on an AMD Zen 5
-#: with AVX512_BF16 (100, 98 and 89 in both).
-MIN_RIGHT = {"shapes-smolvlm": 99, "shapes-qwen2vl": 97, "shapes-moondream": 88, "shapes-gemma4": 99}
+#: with AVX512_BF16 (100, 98 and 93 in both).
+MIN_RIGHT = {"shapes-smolvlm": 99, "shapes-qwen2vl": 97, "shapes-moondream": 92, "shapes-gemma4": 99}
 
 
 def test_random_pictures_are_repeatable_and_within_the_ranges() -> None:
