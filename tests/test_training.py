@@ -82,7 +82,7 @@ def test_smolvlm_carries_a_checkpoint_with_smaller_patches_over_seeing_the_same(
 
 @pytest.mark.parametrize("family", [*RECIPES, "moondream"])
 def test_the_recorded_command_repeats_every_option_of_the_run(family: str) -> None:
-    extra = " --region-weight 1 --small-shapes 0.5" if family == "moondream" else ""
+    extra = " --region-weight 1 --small-shapes 0.5 --task-weights 4 4 2 1" if family == "moondream" else ""
     given = (f"{family} --steps 7 --seed 3 --vision-steps 0 --threads 1 --init-from DIR --batch-size 16 --lr 5e-4"
              f" --canonical-fraction 0.15 --varied-per-scene 2000{extra} --out /tmp/run")
     args = training_cli._parser().parse_args(given.split())

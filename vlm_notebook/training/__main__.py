@@ -83,12 +83,16 @@ def _machine() -> str:
     return f"{os.cpu_count()} CPU cores ({platform.machine()}), fp32, no GPU"
 
 
+def _shown(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _command(args: argparse.Namespace) -> str:
     """The command line that repeats this run: every option that has a value, ``--out`` last."""
     command = f"python -m vlm_notebook.training {args.family}"
     for name, value in vars(args).items():
         if name not in ("family", "out") and value is not None:
-            shown = f"{value:g}" if isinstance(value, float) else value
+            shown = " ".join(map(_shown, value)) if isinstance(value, list) else _shown(value)
             command += f" --{name.replace('_', '-')} {shown}"
     default_out = FAMILY_DEFAULTS[args.family].out
     return command if Path(args.out).resolve() == default_out else f"{command} --out {args.out}"
@@ -198,6 +202,8 @@ def run_moondream(args: argparse.Namespace) -> dict[str, Any]:
         recipe = replace(recipe, region_weight=args.region_weight)
     if args.small_shapes is not None:
         recipe = replace(recipe, small_shapes=args.small_shapes)
+    if args.task_weights:
+        recipe = replace(recipe, task_weights=tuple(args.task_weights))
     trained = moondream.train_model(args.steps, args.vision_steps, args.seed, recipe, _log, _init(args))
     moondream.save(trained.tokenizer, trained.net, out)
     _log(f"saved to {out}; evaluating the saved directory")
@@ -264,6 +270,10 @@ def _parser() -> argparse.ArgumentParser:
     commands.choices["moondream"].add_argument(
         "--small-shapes", type=float, default=None,
         help="fraction of the varied pictures drawn with a small shape (default: the recipe's)",
+    )
+    commands.choices["moondream"].add_argument(
+        "--task-weights", type=float, nargs=4, default=None, metavar=("CAPTION", "QUERY", "DETECT", "POINT"),
+        help="how often each task is drawn, in proportion (default: the recipe's)",
     )
     assets = commands.add_parser("assets", help="write example pictures")
     assets.add_argument("--out", default=str(ASSETS_DIR), help="output directory")
