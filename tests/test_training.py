@@ -4,6 +4,7 @@ a run is repeatable from its seed, and what it saves loads through ``get_model``
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from types import ModuleType
@@ -15,7 +16,7 @@ from transformers import AutoModelForImageTextToText
 from vlm_notebook import shapes
 from vlm_notebook.registry import get_model
 from vlm_notebook.training import __main__ as training_cli
-from vlm_notebook.training import gemma4, qwen2vl, smolvlm
+from vlm_notebook.training import card, gemma4, moondream, qwen2vl, smolvlm
 from vlm_notebook.training.loop import IGNORE_INDEX, save
 
 #: recipe module -> (the answer's end token, the class get_model gives for what it saves)
@@ -89,3 +90,12 @@ def test_the_recorded_command_repeats_every_option_of_the_run(family: str) -> No
     command = training_cli._command(args)
     assert command.startswith("python -m vlm_notebook.training ")
     assert training_cli._parser().parse_args(command.split()[3:]) == args
+
+
+@pytest.mark.parametrize("name", ["shapes-smolvlm", "shapes-qwen2vl", "shapes-gemma4", "shapes-moondream"])
+def test_each_shipped_card_is_what_its_training_record_writes(name: str) -> None:
+    """A card edited by hand, or left behind when its record or the card's wording changed, fails here."""
+    directory = Path(training_cli.__file__).parents[1] / "checkpoints" / name
+    record = json.loads((directory / "training.json").read_text(encoding="utf-8"))
+    write = moondream.model_card if name == "shapes-moondream" else card.model_card
+    assert (directory / "README.md").read_text(encoding="utf-8") == write(record)

@@ -558,10 +558,10 @@ def model_card(record: dict[str, Any]) -> str:
     lines += [
         "Captions and answers count when exact; `detect` when it gives one box with IoU >= 0.5 against",
         "the drawn box; `point` when it gives one point inside it; an absent shape when `detect` gives none.",
-        "Where it fails, by the scores above: mostly the shape's name (in captions and answers) on",
-        "off-centre or resized drawings, shapes that are not there but are still \"found\", and boxes on",
-        "elongated pictures: their centres are right, but their sizes come out nearly square in the",
-        "picture's own coordinates (a square shape on a 3:1 picture is three times taller than wide there).",
+        "Where it fails, by the scores above: mostly the shape's name (in captions and answers; circle",
+        "and diamond, circle and square confused) on off-centre or resized drawings, and shapes that are",
+        "not there but are still \"found\". Boxes on elongated pictures came out nearly square in the",
+        "picture's own coordinates until runs with more small shapes (a `small_shapes` share in the recipe).",
         "",
     ]
     return "\n".join(lines)
