@@ -90,12 +90,17 @@ def test_the_recorded_command_repeats_every_option_of_the_run(family: str) -> No
     command = training_cli._command(args)
     assert command.startswith("python -m vlm_notebook.training ")
     assert training_cli._parser().parse_args(command.split()[3:]) == args
+    recipes = moondream if family == "moondream" else RECIPES[family][0]
+    recipe = training_cli._given(recipes.Recipe(), args)
+    assert (recipe.batch_size, recipe.lr, recipe.canonical_fraction, recipe.varied_per_scene) == (16, 5e-4, 0.15, 2000)
+    if family == "moondream":
+        assert (recipe.region_weight, recipe.small_shapes, recipe.task_weights) == (1, 0.5, (4, 4, 2, 1))
 
 
 @pytest.mark.parametrize("name", ["shapes-smolvlm", "shapes-qwen2vl", "shapes-gemma4", "shapes-moondream"])
 def test_each_shipped_card_is_what_its_training_record_writes(name: str) -> None:
     """A card edited by hand, or left behind when its record or the card's wording changed, fails here."""
-    directory = Path(training_cli.__file__).parents[1] / "checkpoints" / name
+    directory = training_cli.FAMILY_DEFAULTS[name.removeprefix("shapes-")].out
     record = json.loads((directory / "training.json").read_text(encoding="utf-8"))
     write = moondream.model_card if name == "shapes-moondream" else card.model_card
     assert (directory / "README.md").read_text(encoding="utf-8") == write(record)

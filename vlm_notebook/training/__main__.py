@@ -17,7 +17,7 @@ import os
 import platform
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -101,16 +101,15 @@ def _command(args: argparse.Namespace) -> str:
 R = TypeVar("R", smolvlm.Recipe, qwen2vl.Recipe, gemma4.Recipe, moondream.Recipe)
 
 
-def _sized(recipe: R, args: argparse.Namespace) -> R:
-    """The recipe, with ``--batch-size``, ``--lr``, ``--canonical-fraction`` and
-    ``--varied-per-scene`` when given."""
-    if args.canonical_fraction is not None:
-        recipe = replace(recipe, canonical_fraction=args.canonical_fraction)
-    if args.batch_size:
-        recipe = replace(recipe, batch_size=args.batch_size)
-    if args.varied_per_scene:
-        recipe = replace(recipe, varied_per_scene=args.varied_per_scene)
-    return replace(recipe, lr=args.lr) if args.lr else recipe
+def _given(recipe: R, args: argparse.Namespace) -> R:
+    """The recipe with every field an option was given for (``--lr``, ``--small-shapes``, ...: each
+    option is named after the recipe field it sets)."""
+    given: dict[str, Any] = {
+        field.name: tuple(value) if isinstance(value, list) else value
+        for field in fields(recipe)
+        if (value := getattr(args, field.name, None)) is not None
+    }
+    return replace(recipe, **given)
 
 
 def _init(args: argparse.Namespace) -> Path | None:
@@ -179,7 +178,7 @@ def _run_chat_template_family(args: argparse.Namespace, recipes: Any, **evaluati
     ``evaluate.evaluate_dir``'s options); write the record and the card."""
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    recipe = _sized(recipes.Recipe(), args)
+    recipe = _given(recipes.Recipe(), args)
     trained = recipes.train_model(args.steps, args.vision_steps, args.seed, recipe, _log, _init(args))
     save(trained.processor, trained.model, out)
     _log(f"saved to {out}; evaluating the saved directory")
@@ -197,13 +196,7 @@ def run_moondream(args: argparse.Namespace) -> dict[str, Any]:
     """Train the tiny Moondream, save it, reload and evaluate every task; write the record and the card."""
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    recipe = _sized(moondream.Recipe(), args)
-    if args.region_weight:
-        recipe = replace(recipe, region_weight=args.region_weight)
-    if args.small_shapes is not None:
-        recipe = replace(recipe, small_shapes=args.small_shapes)
-    if args.task_weights:
-        recipe = replace(recipe, task_weights=tuple(args.task_weights))
+    recipe = _given(moondream.Recipe(), args)
     trained = moondream.train_model(args.steps, args.vision_steps, args.seed, recipe, _log, _init(args))
     moondream.save(trained.tokenizer, trained.net, out)
     _log(f"saved to {out}; evaluating the saved directory")

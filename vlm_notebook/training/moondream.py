@@ -324,8 +324,8 @@ class Recipe:
     canonical_fraction: float = 0.1
     varied_fraction: float = 0.8  # pictures like users send (``training.pictures``); the rest: random squares
     varied_per_scene: int = DEFAULT_MIX.varied_per_scene  # distinct varied pictures a scene gets
-    small_shapes: float = 0.0  # of the varied pictures, those with a shape at 20-40% of the short side
-    # caption, query, detect, point: detect's box sizes on elongated pictures are the hardest part
+    small_shapes: float = 0.0  # of the varied pictures, those drawn from ``training.pictures.SMALL_SHAPES``
+    # caption, query, detect, point: detect's box sizes on elongated pictures were the hardest part
     task_weights: tuple[float, float, float, float] = (3, 3, 4, 1)
     vision_lr: float = 1e-3
     lr: float = 1.5e-3

@@ -65,6 +65,7 @@ class PictureSource:
         return shapes.draw(scene, self.size, rng)
 
     def _varied_drawing(self, rng: random.Random, scene: shapes.Scene) -> shapes.Drawing:
+        # no draw at 0, so a mix without small shapes draws the pictures it drew before they existed
         small = self.mix.small_shapes > 0 and rng.random() < self.mix.small_shapes
         pool = self._varied.setdefault((scene, small), [])
         if len(pool) < self.mix.varied_per_scene:
