@@ -7,6 +7,7 @@ import json
 import random
 import shutil
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -386,6 +387,23 @@ def test_training_refines_a_patch_8_checkpoint_into_patch_4_seeing_the_same_pixe
     save(tokenizer, fine, tmp_path / "fine")
     with pytest.raises(ValueError, match="cannot refine 4 px patches into 8 px ones"):
         load_init(tmp_path / "fine", build_config(tokenizer, coarse_sizes))
+
+
+def test_training_grows_the_vision_encoder_of_a_checkpoint_without_changing_what_it_sees(tmp_path: Path) -> None:
+    """``--vision-layers`` beyond the checkpoint's: the new blocks start as identities (then train)."""
+    tokenizer, sizes = build_tiny_tokenizer(), TinySizes()
+    torch.manual_seed(0)
+    shallow = build_network(build_config(tokenizer, sizes), sizes).eval()
+    save(tokenizer, shallow, tmp_path)
+    deeper = load_init(tmp_path, build_config(tokenizer, replace(sizes, vision_layers=4))).eval()
+    assert len(deeper.vision.blocks) == 4
+    picture = shapes.random_picture(random.Random(2)).image.convert("RGB")
+    with torch.no_grad():
+        torch.testing.assert_close(image_embeddings(deeper, picture), image_embeddings(shallow, picture))
+    grown = deeper.vision.blocks[3]
+    assert grown.attn.qkv.weight.std() > 0 and not grown.mlp.fc2.weight.any()
+    kept = shallow.state_dict()
+    assert all(torch.equal(deeper.state_dict()[name], tensor) for name, tensor in kept.items())
 
 
 def test_vision_pretraining_learns_from_the_local_crops_and_the_projection() -> None:

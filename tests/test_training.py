@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 
@@ -83,8 +84,11 @@ def test_smolvlm_carries_a_checkpoint_with_smaller_patches_over_seeing_the_same(
 
 @pytest.mark.parametrize("family", [*RECIPES, "moondream"])
 def test_the_recorded_command_repeats_every_option_of_the_run(family: str) -> None:
-    extra = " --region-weight 1 --small-shapes 0.5 --task-weights 4 4 2 1" if family == "moondream" else ""
-    given = (f"{family} --steps 7 --seed 3 --vision-steps 0 --threads 1 --init-from DIR --batch-size 16 --lr 5e-4"
+    moondream_only = (" --region-weight 1 --small-shapes 0.5 --task-weights 4 4 2 1 --vision-layers 3"
+                      " --background-weights 1 1 2")
+    extra = moondream_only if family == "moondream" else ""
+    given = (f"{family} --steps 7 --seed 3 --vision-steps 0 --vision-lr 3e-4 --threads 1 --init-from DIR"
+             " --batch-size 16 --lr 5e-4"
              f" --canonical-fraction 0.15 --varied-per-scene 2000{extra} --out /tmp/run")
     args = training_cli._parser().parse_args(given.split())
     command = training_cli._command(args)
@@ -93,8 +97,11 @@ def test_the_recorded_command_repeats_every_option_of_the_run(family: str) -> No
     recipes = moondream if family == "moondream" else RECIPES[family][0]
     recipe = training_cli._given(recipes.Recipe(), args)
     assert (recipe.batch_size, recipe.lr, recipe.canonical_fraction, recipe.varied_per_scene) == (16, 5e-4, 0.15, 2000)
+    assert recipe.vision_lr == 3e-4
     if family == "moondream":
         assert (recipe.region_weight, recipe.small_shapes, recipe.task_weights) == (1, 0.5, (4, 4, 2, 1))
+        assert recipe.background_weights == (1, 1, 2)
+        assert recipe.sizes == replace(moondream.TinySizes(), vision_layers=3)
 
 
 @pytest.mark.parametrize("name", ["shapes-smolvlm", "shapes-qwen2vl", "shapes-gemma4", "shapes-moondream"])

@@ -1,8 +1,10 @@
 """Command line: ``python -m vlm_notebook.training smolvlm|qwen2vl|gemma4|moondream [--out DIR] [--steps N] [--seed S]``
-(also ``--vision-steps N``, ``--threads N``, ``--batch-size N``, ``--lr RATE``, ``--varied-per-scene N`` and
-``--init-from DIR``, which starts from a saved checkpoint's weights instead of random ones; Moondream
-also ``--region-weight W``). With no options a family trains from scratch; each shipped checkpoint's
-card (its README.md) gives the command that made it.
+(also ``--vision-steps N``, ``--vision-lr RATE``, ``--threads N``, ``--batch-size N``, ``--lr RATE``,
+``--canonical-fraction F``, ``--varied-per-scene N`` and ``--init-from DIR``, which starts from a saved
+checkpoint's weights instead of random ones; Moondream also ``--region-weight W``, ``--small-shapes F``,
+``--task-weights C Q D P``, ``--background-weights W B G`` and ``--vision-layers N``). With no options
+a family trains from scratch; each shipped checkpoint's card (its README.md) gives the command that
+made it.
 
 ``smolvlm`` trains the tiny SmolVLM (English), ``qwen2vl`` the tiny Qwen2-VL (captions in seven
 languages, questions in English and Japanese), ``gemma4`` the tiny Gemma 4 (English); each saves
@@ -17,7 +19,7 @@ import os
 import platform
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -98,18 +100,20 @@ def _command(args: argparse.Namespace) -> str:
     return command if Path(args.out).resolve() == default_out else f"{command} --out {args.out}"
 
 
-R = TypeVar("R", smolvlm.Recipe, qwen2vl.Recipe, gemma4.Recipe, moondream.Recipe)
+R = TypeVar("R")  # a recipe, or a dataclass inside one
 
 
 def _given(recipe: R, args: argparse.Namespace) -> R:
     """The recipe with every field an option was given for (``--lr``, ``--small-shapes``, ...: each
-    option is named after the recipe field it sets)."""
-    given: dict[str, Any] = {
-        field.name: tuple(value) if isinstance(value, list) else value
-        for field in fields(recipe)
-        if (value := getattr(args, field.name, None)) is not None
-    }
-    return replace(recipe, **given)
+    option is named after the recipe field it sets; ``--vision-layers`` sets a field of its ``sizes``)."""
+    given: dict[str, Any] = {}
+    for field in fields(recipe):  # type: ignore[arg-type]  # R is always a dataclass
+        value = getattr(recipe, field.name)
+        if is_dataclass(value) and not isinstance(value, type):
+            given[field.name] = _given(value, args)
+        elif (option := getattr(args, field.name, None)) is not None:
+            given[field.name] = tuple(option) if isinstance(option, list) else option
+    return replace(recipe, **given)  # type: ignore[type-var]  # R is always a dataclass
 
 
 def _init(args: argparse.Namespace) -> Path | None:
@@ -242,6 +246,9 @@ def _add_family(parser: argparse.ArgumentParser, defaults: FamilyDefaults) -> No
         "--lr", type=float, default=None, help="peak learning rate of the whole-model stage (default: the recipe's)"
     )
     parser.add_argument(
+        "--vision-lr", type=float, default=None, help="peak learning rate of vision pretraining (default: the recipe's)"
+    )
+    parser.add_argument(
         "--canonical-fraction", type=float, default=None,
         help="fraction of canonical drawings among the training pictures (default: the recipe's)",
     )
@@ -263,6 +270,15 @@ def _parser() -> argparse.ArgumentParser:
     commands.choices["moondream"].add_argument(
         "--small-shapes", type=float, default=None,
         help="fraction of the varied pictures drawn with a small shape (default: the recipe's)",
+    )
+    commands.choices["moondream"].add_argument(
+        "--vision-layers", type=int, default=None,
+        help="vision encoder depth; layers beyond the --init-from checkpoint's start as identities "
+        "(default: the recipe's)",
+    )
+    commands.choices["moondream"].add_argument(
+        "--background-weights", type=float, nargs=3, default=None, metavar=("WHITE", "BLACK", "GRAY"),
+        help="how often each background is drawn, in proportion (default: the recipe's)",
     )
     commands.choices["moondream"].add_argument(
         "--task-weights", type=float, nargs=4, default=None, metavar=("CAPTION", "QUERY", "DETECT", "POINT"),

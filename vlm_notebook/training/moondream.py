@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -47,10 +48,11 @@ from vlm_notebook.models.moondream.crops import overlap_crops, stitch
 from vlm_notebook.models.moondream.network import MoondreamNetwork, build_on_meta
 from vlm_notebook.models.moondream.prompts import caption_prompt, locate_prompt, query_prompt
 from vlm_notebook.models.moondream.text import prefix_causal_mask
+from vlm_notebook.models.moondream.vision import VisionBlock
 from vlm_notebook.training import robustness
 from vlm_notebook.training.card import pictures_section, torch_threads, training_pictures
 from vlm_notebook.training.loop import Batch, BatchMaker, Logger, TrainConfig, TrainResult, seed_everything, train
-from vlm_notebook.training.pictures import DEFAULT_MIX, Mix, PictureSource
+from vlm_notebook.training.pictures import DEFAULT_MIX, Mix, PictureSource, random_scene
 from vlm_notebook.training.robustness import iou
 from vlm_notebook.training.tokenizer import build_tokenizer
 from vlm_notebook.training.vision import ClassifierOutput, SceneHeads, labelled_pictures
@@ -182,11 +184,11 @@ EARLIER_TASK_WEIGHTS = (3, 3, 2, 1)
 
 def make_example(
     rng: random.Random, tokenizer: Tokenizer, config: MoondreamConfig, source: PictureSource,
-    task_weights: tuple[float, ...],
+    task_weights: tuple[float, ...], background_weights: tuple[float, ...] = (1, 1, 1),
 ) -> Example:
-    """A random scene and a random task on it (``TASKS``, drawn with ``task_weights``), in the
-    prompts inference builds (``prompts``)."""
-    scene = rng.choice(SCENES)
+    """A random scene (backgrounds drawn with ``background_weights``) and a random task on it
+    (``TASKS``, drawn with ``task_weights``), in the prompts inference builds (``prompts``)."""
+    scene = random_scene(rng, background_weights)
     drawing = source.drawing(rng, scene)
     tokens, kind = config.tokenizer, rng.choices(list(TASKS), task_weights)[0]
     eos, encode = [tokens.eos_id], partial(_ids, tokenizer)
@@ -327,6 +329,8 @@ class Recipe:
     small_shapes: float = 0.0  # of the varied pictures, those drawn from ``training.pictures.SMALL_SHAPES``
     # caption, query, detect, point: detect's box sizes on elongated pictures were the hardest part
     task_weights: tuple[float, float, float, float] = (3, 3, 4, 1)
+    # white, black, gray: shape names on gray missed most (low contrast; JPEG blurs colour edges)
+    background_weights: tuple[float, float, float] = (1, 1, 1)
     vision_lr: float = 1e-3
     lr: float = 1.5e-3
     region_weight: float = 0.5  # the region losses (about 4 nats at best) would otherwise swamp the tokens'
@@ -353,7 +357,8 @@ def make_batch_maker(tokenizer: Tokenizer, config: MoondreamConfig, recipe: Reci
 
     def make_batch(rng: random.Random) -> Batch:
         examples = [
-            make_example(rng, tokenizer, config, source, recipe.task_weights) for _ in range(recipe.batch_size)
+            make_example(rng, tokenizer, config, source, recipe.task_weights, recipe.background_weights)
+            for _ in range(recipe.batch_size)
         ]
         return cast(Batch, {"examples": examples})
 
@@ -364,7 +369,7 @@ def make_vision_batch_maker(recipe: Recipe) -> BatchMaker:
     source = PictureSource(recipe.mix, IMAGE_SIZE)
 
     def make_batch(rng: random.Random) -> Batch:
-        pictures, labels = labelled_pictures(rng, source, recipe.batch_size)
+        pictures, labels = labelled_pictures(rng, source, recipe.batch_size, recipe.background_weights)
         return cast(Batch, {"pictures": pictures, "labels": labels})
 
     return make_batch
@@ -390,22 +395,47 @@ def train_model(
 
 
 def load_init(directory: Path, config: MoondreamConfig) -> MoondreamNetwork:
-    """The weights a run starts from. A checkpoint whose patches are a whole multiple of
-    ``config``'s (8 px where the recipe has 4) is refined first: each patch kernel is summed over
-    the blocks that become one finer patch, and the position embeddings are interpolated to the
-    finer grid, so the encoder starts as the old one looking at the crop upscaled (nearest)."""
+    """The weights a run starts from, adapted to ``config`` where it differs from the checkpoint's:
+
+    - patches a whole multiple of ``config``'s (8 px where the recipe has 4) are refined: each patch
+      kernel is summed over the blocks that become one finer patch, and the position embeddings are
+      interpolated to the finer grid, so the encoder starts as the old one looking at the crop
+      upscaled (nearest);
+    - a deeper vision encoder gets its new blocks after the old ones, with zero output projections,
+      so it starts computing exactly what the checkpoint did."""
     old, _ = read_config(directory)
-    if old.vision.enc_patch_size == config.vision.enc_patch_size:
+    if old.vision == config.vision:
         return load_network(directory, config)
-    net = load_network(directory, old)
-    tensors = {name: tensor.detach().clone() for name, tensor in net.state_dict().items()}
-    tensors["vision.patch_emb.weight"] = finer_patch_kernel(
-        tensors["vision.patch_emb.weight"], old.vision.enc_patch_size, config.vision.enc_patch_size
-    )
-    tensors["vision.pos_emb"] = finer_positions(tensors["vision.pos_emb"], old.vision.grid, config.vision.grid)
+    tensors = {name: tensor.detach().clone() for name, tensor in load_network(directory, old).state_dict().items()}
+    if old.vision.enc_patch_size != config.vision.enc_patch_size:
+        tensors["vision.patch_emb.weight"] = finer_patch_kernel(
+            tensors["vision.patch_emb.weight"], old.vision.enc_patch_size, config.vision.enc_patch_size
+        )
+        tensors["vision.pos_emb"] = finer_positions(tensors["vision.pos_emb"], old.vision.grid, config.vision.grid)
+    tensors.update(identity_blocks(config, first=old.vision.enc_n_layers))
     root = build_on_meta(config)
     root.model.load_state_dict(tensors, strict=True, assign=True)
     return root.model
+
+
+def identity_blocks(
+    config: MoondreamConfig, first: int, init_std: float = TinySizes.init_std
+) -> dict[str, torch.Tensor]:
+    """Tensors of vision blocks ``first`` .. the config's last that leave their input unchanged: the
+    attention and MLP output projections are zero (the residual passes through), the rest is
+    initialised as a fresh network's, so training can grow them."""
+    template = VisionBlock(config.vision)
+    tensors: dict[str, torch.Tensor] = {}
+    for index in range(first, config.vision.enc_n_layers):
+        for name, param in template.named_parameters():
+            if name.startswith(("attn.proj", "mlp.fc2")) or name.endswith("bias"):
+                value = torch.zeros_like(param)
+            elif name.startswith("ln"):
+                value = torch.ones_like(param)
+            else:
+                value = torch.randn_like(param) * init_std
+            tensors[f"vision.blocks.{index}.{name}"] = value
+    return tensors
 
 
 def finer_patch_kernel(weight: torch.Tensor, old_patch: int, new_patch: int) -> torch.Tensor:
@@ -495,10 +525,17 @@ def evaluate_dir(directory: Path, random_seed: int) -> dict[str, Any]:
 
 
 def _task_mix(recipe: dict[str, Any]) -> str:
-    """How often each task was drawn, and the weight of the region losses."""
-    weights = recipe.get("task_weights", EARLIER_TASK_WEIGHTS)
-    drawn = ", ".join(f"{task} {weight:g}" for task, weight in zip(TASKS, weights, strict=True))
-    return f"; tasks drawn in proportions {drawn}; region losses weighted {recipe['region_weight']:g}"
+    """How often each task and each background was drawn, and the weight of the region losses."""
+    tasks = _proportions(TASKS, recipe.get("task_weights", EARLIER_TASK_WEIGHTS))
+    backgrounds = _proportions(shapes.BACKGROUNDS, recipe.get("background_weights", (1, 1, 1)))
+    return (
+        f"; tasks drawn in proportions {tasks}; backgrounds in proportions {backgrounds};"
+        f" region losses weighted {recipe['region_weight']:g}"
+    )
+
+
+def _proportions(names: Sequence[str], weights: Sequence[float]) -> str:
+    return ", ".join(f"{name} {weight:g}" for name, weight in zip(names, weights, strict=True))
 
 
 def model_card(record: dict[str, Any]) -> str:
@@ -559,7 +596,8 @@ def model_card(record: dict[str, Any]) -> str:
         "Captions and answers count when exact; `detect` when it gives one box with IoU >= 0.5 against",
         "the drawn box; `point` when it gives one point inside it; an absent shape when `detect` gives none.",
         "Where it fails, by the scores above: mostly the shape's name (in captions and answers; circle",
-        "and diamond, circle and square confused) on off-centre or resized drawings, and shapes that are",
+        "and diamond, circle and square confused) on off-centre or resized drawings, most often on the gray",
+        "background (the colours stand out from it least, and JPEG blurs colour edges), and shapes that are",
         "not there but are still \"found\". Boxes on elongated pictures came out nearly square in the",
         "picture's own coordinates until runs with more small shapes (a `small_shapes` share in the recipe).",
         "",

@@ -10,6 +10,7 @@ function every model runs on a user's picture, so training sees exactly what inf
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from PIL import Image
@@ -74,6 +75,16 @@ class PictureSource:
             return pool[-1]
         drawing = rng.choice(pool)
         return mirrored(drawing) if rng.random() < 0.5 else drawing
+
+
+def random_scene(rng: random.Random, background_weights: Sequence[float] = (1, 1, 1)) -> shapes.Scene:
+    """A scene drawn with each background (``shapes.BACKGROUNDS``) in proportion to its weight;
+    equal weights draw as :func:`random.Random.choice` does, the same scenes as before weights existed."""
+    scenes = shapes.all_scenes()
+    if len(set(background_weights)) == 1:
+        return rng.choice(scenes)
+    weights = [background_weights[shapes.BACKGROUNDS.index(scene.background)] for scene in scenes]
+    return rng.choices(scenes, weights)[0]
 
 
 def mirrored(drawing: shapes.Drawing) -> shapes.Drawing:

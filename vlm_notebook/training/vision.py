@@ -19,7 +19,7 @@ from PIL import Image
 from torch import nn
 
 from vlm_notebook import shapes
-from vlm_notebook.training.pictures import PictureSource
+from vlm_notebook.training.pictures import PictureSource, random_scene
 
 LABEL_SIZES: tuple[int, ...] = (len(shapes.SHAPES), len(shapes.COLOURS), len(shapes.BACKGROUNDS))
 
@@ -41,9 +41,12 @@ class ClassifierOutput:
     logits: list[torch.Tensor]
 
 
-def labelled_pictures(rng: random.Random, source: PictureSource, count: int) -> tuple[list[Image.Image], torch.Tensor]:
-    """``count`` pictures of random scenes from ``source`` and their labels, (count, 3) class indices."""
-    scenes = [rng.choice(shapes.all_scenes()) for _ in range(count)]
+def labelled_pictures(
+    rng: random.Random, source: PictureSource, count: int, background_weights: Sequence[float] = (1, 1, 1)
+) -> tuple[list[Image.Image], torch.Tensor]:
+    """``count`` pictures of random scenes (:func:`random_scene`) from ``source`` and their labels,
+    (count, 3) class indices."""
+    scenes = [random_scene(rng, background_weights) for _ in range(count)]
     images = [source.drawing(rng, scene).image for scene in scenes]
     return images, torch.tensor([scene_labels(scene) for scene in scenes])
 
