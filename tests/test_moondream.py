@@ -404,6 +404,9 @@ def test_training_grows_the_vision_encoder_of_a_checkpoint_without_changing_what
     assert grown.attn.qkv.weight.std() > 0 and not grown.mlp.fc2.weight.any()
     kept = shallow.state_dict()
     assert all(torch.equal(deeper.state_dict()[name], tensor) for name, tensor in kept.items())
+    save(tokenizer, deeper, tmp_path / "deeper")
+    with pytest.raises(ValueError, match="has 4 vision layers and the recipe 2: pass --vision-layers 4"):
+        load_init(tmp_path / "deeper", build_config(tokenizer, sizes))
 
 
 def test_vision_pretraining_learns_from_the_local_crops_and_the_projection() -> None:

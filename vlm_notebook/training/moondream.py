@@ -406,6 +406,11 @@ def load_init(directory: Path, config: MoondreamConfig) -> MoondreamNetwork:
     old, _ = read_config(directory)
     if old.vision == config.vision:
         return load_network(directory, config)
+    if old.vision.enc_n_layers > config.vision.enc_n_layers:
+        raise ValueError(
+            f"{str(directory)!r} has {old.vision.enc_n_layers} vision layers and the recipe"
+            f" {config.vision.enc_n_layers}: pass --vision-layers {old.vision.enc_n_layers} (or more)"
+        )
     tensors = {name: tensor.detach().clone() for name, tensor in load_network(directory, old).state_dict().items()}
     if old.vision.enc_patch_size != config.vision.enc_patch_size:
         tensors["vision.patch_emb.weight"] = finer_patch_kernel(
