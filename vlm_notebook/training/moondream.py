@@ -52,7 +52,7 @@ from vlm_notebook.models.moondream.vision import VisionBlock
 from vlm_notebook.training import robustness
 from vlm_notebook.training.card import pictures_section, torch_threads, training_pictures
 from vlm_notebook.training.loop import Batch, BatchMaker, Logger, TrainConfig, TrainResult, seed_everything, train
-from vlm_notebook.training.pictures import DEFAULT_MIX, Mix, PictureSource, random_scene
+from vlm_notebook.training.pictures import DEFAULT_MIX, EVEN_BACKGROUNDS, Mix, PictureSource, random_scene
 from vlm_notebook.training.robustness import iou
 from vlm_notebook.training.tokenizer import build_tokenizer
 from vlm_notebook.training.vision import ClassifierOutput, SceneHeads, labelled_pictures
@@ -184,7 +184,7 @@ EARLIER_TASK_WEIGHTS = (3, 3, 2, 1)
 
 def make_example(
     rng: random.Random, tokenizer: Tokenizer, config: MoondreamConfig, source: PictureSource,
-    task_weights: tuple[float, ...], background_weights: tuple[float, ...] = (1, 1, 1),
+    task_weights: tuple[float, ...], background_weights: tuple[float, ...] = EVEN_BACKGROUNDS,
 ) -> Example:
     """A random scene (backgrounds drawn with ``background_weights``) and a random task on it
     (``TASKS``, drawn with ``task_weights``), in the prompts inference builds (``prompts``)."""
@@ -330,7 +330,7 @@ class Recipe:
     # caption, query, detect, point: detect's box sizes on elongated pictures were the hardest part
     task_weights: tuple[float, float, float, float] = (3, 3, 4, 1)
     # white, black, gray: shape names on gray missed most (low contrast; JPEG blurs colour edges)
-    background_weights: tuple[float, float, float] = (1, 1, 1)
+    background_weights: tuple[float, float, float] = EVEN_BACKGROUNDS
     vision_lr: float = 1e-3
     lr: float = 1.5e-3
     region_weight: float = 0.5  # the region losses (about 4 nats at best) would otherwise swamp the tokens'
@@ -532,7 +532,7 @@ def evaluate_dir(directory: Path, random_seed: int) -> dict[str, Any]:
 def _task_mix(recipe: dict[str, Any]) -> str:
     """How often each task and each background was drawn, and the weight of the region losses."""
     tasks = _proportions(TASKS, recipe.get("task_weights", EARLIER_TASK_WEIGHTS))
-    backgrounds = _proportions(shapes.BACKGROUNDS, recipe.get("background_weights", (1, 1, 1)))
+    backgrounds = _proportions(shapes.BACKGROUNDS, recipe.get("background_weights", EVEN_BACKGROUNDS))
     return (
         f"; tasks drawn in proportions {tasks}; backgrounds in proportions {backgrounds};"
         f" region losses weighted {recipe['region_weight']:g}"

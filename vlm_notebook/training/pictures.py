@@ -77,7 +77,11 @@ class PictureSource:
         return mirrored(drawing) if rng.random() < 0.5 else drawing
 
 
-def random_scene(rng: random.Random, background_weights: Sequence[float] = (1, 1, 1)) -> shapes.Scene:
+#: Every background as often as the others (``shapes.BACKGROUNDS``): the evaluation's draw.
+EVEN_BACKGROUNDS: tuple[float, float, float] = (1, 1, 1)
+
+
+def random_scene(rng: random.Random, background_weights: Sequence[float] = EVEN_BACKGROUNDS) -> shapes.Scene:
     """A scene drawn with each background (``shapes.BACKGROUNDS``) in proportion to its weight;
     equal weights draw as :func:`random.Random.choice` does, the same scenes as before weights existed."""
     scenes = shapes.all_scenes()

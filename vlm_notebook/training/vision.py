@@ -19,7 +19,7 @@ from PIL import Image
 from torch import nn
 
 from vlm_notebook import shapes
-from vlm_notebook.training.pictures import PictureSource, random_scene
+from vlm_notebook.training.pictures import EVEN_BACKGROUNDS, PictureSource, random_scene
 
 LABEL_SIZES: tuple[int, ...] = (len(shapes.SHAPES), len(shapes.COLOURS), len(shapes.BACKGROUNDS))
 
@@ -42,7 +42,7 @@ class ClassifierOutput:
 
 
 def labelled_pictures(
-    rng: random.Random, source: PictureSource, count: int, background_weights: Sequence[float] = (1, 1, 1)
+    rng: random.Random, source: PictureSource, count: int, background_weights: Sequence[float] = EVEN_BACKGROUNDS
 ) -> tuple[list[Image.Image], torch.Tensor]:
     """``count`` pictures of random scenes (:func:`random_scene`) from ``source`` and their labels,
     (count, 3) class indices."""
