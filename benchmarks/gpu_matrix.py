@@ -2,9 +2,10 @@
 
 Per family: load time, time to first token for a new picture (cold) and for a follow-up question
 on the same picture, decode tokens/s and peak device memory, in the default settings
-(``device="auto"``, ``dtype="auto"``, the CPU-default picture sizes). On CUDA, SmolVLM's and
-Qwen2-VL's decode steps replay a CUDA graph (``vlm_notebook.models.llama_step.GraphedLlamaStep``);
-both are measured again with them off (operator by operator), to show what they save.
+(``device="auto"``, ``dtype="auto"``, the CPU-default picture sizes). On CUDA, every family's
+decode step replays a CUDA graph (``vlm_notebook.models.graphs``: SmolVLM's and Qwen2-VL's
+``llama_step.GraphedLlamaStep``, Moondream's ``moondream.inference.GraphedStep``); each is measured
+again with them off (operator by operator), to show what they save.
 torch.compile is not used.
 
     python benchmarks/gpu_matrix.py                        # all three families, results/gpu_matrix.md
@@ -37,7 +38,7 @@ from ttft_random_moondream import checkpoint_dir as moondream_dir
 from ttft_random_qwen2vl import random_checkpoint as qwen2vl_checkpoint
 
 from vlm_notebook import get_model
-from vlm_notebook.models import VLM, llama_step
+from vlm_notebook.models import VLM, graphs
 from vlm_notebook.random_checkpoints import random_checkpoint
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -48,7 +49,7 @@ BUILDERS: dict[str, Callable[[], Path]] = {
     "moondream": lambda: moondream_checkpoint(moondream_dir(None)),
 }
 #: The families whose decode steps replay CUDA graphs on CUDA (measured with them off too).
-GRAPHED = ("smolvlm", "qwen2vl")
+GRAPHED = ("smolvlm", "qwen2vl", "moondream")
 #: Issue #17's targets on an H100/H200-class GPU: cold TTFT, follow-up TTFT (s), decode tokens/s.
 TARGETS = {"smolvlm": (0.050, 0.020, 300.0), "qwen2vl": (0.060, None, 150.0), "moondream": (0.060, None, 150.0)}
 
@@ -117,11 +118,11 @@ def measure(family: str, args: argparse.Namespace) -> list[Row]:
         except Exception as error:  # a profiler that fails must not cost the measured figures
             print(f"{family}: no profile ({error!r})", file=sys.stderr)
     if family in GRAPHED and torch.cuda.is_available():
-        llama_step.CUDA_GRAPHS = False  # read as each answer makes its step
+        graphs.CUDA_GRAPHS = False  # read as each answer makes its step
         try:
             rows.append(timed(model, family, "graphs off", load_seconds, args))
         finally:
-            llama_step.CUDA_GRAPHS = True
+            graphs.CUDA_GRAPHS = True
     return rows
 
 

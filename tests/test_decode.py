@@ -12,7 +12,7 @@ from transformers import DynamicCache
 
 from vlm_notebook import shapes
 from vlm_notebook.engine import Sampler
-from vlm_notebook.models import Qwen2VL, SmolVLM, llama_step
+from vlm_notebook.models import Qwen2VL, SmolVLM, graphs
 from vlm_notebook.models.hf import TransformersVLM
 from vlm_notebook.models.llama_step import GraphedLlamaStep, LlamaStep, llama_text_model, qwen2_vl_text_model
 from vlm_notebook.options import GenerationOptions
@@ -112,13 +112,13 @@ def test_a_gpu_that_cannot_capture_the_step_decodes_operator_by_operator(
         step()
         raise RuntimeError("operation not permitted when stream is capturing")
 
-    monkeypatch.setattr(llama_step, "_captured", refused)
+    monkeypatch.setattr(graphs, "captured", refused)
     text_model, head = fp32_smolvlm.model.model.text_model, fp32_smolvlm.model.lm_head
     ids = torch.arange(40).view(1, -1)
     with torch.inference_mode():
         plain = LlamaStep(text_model, head, prefilled(fp32_smolvlm, ids), 50)
         fixed = GraphedLlamaStep(text_model, head, prefilled(fp32_smolvlm, ids), 50)
-        fixed.replays = True  # as on CUDA
+        fixed.replayer.replays = True  # as on CUDA
         for token_id in (5, 7, 9):
             assert torch.allclose(fixed(token_id), plain(token_id), rtol=1e-5, atol=1e-5)
     assert caplog.text.count("CUDA graphs unavailable") == 1

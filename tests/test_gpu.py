@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vlm_notebook import get_model, shapes
-from vlm_notebook.models import VLM, llama_step
+from vlm_notebook.models import VLM, graphs
 
 pytestmark = [
     pytest.mark.gpu,
@@ -82,10 +82,10 @@ def test_seeded_sampling_on_the_gpu_repeats(gpu_model: VLM) -> None:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("name", ["shapes-smolvlm", "shapes-qwen2vl"])
+@pytest.mark.parametrize("name", ["shapes-smolvlm", "shapes-qwen2vl", "shapes-moondream"])
 def test_cuda_graph_steps_answer_as_the_steps_operator_by_operator(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     model = get_model(name)
     picture = shapes.draw(RED_CIRCLE).image
     replayed = [model.caption(picture), *ask_all(model)]
-    monkeypatch.setattr(llama_step, "CUDA_GRAPHS", False)
+    monkeypatch.setattr(graphs, "CUDA_GRAPHS", False)
     assert [model.caption(picture), *ask_all(model)] == replayed

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,9 +20,16 @@ from PIL import Image
 from vlm_notebook import registry, shapes
 from vlm_notebook.errors import CheckpointError, CheckpointNotAvailableError, RequestError
 from vlm_notebook.images import load_image
-from vlm_notebook.models import Moondream, attention
+from vlm_notebook.models import Moondream, attention, graphs
 from vlm_notebook.models.moondream import EncodedImage, MoondreamConfig, crops
-from vlm_notebook.models.moondream.inference import encoded_crops, generate_text, image_embeddings
+from vlm_notebook.models.moondream.inference import (
+    GraphedStep,
+    _prefill,
+    _step,
+    encoded_crops,
+    generate_text,
+    image_embeddings,
+)
 from vlm_notebook.models.moondream.network import build_on_meta
 from vlm_notebook.models.moondream.prompts import caption_prompt, locate_prompt, query_prompt
 from vlm_notebook.models.moondream.text import prefix_causal_mask
@@ -187,11 +194,66 @@ def test_cached_generation_matches_one_full_forward_pass() -> None:
         bos = net.text.embed(torch.tensor([net.config.tokenizer.bos_id]))
         x = torch.cat([bos, image, net.text.embed(torch.tensor(prompt))])[None]
         full = net.text.logits(net.text(x, 0, mask=prefix_causal_mask(x.shape[1], net.config.prefix_len)))[0, -1]
-        from vlm_notebook.models.moondream.inference import _prefill
-
         _, hidden = _prefill(net, model.encode_image(picture), torch.tensor([prompt]), 1, None)
         cached = net.text.logits(hidden)[0, -1]
     torch.testing.assert_close(cached, full, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_fixed_shape_step_for_gpus_gives_the_plain_steps_logits(dtype: str) -> None:
+    """GraphedStep runs operator by operator off CUDA (tests/test_gpu.py replays it there): its
+    logits are the plain step's (fp32 to rounding, the same greedy tokens; bf16 within its
+    rounding), until the cache is full, which it refuses."""
+    model = Moondream("shapes-moondream", dtype=dtype).load()
+    assert isinstance(model, Moondream)
+    net = model.network
+    encoded = model.encode_image(shapes.draw(RED_CIRCLE).image)
+    prompt = torch.tensor([model._query_ids("What shape is it?")])
+    with torch.inference_mode():
+        plain_cache, hidden = _prefill(net, encoded, prompt, 12, None)
+        fixed_cache, _ = _prefill(net, encoded, prompt, 12, None)
+        fixed = GraphedStep(net, fixed_cache)
+        token = int(net.text.logits(hidden).argmax())
+        for _ in range(12):
+            expected = net.text.logits(_step(net, plain_cache, net.text.embed(torch.tensor([[token]])))).float()
+            got = fixed(token).float()
+            tolerance = 1e-5 if dtype == "float32" else 0.02 * float(expected.abs().max())
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=tolerance)
+            if dtype == "float32":
+                assert int(got.argmax()) == int(expected.argmax())
+            token = int(expected.argmax())
+        assert fixed_cache.length == plain_cache.length == fixed_cache.capacity
+        torch.testing.assert_close(fixed_cache.keys[-1].float(), plain_cache.keys[-1].float(), rtol=0, atol=tolerance)
+        with pytest.raises(ValueError, match=r"holds \d+ positions; all are used"):
+            fixed(token)
+
+
+@pytest.mark.timeout(60)
+def test_a_gpu_that_cannot_capture_moondreams_step_decodes_operator_by_operator(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Capturing needs CUDA (tests/test_gpu.py); here the capture fails after its warm-up has run,
+    and the step goes on from the position it had, with the plain step's numbers."""
+
+    def refused(step: Callable[[], torch.Tensor], position: torch.Tensor) -> None:
+        step()
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(graphs, "captured", refused)
+    model = Moondream("shapes-moondream", dtype="float32").load()
+    assert isinstance(model, Moondream)
+    net, encoded = model.network, model.encode_image(shapes.draw(RED_CIRCLE).image)
+    prompt = torch.tensor([model._query_ids("What colour is the shape?")])
+    with torch.inference_mode():
+        plain_cache, _ = _prefill(net, encoded, prompt, 5, None)
+        fixed_cache, _ = _prefill(net, encoded, prompt, 5, None)
+        fixed = GraphedStep(net, fixed_cache)
+        fixed.replayer.replays = True  # as on CUDA
+        for token in (5, 7, 9):
+            expected = net.text.logits(_step(net, plain_cache, net.text.embed(torch.tensor([[token]]))))
+            torch.testing.assert_close(fixed(token), expected, rtol=1e-5, atol=1e-5)
+    assert caplog.text.count("CUDA graphs unavailable") == 1
 
 
 def test_caption_length_is_an_option_front_ends_can_pass(model: Moondream) -> None:

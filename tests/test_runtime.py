@@ -20,6 +20,10 @@ from vlm_notebook import cpu, get_model, runtime, shapes
 from vlm_notebook.errors import DeviceError, RequestError
 from vlm_notebook.models import Moondream, Qwen2VL, SmolVLM
 from vlm_notebook.models.llama_step import GraphedLlamaStep, _buffers, _rotary_table
+from vlm_notebook.models.moondream import MoondreamConfig
+from vlm_notebook.models.moondream.cache import KVCache
+from vlm_notebook.models.moondream.inference import GraphedStep
+from vlm_notebook.models.moondream.network import build_on_meta
 from vlm_notebook.registry import CHECKPOINTS_DIR
 from vlm_notebook.runtime import Runtime, choose_runtime
 
@@ -183,6 +187,17 @@ def test_the_gpus_fixed_shape_decoding_step_makes_its_tensors_on_the_models_devi
         text_model(input_ids=torch.ones(1, 3, dtype=torch.long, device="meta"), cache=cache, use_cache=True)
         logits = GraphedLlamaStep(text_model, head, cache, capacity=6)(1)
     assert logits.device.type == "meta" and logits.shape == (1, 32)
+
+
+def test_moondreams_fixed_shape_decoding_step_makes_its_tensors_on_the_models_device() -> None:
+    config = MoondreamConfig()
+    text = config.text
+    network = build_on_meta(config).model  # the published sizes, no memory
+    cache = KVCache(text.n_layers, text.n_kv_heads, text.head_dim, 6, torch.device("meta"))
+    cache.advance(3)  # as after a prefill
+    with torch.inference_mode():
+        logits = GraphedStep(network, cache)(1)
+    assert logits.device.type == "meta" and logits.shape == (1, 1, text.vocab_size) and cache.length == 4
 
 
 def test_a_model_too_big_for_the_gpus_free_memory_is_refused_before_loading(monkeypatch: pytest.MonkeyPatch) -> None:

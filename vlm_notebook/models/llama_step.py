@@ -13,7 +13,6 @@ were measured on: ``benchmarks/results/cpu_vs_openvino.md``.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -25,8 +24,7 @@ from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 
 from ..cpu import DecodingLinear, PackedLinear, PackedSiblings
 from .attention import attend_one_query
-
-_LOG = logging.getLogger("vlm_notebook")
+from .graphs import Replayer
 
 
 def llama_text_model(model: torch.nn.Module) -> torch.nn.Module | None:
@@ -167,32 +165,15 @@ class GraphedLlamaStep(LlamaStep):
         self._token = torch.zeros(1, dtype=torch.long, device=device)
         self._position = torch.full((1,), self._length, dtype=torch.long, device=device)
         self._positions = torch.arange(capacity, device=device)
-        #: Replay a CUDA graph (on CUDA, unless ``CUDA_GRAPHS`` is off); else operator by operator.
-        self.replays = device.type == "cuda" and CUDA_GRAPHS
-        self._graph: Any = None
-        self._logits: torch.Tensor | None = None
+        #: Replays a CUDA graph of the step on CUDA; else runs it operator by operator.
+        self.replayer = Replayer(self._fixed_step, self._position)
 
     def __call__(self, token_id: int) -> torch.Tensor:
         self._check_room()
         self._token.fill_(token_id)
-        logits = self._replayed() if self.replays else self._fixed_step()
+        logits = self.replayer()
         self._length += 1
         return logits
-
-    def _replayed(self) -> torch.Tensor:
-        if self._graph is None:
-            start = self._position.clone()
-            try:
-                self._graph, self._logits = _captured(self._fixed_step, self._position)
-            except RuntimeError as error:  # a GPU or driver that cannot capture: decode as the CPU does
-                _LOG.warning("CUDA graphs unavailable (%s); decoding operator by operator.", error)
-                self._graph = False
-                self._position.copy_(start)
-        if self._graph is False:
-            return self._fixed_step()
-        self._graph.replay()
-        assert self._logits is not None
-        return self._logits.clone()  # the next replay writes over it
 
     def _fixed_step(self) -> torch.Tensor:
         """One step that reads the token and position tensors and moves the position on by one."""
@@ -215,29 +196,6 @@ class GraphedLlamaStep(LlamaStep):
             query, keys[None], values[None], attn_mask=seen, scale=self._scaling, enable_gqa=True
         )
         return layer.output(mixed.view(1, -1))
-
-
-#: Whether :class:`GraphedLlamaStep` replays a CUDA graph on CUDA (False: operator by operator,
-#: to measure what the graph saves, as ``benchmarks/gpu_matrix.py`` does).
-CUDA_GRAPHS = True
-
-
-def _captured(step: Callable[[], torch.Tensor], position: torch.Tensor) -> tuple[Any, torch.Tensor]:
-    """``step`` captured as a CUDA graph, and the tensor its replays write the logits to. The
-    warm-up runs (on a side stream, as capturing asks) write the same position's keys and values
-    that the first replay writes again; the position is put back after each."""
-    start = position.clone()
-    side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            step()
-            position.copy_(start)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        logits = step()
-    return graph, logits
 
 
 Linear = Callable[[torch.Tensor], torch.Tensor]

@@ -50,6 +50,27 @@ class KVCache:
         return copy
 
 
+class PositionedCache:
+    """``cache`` written at the position held in ``position`` (a tensor on the cache's device):
+    every write has the same shapes and returns the whole buffers, as a CUDA graph needs; attention
+    then reads them through a mask of the positions so far. The step that owns ``position`` moves
+    it and the cache's length on (``advance`` does nothing, so that a replayed graph, which runs no
+    Python, and the first run agree)."""
+
+    def __init__(self, cache: KVCache, position: torch.Tensor):
+        self.cache, self.position = cache, position
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store one new (1, H, 1, D) key and value at the position; return the (1, H, capacity, D) buffers."""
+        keys, values = self.cache.keys[layer], self.cache.values[layer]
+        keys.index_copy_(2, self.position, k)
+        values.index_copy_(2, self.position, v)
+        return keys, values
+
+    def advance(self, count: int) -> None:
+        """Nothing: see the class."""
+
+
 def _grow(tensor: torch.Tensor, length: int, capacity: int) -> torch.Tensor:
     batch, heads, _, head_dim = tensor.shape
     grown = torch.zeros(batch, heads, capacity, head_dim, dtype=tensor.dtype, device=tensor.device)

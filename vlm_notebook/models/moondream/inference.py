@@ -21,7 +21,8 @@ from ...detokenizer import Detokenizer
 from ...errors import RequestError
 from ...options import GenerationOptions
 from ...stream import TokenSink
-from .cache import EncodedImage, KVCache
+from ..graphs import Replayer
+from .cache import EncodedImage, KVCache, PositionedCache
 from .crops import overlap_crops, stitch
 from .network import MoondreamNetwork
 from .text import continuation_mask
@@ -127,10 +128,47 @@ def generate_text(
         logits: torch.Tensor = net.text.logits(_step(net, cache, net.text.embed(_ids(net, [token]))))
         return logits
 
+    graphed = GraphedStep(net, cache) if cache.keys[0].is_cuda else None
     return engine.generate(
-        net.text.logits(hidden), step, options, {tokens.eos_id}, sink, detokenizer,
+        net.text.logits(hidden), graphed or step, options, {tokens.eos_id}, sink, detokenizer,
         banned_after_first={tokens.answer_id}, before_step=before_step,
     )
+
+
+class GraphedStep:
+    """The decoding step (a token id in, the next logits out) with every shape fixed, for a GPU:
+    the token and its position are tensors on the device, keys and values are written at that
+    position (:class:`~.cache.PositionedCache`), and attention reads the whole cache through a
+    mask of the positions so far. On CUDA it is captured once as a CUDA graph (at the answer's
+    second token) and replayed (:class:`~vlm_notebook.models.graphs.Replayer`); elsewhere (the CPU
+    tests) it runs operator by operator, so its numbers are checked against the plain step's."""
+
+    def __init__(self, net: MoondreamNetwork, cache: KVCache):
+        device = cache.keys[0].device
+        self._net, self._cache = net, cache
+        self._token = torch.zeros(1, dtype=torch.long, device=device)
+        self._position = torch.full((1,), cache.length, dtype=torch.long, device=device)
+        self._slots = torch.arange(cache.capacity, device=device)
+        self._positioned = PositionedCache(cache, self._position)
+        #: Replays a CUDA graph of the step on CUDA; else runs it operator by operator.
+        self.replayer = Replayer(self._fixed_step, self._position)
+
+    def __call__(self, token: int) -> torch.Tensor:
+        if self._cache.length >= self._cache.capacity:
+            raise ValueError(f"the key/value cache holds {self._cache.capacity} positions; all are used")
+        self._token.fill_(token)
+        logits = self.replayer()
+        self._cache.advance(1)
+        return logits
+
+    def _fixed_step(self) -> torch.Tensor:
+        """One step that reads the token and position tensors and moves the position on by one."""
+        text = self._net.text
+        embedding = text.embed(self._token).view(1, 1, -1)
+        seen = torch.where(self._slots <= self._position, 0.0, float("-inf")).to(embedding.dtype).view(1, -1)
+        hidden = text(embedding, self._position, mask=seen, cache=self._positioned)
+        self._position.add_(1)
+        return text.logits(hidden)
 
 
 def _device(net: MoondreamNetwork) -> torch.device:

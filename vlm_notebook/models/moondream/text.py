@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..attention import attend_many_queries, attend_one_query
-from .cache import KVCache
+from .cache import KVCache, PositionedCache
 from .config import TextConfig
 from .layers import MLP, merge_heads, split_heads
 
@@ -67,7 +67,7 @@ class TextAttention(nn.Module):
 
     def forward(
         self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None,
-        cache: KVCache | None, layer: int,
+        cache: KVCache | PositionedCache | None, layer: int,
     ) -> torch.Tensor:
         config = self.config
         kv_dim = config.n_kv_heads * config.head_dim
@@ -96,7 +96,7 @@ class TextBlock(nn.Module):
 
     def forward(
         self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None,
-        cache: KVCache | None, layer: int,
+        cache: KVCache | PositionedCache | None, layer: int,
     ) -> torch.Tensor:
         normed = self.ln(x)
         return x + self.attn(normed, rotary, mask, cache, layer) + self.mlp(normed)  # type: ignore[no-any-return]
@@ -117,15 +117,16 @@ class TextModel(nn.Module):
         return F.embedding(token_ids, self.wte)
 
     def forward(
-        self, x: torch.Tensor, start: int, mask: torch.Tensor | None = None, cache: KVCache | None = None,
-        between_layers: Callable[[], None] | None = None,
+        self, x: torch.Tensor, start: int | torch.Tensor, mask: torch.Tensor | None = None,
+        cache: KVCache | PositionedCache | None = None, between_layers: Callable[[], None] | None = None,
     ) -> torch.Tensor:
         """Hidden states (B, T, dim) of embeddings ``x`` at positions ``start``, ``start + 1``, ...
+        (``start`` a number, or a one-element tensor on the device for a step of fixed shapes).
 
         With ``cache`` the new keys and values are appended to it and attention also sees the
-        cached ones; ``mask`` (True = may attend) is None for full attention.
+        cached ones; ``mask`` (True or 0 = may attend) is None for full attention.
         """
-        positions = torch.arange(start, start + x.shape[1], device=x.device)
+        positions = torch.arange(x.shape[1], device=x.device) + start
         rotary = rotary_tables(positions, self.config.rotary_dim, self.config.rope_theta)
         for layer, block in enumerate(self.blocks):
             if between_layers is not None:
