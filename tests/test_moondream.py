@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from holds import hook
 from PIL import Image
 
@@ -449,6 +450,26 @@ def test_training_refines_a_patch_8_checkpoint_into_patch_4_seeing_the_same_pixe
     save(tokenizer, fine, tmp_path / "fine")
     with pytest.raises(ValueError, match="cannot refine 4 px patches into 8 px ones"):
         load_init(tmp_path / "fine", build_config(tokenizer, coarse_sizes))
+
+
+def test_training_spreads_a_checkpoints_patches_over_larger_crops_seeing_the_same_pixels(tmp_path: Path) -> None:
+    """``--crop-size 128 --patch 8`` from a 64 px, patch 4 checkpoint: the same 16 x 16 grid, each
+    patch's features those the checkpoint gave the crop box-averaged to 64 px, every other weight kept."""
+    tokenizer, sizes = build_tiny_tokenizer(), TinySizes()
+    torch.manual_seed(0)
+    small = build_network(build_config(tokenizer, sizes), sizes)
+    save(tokenizer, small, tmp_path)
+    larger = load_init(tmp_path, build_config(tokenizer, replace(sizes, crop_size=128, patch=8)))
+    assert larger.config.vision.crop_size == 128 and larger.config.vision.grid == 16
+    crop = torch.rand(1, 3, 128, 128) * 2 - 1
+    with torch.no_grad():
+        seen_now = larger.vision.patch_emb(patchify(crop, 8))
+        seen_before = small.vision.patch_emb(patchify(F.avg_pool2d(crop, 2), 4))
+    torch.testing.assert_close(seen_now, seen_before, rtol=1e-4, atol=1e-5)
+    kept = {name: tensor for name, tensor in small.state_dict().items() if name != "vision.patch_emb.weight"}
+    assert all(torch.equal(larger.state_dict()[name], tensor) for name, tensor in kept.items())
+    with pytest.raises(ValueError, match="cannot spread 4 px patches over 6 px ones"):
+        load_init(tmp_path, build_config(tokenizer, replace(sizes, crop_size=96, patch=6)))
 
 
 def test_training_grows_the_vision_encoder_of_a_checkpoint_without_changing_what_it_sees(tmp_path: Path) -> None:

@@ -2,9 +2,9 @@
 (also ``--vision-steps N``, ``--vision-lr RATE``, ``--threads N``, ``--batch-size N``, ``--lr RATE``,
 ``--canonical-fraction F``, ``--varied-per-scene N`` and ``--init-from DIR``, which starts from a saved
 checkpoint's weights instead of random ones; Moondream also ``--region-weight W``, ``--small-shapes F``,
-``--task-weights C Q D P``, ``--background-weights W B G`` and ``--vision-layers N``). With no options
-a family trains from scratch; each shipped checkpoint's card (its README.md) gives the command that
-made it.
+``--task-weights C Q D P``, ``--background-weights W B G``, ``--vision-layers N``, ``--crop-size PX``
+and ``--patch PX``). With no options a family trains from scratch; each shipped checkpoint's card
+(its README.md) gives the command that made it.
 
 ``smolvlm`` trains the tiny SmolVLM (English), ``qwen2vl`` the tiny Qwen2-VL (captions in seven
 languages, questions in English and Japanese), ``gemma4`` the tiny Gemma 4 (English); each saves
@@ -274,6 +274,16 @@ def _parser() -> argparse.ArgumentParser:
     commands.choices["moondream"].add_argument(
         "--vision-layers", type=int, default=None,
         help="vision encoder depth; layers beyond the --init-from checkpoint's start as identities "
+        "(default: the recipe's)",
+    )
+    commands.choices["moondream"].add_argument(
+        "--crop-size", type=int, default=None,
+        help="side of the crops in px (default: the recipe's)",
+    )
+    commands.choices["moondream"].add_argument(
+        "--patch", type=int, default=None,
+        help="side of the vision patches in px; from an --init-from checkpoint, finer patches are "
+        "refined from its kernel, and larger ones on larger crops with its grid spread it over them "
         "(default: the recipe's)",
     )
     commands.choices["moondream"].add_argument(

@@ -81,6 +81,7 @@ class TinySizes:
     vision_heads: int = 4
     vision_ff: int = 256
     patch: int = 4  # 16 x 16 image tokens a 64 px crop; 8 x 8 (patch 8) blurred shapes on elongated pictures
+    crop_size: int = IMAGE_SIZE  # px; 128 with patch 8 keeps the 16 x 16 tokens, each seeing 4x the pixels
     overlap_margin: int = 2
     max_crops: int = 4
     proj_inner: int = 256
@@ -134,7 +135,7 @@ def build_config(tokenizer: Tokenizer, sizes: TinySizes) -> MoondreamConfig:
         vision=VisionConfig(
             enc_dim=sizes.vision_dim, enc_patch_size=sizes.patch, enc_n_layers=sizes.vision_layers,
             enc_ff_dim=sizes.vision_ff, enc_n_heads=sizes.vision_heads, proj_out_dim=sizes.text_dim,
-            crop_size=IMAGE_SIZE, max_crops=sizes.max_crops, overlap_margin=sizes.overlap_margin,
+            crop_size=sizes.crop_size, max_crops=sizes.max_crops, overlap_margin=sizes.overlap_margin,
             proj_inner_dim=sizes.proj_inner,
         ),
         region=RegionConfig(
@@ -401,6 +402,9 @@ def load_init(directory: Path, config: MoondreamConfig) -> MoondreamNetwork:
       kernel is summed over the blocks that become one finer patch, and the position embeddings are
       interpolated to the finer grid, so the encoder starts as the old one looking at the crop
       upscaled (nearest);
+    - larger crops with the same grid of larger patches (128 px of 8 px where the checkpoint has
+      64 px of 4 px) spread each patch kernel evenly over the larger patch, so the encoder starts
+      as the old one looking at the crop downscaled (box average);
     - a deeper vision encoder gets its new blocks after the old ones, with zero output projections,
       so it starts computing exactly what the checkpoint did."""
     old, _ = read_config(directory)
@@ -412,7 +416,11 @@ def load_init(directory: Path, config: MoondreamConfig) -> MoondreamNetwork:
             f" {config.vision.enc_n_layers}: pass --vision-layers {old.vision.enc_n_layers} (or more)"
         )
     tensors = {name: tensor.detach().clone() for name, tensor in load_network(directory, old).state_dict().items()}
-    if old.vision.enc_patch_size != config.vision.enc_patch_size:
+    if old.vision.grid == config.vision.grid and old.vision.enc_patch_size != config.vision.enc_patch_size:
+        tensors["vision.patch_emb.weight"] = coarser_patch_kernel(
+            tensors["vision.patch_emb.weight"], old.vision.enc_patch_size, config.vision.enc_patch_size
+        )
+    elif old.vision.enc_patch_size != config.vision.enc_patch_size:
         tensors["vision.patch_emb.weight"] = finer_patch_kernel(
             tensors["vision.patch_emb.weight"], old.vision.enc_patch_size, config.vision.enc_patch_size
         )
@@ -452,6 +460,18 @@ def finer_patch_kernel(weight: torch.Tensor, old_patch: int, new_patch: int) -> 
     channels = weight.shape[1] // (old_patch * old_patch)
     blocks = weight.reshape(dim, channels, new_patch, block, new_patch, block)
     return blocks.sum(dim=(3, 5)).reshape(dim, channels * new_patch * new_patch)
+
+
+def coarser_patch_kernel(weight: torch.Tensor, old_patch: int, new_patch: int) -> torch.Tensor:
+    """(D, C * p * p) channel-first patch kernel -> (D, C * q * q) for patches ``q = k * p`` px:
+    every weight spread over the k x k pixels that it stands for, which gives on a crop what the
+    old kernel gives on that crop box-averaged k times smaller."""
+    if new_patch % old_patch:
+        raise ValueError(f"cannot spread {old_patch} px patches over {new_patch} px ones")
+    block, dim = new_patch // old_patch, weight.shape[0]
+    channels = weight.shape[1] // (old_patch * old_patch)
+    grid = weight.reshape(dim, channels, old_patch, 1, old_patch, 1) / block**2
+    return grid.expand(-1, -1, -1, block, -1, block).reshape(dim, channels * new_patch * new_patch)
 
 
 def finer_positions(pos_emb: torch.Tensor, old_grid: int, new_grid: int) -> torch.Tensor:
@@ -546,6 +566,7 @@ def _proportions(names: Sequence[str], weights: Sequence[float]) -> str:
 def model_card(record: dict[str, Any]) -> str:
     """The checkpoint's README.md."""
     sizes = record["recipe"]["sizes"]
+    crop = sizes.get("crop_size", IMAGE_SIZE)  # records before crop sizes were an option had 64 px
     lines = [
         f"# {record['name']}",
         "",
@@ -562,8 +583,8 @@ def model_card(record: dict[str, Any]) -> str:
         "",
         f"- {record['parameters']:,} parameters, fp32 `model.safetensors` with the published tensor names",
         f"  (`model.vision.*`, `model.text.*`, `model.region.*`); vision {sizes['vision_dim']} wide x"
-        f" {sizes['vision_layers']} layers, patch {sizes['patch']}, {IMAGE_SIZE} px crops"
-        f" ({(IMAGE_SIZE // sizes['patch']) ** 2} image tokens);",
+        f" {sizes['vision_layers']} layers, patch {sizes['patch']}, {crop} px crops"
+        f" ({(crop // sizes['patch']) ** 2} image tokens);",
         f"  text {sizes['text_dim']} wide x {sizes['text_layers']} layers; {sizes['coord_bins']} coordinate bins.",
         "- `config.json` has Moondream's `moondream1` layout; its `config` entry gives every size and the",
         "  prompt templates in this checkpoint's token ids. `tokenizer.json`: a byte-level BPE trained on the",
