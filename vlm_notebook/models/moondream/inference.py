@@ -128,9 +128,9 @@ def generate_text(
         logits: torch.Tensor = net.text.logits(_step(net, cache, net.text.embed(_ids(net, [token]))))
         return logits
 
-    graphed = GraphedStep(net, cache) if cache.keys[0].is_cuda else None
+    decode_step = GraphedStep(net, cache) if cache.keys[0].is_cuda else step
     return engine.generate(
-        net.text.logits(hidden), graphed or step, options, {tokens.eos_id}, sink, detokenizer,
+        net.text.logits(hidden), decode_step, options, {tokens.eos_id}, sink, detokenizer,
         banned_after_first={tokens.answer_id}, before_step=before_step,
     )
 
