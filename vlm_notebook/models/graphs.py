@@ -54,6 +54,12 @@ class Replayer:
         return self._logits.clone()  # the next replay writes over it
 
 
+def seen_so_far(slots: torch.Tensor, position: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The attention mask (1 x slots) of a fixed-shape step at ``position``: 0 for the slots up to it,
+    -inf after (``slots``: ``arange`` of the buffer's capacity on the device)."""
+    return torch.where(slots <= position, 0.0, float("-inf")).to(dtype).view(1, -1)
+
+
 def captured(step: Step, position: torch.Tensor) -> tuple[Any, torch.Tensor]:
     """``step`` captured as a CUDA graph, and the tensor its replays write the logits to. The
     warm-up runs (on a side stream, as capturing asks) write the same position's keys and values

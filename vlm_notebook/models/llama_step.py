@@ -24,7 +24,7 @@ from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 
 from ..cpu import DecodingLinear, PackedLinear, PackedSiblings
 from .attention import attend_one_query
-from .graphs import Replayer
+from .graphs import Replayer, seen_so_far
 
 
 def llama_text_model(model: torch.nn.Module) -> torch.nn.Module | None:
@@ -179,7 +179,7 @@ class GraphedLlamaStep(LlamaStep):
         """One step that reads the token and position tensors and moves the position on by one."""
         hidden = self._embeddings.index_select(0, self._token)
         cos, sin = self._cos.index_select(0, self._position), self._sin.index_select(0, self._position)
-        seen = torch.where(self._positions <= self._position, 0.0, float("-inf")).to(hidden.dtype).view(1, -1)
+        seen = seen_so_far(self._positions, self._position, hidden.dtype)
         logits = self._through_layers(hidden, partial(self._attend_fixed, cos=cos, sin=sin, seen=seen))
         self._position.add_(1)
         return logits

@@ -55,7 +55,7 @@ from vlm_notebook.training.loop import Batch, BatchMaker, Logger, TrainConfig, T
 from vlm_notebook.training.pictures import DEFAULT_MIX, EVEN_BACKGROUNDS, Mix, PictureSource, random_scene
 from vlm_notebook.training.robustness import iou
 from vlm_notebook.training.tokenizer import build_tokenizer
-from vlm_notebook.training.vision import ClassifierOutput, SceneHeads, labelled_pictures
+from vlm_notebook.training.vision import ClassifierOutput, SceneHeads, labelled_pictures, spread_patch_kernel
 
 IMAGE_SIZE = 64
 RANDOM_PICTURES = 200  # pictures as users send them in the evaluation (``training.robustness``)
@@ -466,15 +466,13 @@ def finer_patch_kernel(weight: torch.Tensor, old_patch: int, new_patch: int) -> 
 
 
 def coarser_patch_kernel(weight: torch.Tensor, old_patch: int, new_patch: int) -> torch.Tensor:
-    """(D, C * p * p) channel-first patch kernel -> (D, C * q * q) for patches ``q = k * p`` px:
-    every weight spread over the k x k pixels that it stands for, which gives on a crop what the
-    old kernel gives on that crop box-averaged k times smaller."""
+    """(D, C * p * p) channel-first patch kernel -> (D, C * q * q) for patches ``q = k * p`` px,
+    as :func:`~vlm_notebook.training.vision.spread_patch_kernel` spreads it."""
     if new_patch % old_patch:
         raise ValueError(f"cannot spread {old_patch} px patches over {new_patch} px ones")
-    block, dim = new_patch // old_patch, weight.shape[0]
-    channels = weight.shape[1] // (old_patch * old_patch)
-    grid = weight.reshape(dim, channels, old_patch, 1, old_patch, 1) / block**2
-    return grid.expand(-1, -1, -1, block, -1, block).reshape(dim, channels * new_patch * new_patch)
+    dim = weight.shape[0]
+    square = weight.reshape(dim, -1, old_patch, old_patch)
+    return spread_patch_kernel(square, new_patch // old_patch).reshape(dim, -1)
 
 
 def finer_positions(pos_emb: torch.Tensor, old_grid: int, new_grid: int) -> torch.Tensor:

@@ -52,7 +52,7 @@ from vlm_notebook.training.loop import (
 )
 from vlm_notebook.training.pictures import DEFAULT_MIX, Mix, PictureSource
 from vlm_notebook.training.tokenizer import build_tokenizer
-from vlm_notebook.training.vision import PooledClassifier, labelled_pictures
+from vlm_notebook.training.vision import PooledClassifier, labelled_pictures, spread_patch_kernel
 
 IMAGE_SIZE = 128
 PATCH_SIZE = 16
@@ -237,8 +237,7 @@ def with_larger_patches(saved: PreTrainedModel, model: PreTrainedModel) -> PreTr
         raise ValueError(f"cannot carry {old} px patches over to {new} px patches on another grid")
     weights = saved.state_dict()
     name = "model.vision_model.embeddings.patch_embedding.weight"
-    factor = new // old
-    weights[name] = weights[name].repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3) / factor**2
+    weights[name] = spread_patch_kernel(weights[name], new // old)
     model.load_state_dict(weights)
     return model
 

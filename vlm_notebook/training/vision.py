@@ -33,6 +33,13 @@ def scene_labels(scene: shapes.Scene) -> list[int]:
     ]
 
 
+def spread_patch_kernel(weight: torch.Tensor, factor: int) -> torch.Tensor:
+    """A (D, C, p, p) patch kernel for patches ``factor`` times as large: every weight spread evenly
+    over the ``factor`` x ``factor`` pixels it stands for, so that it gives on a crop what the old
+    kernel gives on that crop box-averaged ``factor`` times smaller."""
+    return weight.repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3) / factor**2
+
+
 @dataclass
 class ClassifierOutput:
     """Forward result, shaped like a transformers output as far as the loop needs."""

@@ -21,7 +21,7 @@ from ...detokenizer import Detokenizer
 from ...errors import RequestError
 from ...options import GenerationOptions
 from ...stream import TokenSink
-from ..graphs import Replayer
+from ..graphs import Replayer, seen_so_far
 from .cache import EncodedImage, KVCache, PositionedCache
 from .crops import overlap_crops, stitch
 from .network import MoondreamNetwork
@@ -165,7 +165,7 @@ class GraphedStep:
         """One step that reads the token and position tensors and moves the position on by one."""
         text = self._net.text
         embedding = text.embed(self._token).view(1, 1, -1)
-        seen = torch.where(self._slots <= self._position, 0.0, float("-inf")).to(embedding.dtype).view(1, -1)
+        seen = seen_so_far(self._slots, self._position, embedding.dtype)
         hidden = text(embedding, self._position, mask=seen, cache=self._positioned)
         self._position.add_(1)
         return text.logits(hidden)
