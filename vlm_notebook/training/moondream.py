@@ -82,8 +82,7 @@ class TinySizes:
     vision_ff: int = 256
     patch: int = 4  # 16 x 16 image tokens a 64 px crop; 8 x 8 (patch 8) blurred shapes on elongated pictures
     # px. 128 with patch 8 (the same 16 x 16 tokens, each over 4x the pixels), grown from the 64 px
-    # checkpoint that had 189 of the card's 200 pictures right, got 185 and 186 after 3000 steps
-    # (2026-12-05; 931 of 1000 where it had 949): more pixels a patch were not what it lacked.
+    # checkpoint, got fewer pictures right than it had (benchmarks/results/moondream_crop_size.md).
     crop_size: int = IMAGE_SIZE
     overlap_margin: int = 2
     max_crops: int = 4
