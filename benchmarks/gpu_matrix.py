@@ -1,12 +1,12 @@
 """Each family at its published shape (random weights) on whatever accelerator is present.
 
-Per family: load time, time to first token for a new picture (cold) and for a follow-up question
-on the same picture, decode tokens/s and peak device memory, in the default settings
-(``device="auto"``, ``dtype="auto"``, the CPU-default picture sizes). On CUDA, every family's
-decode step replays a CUDA graph (``vlm_notebook.models.graphs``: SmolVLM's and Qwen2-VL's
-``llama_step.GraphedLlamaStep``, Moondream's ``moondream.inference.GraphedStep``); each is measured
-again with them off (operator by operator), to show what they save.
-torch.compile is not used.
+Per family: load time, time to first token for a new picture (cold, with the vision encoder's and
+the prefill's shares of it) and for a follow-up question on the same picture, decode tokens/s and
+peak device memory, in the default settings (``device="auto"``, ``dtype="auto"``, the CPU-default
+picture sizes). On CUDA, every family's decode step replays a CUDA graph
+(``vlm_notebook.models.graphs``: SmolVLM's and Qwen2-VL's ``llama_step.GraphedLlamaStep``,
+Moondream's ``moondream.inference.GraphedStep``); each is measured again with them off (operator by
+operator), to show what they save. torch.compile is not used.
 
     python benchmarks/gpu_matrix.py                        # all three families, results/gpu_matrix.md
     python benchmarks/gpu_matrix.py --family smolvlm --runs 1 --device cpu    # a quick check anywhere
@@ -62,6 +62,8 @@ class Row:
     dtype: str
     load_seconds: float
     cold_ttft: float
+    cold_vision: float  # the cold answer's vision encoder time (s)
+    cold_prefill: float  # and its prefill time (s): the rest of the cold TTFT is neither
     follow_up_ttft: float
     decode_tokens_per_second: float
     peak_memory_gib: float | None
@@ -74,8 +76,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=5, help="measured runs per figure (median reported)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--out", type=Path, default=RESULTS / "gpu_matrix", help="writes OUT.md and OUT.json")
-    parser.add_argument("--profile", action="store_true",
-                        help="also write OUT_FAMILY_profile.txt: torch.profiler's table of one follow-up answer")
+    parser.add_argument(
+        "--profile", action="store_true",
+        help="also write OUT_FAMILY_profile.txt: torch.profiler's tables of a cold answer and its follow-up",
+    )
     return parser.parse_args()
 
 
@@ -91,8 +95,18 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def ask(model: VLM, image: Image.Image, question: str, max_new_tokens: int) -> tuple[float, float]:
-    """(time to first token, decode tokens/s) of one streamed answer."""
+@dataclass
+class Answer:
+    """Figures of one streamed answer (seconds; tokens/s)."""
+
+    ttft: float
+    vision: float
+    prefill: float
+    decode_rate: float
+
+
+def ask(model: VLM, image: Image.Image, question: str, max_new_tokens: int) -> Answer:
+    """The figures of one streamed answer."""
     stream = model.query(image, question, stream=True, max_new_tokens=max_new_tokens)
     for _ in stream:
         pass
@@ -100,7 +114,7 @@ def ask(model: VLM, image: Image.Image, question: str, max_new_tokens: int) -> t
     stats = stream.stats
     decode = stats.decode_seconds or 0.0
     rate = (stats.tokens - 1) / decode if stats.tokens > 1 and decode > 0 else 0.0
-    return stats.time_to_first_token or 0.0, rate
+    return Answer(stats.time_to_first_token or 0.0, stats.vision_seconds or 0.0, stats.prefill_seconds or 0.0, rate)
 
 
 def measure(family: str, args: argparse.Namespace) -> list[Row]:
@@ -114,7 +128,7 @@ def measure(family: str, args: argparse.Namespace) -> list[Row]:
     rows = [timed(model, family, "default", load_seconds, args)]
     if args.profile:
         try:
-            profile(model, picture(0), args, args.out.with_name(f"{args.out.name}_{family}_profile.txt"))
+            profile(model, args, args.out.with_name(f"{args.out.name}_{family}_profile.txt"))
         except Exception as error:  # a profiler that fails must not cost the measured figures
             print(f"{family}: no profile ({error!r})", file=sys.stderr)
     if family in GRAPHED and torch.cuda.is_available():
@@ -131,22 +145,34 @@ def timed(model: VLM, family: str, setting: str, load_seconds: float, args: argp
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()  # the peak from here on: the weights and this setting's work
     ask(model, picture(10_000), QUESTIONS[0], args.max_new_tokens)  # warm-up: allocation, kernels
-    cold, follow, rates = [], [], []
+    cold, follow = [], []
     for run in range(args.runs):
         image = picture(run)
-        ttft, rate = ask(model, image, QUESTIONS[0], args.max_new_tokens)
-        cold.append(ttft)
-        rates.append(rate)
-        follow.append(ask(model, image, QUESTIONS[1], args.max_new_tokens)[0])
+        cold.append(ask(model, image, QUESTIONS[0], args.max_new_tokens))
+        follow.append(ask(model, image, QUESTIONS[1], args.max_new_tokens))
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
-    return Row(family, setting, model.device or "?", model.dtype or "?", load_seconds, statistics.median(cold),
-               statistics.median(follow), statistics.median(rates), peak)
+    return Row(
+        family, setting, model.device or "?", model.dtype or "?", load_seconds,
+        cold_ttft=statistics.median(answer.ttft for answer in cold),
+        cold_vision=statistics.median(answer.vision for answer in cold),
+        cold_prefill=statistics.median(answer.prefill for answer in cold),
+        follow_up_ttft=statistics.median(answer.ttft for answer in follow),
+        decode_tokens_per_second=statistics.median(answer.decode_rate for answer in cold),
+        peak_memory_gib=peak,
+    )
 
 
-def profile(model: VLM, image: Image.Image, args: argparse.Namespace, path: Path) -> None:
-    """Where one follow-up answer's time goes: operators by their time on the device and on the CPU,
-    and the device's busy time against the answer's wall time (far below it: the step waits on
-    the CPU that launches its kernels)."""
+def profile(model: VLM, args: argparse.Namespace, path: Path) -> None:
+    """Where the time of one cold answer (a new picture) and of its follow-up goes: operators by
+    their time on the device and on the CPU, and the device's busy time against the answer's wall
+    time (far below it where the CPU that launches the kernels is what the device waits on)."""
+    image = picture(20_000)
+    cold = profiled(model, image, QUESTIONS[0], args, "cold")
+    path.write_text(cold + "\n" + profiled(model, image, QUESTIONS[1], args, "follow-up"))
+
+
+def profiled(model: VLM, image: Image.Image, question: str, args: argparse.Namespace, kind: str) -> str:
+    """torch.profiler's table of one answer, headed by its wall and device-busy times."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as profiler
 
@@ -157,13 +183,14 @@ def profile(model: VLM, image: Image.Image, args: argparse.Namespace, path: Path
         every_thread = None
     with profiler(activities=activities, experimental_config=every_thread) as recorded:
         started = time.perf_counter()
-        ask(model, image, QUESTIONS[1], args.max_new_tokens)
+        ask(model, image, question, args.max_new_tokens)
         wall = time.perf_counter() - started
     events = recorded.key_averages()
     busy = sum(getattr(event, "self_device_time_total", 0.0) for event in events) / 1e6
     sort = "self_device_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
-    summary = f"answer wall {wall * 1000:.1f} ms, device busy {busy * 1000:.1f} ms, {len(events)} operator kinds\n"
-    path.write_text(summary + events.table(sort_by=sort, row_limit=30) + "\n")
+    summary = f"{kind} answer: wall {wall * 1000:.1f} ms, device busy {busy * 1000:.1f} ms, {len(events)} operators\n"
+    table: str = events.table(sort_by=sort, row_limit=30)
+    return summary + table + "\n"
 
 
 def machine() -> str:
@@ -180,9 +207,9 @@ def report(rows: list[Row], args: argparse.Namespace) -> str:
         f"{args.max_new_tokens} new tokens; torch.compile not used; *graphs off*: decode steps operator by "
         "operator instead of replayed CUDA graphs.",
         "",
-        "| family | setting | device | dtype | load (s) | cold TTFT (ms) | follow-up TTFT (ms) | decode tok/s |"
-        " peak GiB | target cold / follow-up / tok/s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| family | setting | device | dtype | load (s) | cold TTFT (ms) | of it vision / prefill (ms) |"
+        " follow-up TTFT (ms) | decode tok/s | peak GiB | target cold / follow-up / tok/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         cold, follow, rate = TARGETS[row.family]
@@ -191,7 +218,8 @@ def report(rows: list[Row], args: argparse.Namespace) -> str:
         peak = f"{row.peak_memory_gib:.2f}" if row.peak_memory_gib is not None else "-"
         lines.append(
             f"| {row.family} | {row.setting} | {row.device} | {row.dtype} | {row.load_seconds:.1f} | "
-            f"{row.cold_ttft * 1000:.0f} | {row.follow_up_ttft * 1000:.0f} | {row.decode_tokens_per_second:.0f} | "
+            f"{row.cold_ttft * 1000:.0f} | {row.cold_vision * 1000:.0f} / {row.cold_prefill * 1000:.0f} | "
+            f"{row.follow_up_ttft * 1000:.0f} | {row.decode_tokens_per_second:.0f} | "
             f"{peak} | {target} |"
         )
     return "\n".join(lines) + "\n"
