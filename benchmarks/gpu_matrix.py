@@ -112,9 +112,10 @@ def ask(model: VLM, image: Image.Image, question: str, max_new_tokens: int) -> A
         pass
     synchronize()
     stats = stream.stats
-    decode = stats.decode_seconds or 0.0
-    rate = (stats.tokens - 1) / decode if stats.tokens > 1 and decode > 0 else 0.0
-    return Answer(stats.time_to_first_token or 0.0, stats.vision_seconds or 0.0, stats.prefill_seconds or 0.0, rate)
+    return Answer(
+        stats.time_to_first_token or 0.0, stats.vision_seconds or 0.0, stats.prefill_seconds or 0.0,
+        stats.decode_tokens_per_second or 0.0,
+    )
 
 
 def measure(family: str, args: argparse.Namespace) -> list[Row]:
