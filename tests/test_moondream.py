@@ -472,6 +472,18 @@ def test_training_spreads_a_checkpoints_patches_over_larger_crops_seeing_the_sam
         load_init(tmp_path, build_config(tokenizer, replace(sizes, crop_size=96, patch=6)))
 
 
+def test_training_with_more_crops_starts_from_every_weight_of_the_checkpoint(tmp_path: Path) -> None:
+    """``--max-crops 8`` from a checkpoint tiled into at most 4: the same network, more local crops."""
+    tokenizer, sizes = build_tiny_tokenizer(), TinySizes()
+    torch.manual_seed(0)
+    four = build_network(build_config(tokenizer, sizes), sizes)
+    save(tokenizer, four, tmp_path)
+    eight = load_init(tmp_path, build_config(tokenizer, replace(sizes, max_crops=8)))
+    assert eight.config.vision.max_crops == 8
+    assert four.state_dict().keys() == eight.state_dict().keys()
+    assert all(torch.equal(eight.state_dict()[name], tensor) for name, tensor in four.state_dict().items())
+
+
 def test_training_grows_the_vision_encoder_of_a_checkpoint_without_changing_what_it_sees(tmp_path: Path) -> None:
     """``--vision-layers`` beyond the checkpoint's: the new blocks start as identities (then train)."""
     tokenizer, sizes = build_tiny_tokenizer(), TinySizes()

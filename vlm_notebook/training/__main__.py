@@ -2,8 +2,8 @@
 (also ``--vision-steps N``, ``--vision-lr RATE``, ``--threads N``, ``--batch-size N``, ``--lr RATE``,
 ``--canonical-fraction F``, ``--varied-per-scene N`` and ``--init-from DIR``, which starts from a saved
 checkpoint's weights instead of random ones; Moondream also ``--region-weight W``, ``--small-shapes F``,
-``--task-weights C Q D P``, ``--background-weights W B G``, ``--vision-layers N``, ``--crop-size PX``
-and ``--patch PX``). With no options a family trains from scratch; each shipped checkpoint's card
+``--task-weights C Q D P``, ``--background-weights W B G``, ``--vision-layers N``, ``--crop-size PX``,
+``--max-crops N`` and ``--patch PX``). With no options a family trains from scratch; each shipped checkpoint's card
 (its README.md) gives the command that made it.
 
 ``smolvlm`` trains the tiny SmolVLM (English), ``qwen2vl`` the tiny Qwen2-VL (captions in seven
@@ -279,6 +279,11 @@ def _parser() -> argparse.ArgumentParser:
     commands.choices["moondream"].add_argument(
         "--crop-size", type=int, default=None,
         help="side of the crops in px (default: the recipe's)",
+    )
+    commands.choices["moondream"].add_argument(
+        "--max-crops", type=int, default=None,
+        help="most local crops a picture is tiled into; an --init-from checkpoint's weights carry over "
+        "unchanged (default: the recipe's)",
     )
     commands.choices["moondream"].add_argument(
         "--patch", type=int, default=None,

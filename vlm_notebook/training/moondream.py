@@ -583,9 +583,10 @@ def model_card(record: dict[str, Any]) -> str:
         "",
         f"- {record['parameters']:,} parameters, fp32 `model.safetensors` with the published tensor names",
         f"  (`model.vision.*`, `model.text.*`, `model.region.*`); vision {sizes['vision_dim']} wide x"
-        f" {sizes['vision_layers']} layers, patch {sizes['patch']}, {crop} px crops"
-        f" ({(crop // sizes['patch']) ** 2} image tokens);",
-        f"  text {sizes['text_dim']} wide x {sizes['text_layers']} layers; {sizes['coord_bins']} coordinate bins.",
+        f" {sizes['vision_layers']} layers, patch {sizes['patch']},",
+        f"  {crop} px crops ({(crop // sizes['patch']) ** 2} image tokens; a global crop and at most"
+        f" {sizes['max_crops']} local ones); text {sizes['text_dim']} wide x {sizes['text_layers']} layers;"
+        f" {sizes['coord_bins']} coordinate bins.",
         "- `config.json` has Moondream's `moondream1` layout; its `config` entry gives every size and the",
         "  prompt templates in this checkpoint's token ids. `tokenizer.json`: a byte-level BPE trained on the",
         "  English text, with Moondream's special-token ids (0 BOS/EOS, 1-2 task, 3 answer, 5 coord, 6 size).",
