@@ -408,7 +408,8 @@ def load_init(directory: Path, config: MoondreamConfig) -> MoondreamNetwork:
       64 px of 4 px) spread each patch kernel evenly over the larger patch, so the encoder starts
       as the old one looking at the crop downscaled (box average);
     - a deeper vision encoder gets its new blocks after the old ones, with zero output projections,
-      so it starts computing exactly what the checkpoint did."""
+      so it starts computing exactly what the checkpoint did;
+    - more or fewer local crops (``--max-crops``) need no change: every weight carries over."""
     old, _ = read_config(directory)
     if old.vision == config.vision:
         return load_network(directory, config)
