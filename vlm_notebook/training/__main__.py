@@ -1,15 +1,14 @@
-"""Command line: ``python -m vlm_notebook.training smolvlm|qwen2vl|gemma4|moondream [--out DIR] [--steps N] [--seed S]``
-(also ``--vision-steps N``, ``--vision-lr RATE``, ``--threads N``, ``--batch-size N``, ``--lr RATE``,
-``--canonical-fraction F``, ``--varied-per-scene N`` and ``--init-from DIR``, which starts from a saved
-checkpoint's weights instead of random ones; Moondream also ``--region-weight W``, ``--small-shapes F``,
-``--task-weights C Q D P``, ``--background-weights W B G``, ``--vision-layers N``, ``--crop-size PX``,
-``--max-crops N`` and ``--patch PX``). With no options a family trains from scratch; each shipped checkpoint's card
-(its README.md) gives the command that made it.
+"""Train the shipped tiny checkpoints: ``python -m vlm_notebook.training FAMILY [options]``.
+
+``--help`` lists the options (``--init-from DIR`` starts from a saved checkpoint's weights instead of
+random ones). With no options a family trains from scratch; each shipped checkpoint's card (its
+README.md) gives the command that made it.
 
 ``smolvlm`` trains the tiny SmolVLM (English), ``qwen2vl`` the tiny Qwen2-VL (captions in seven
-languages, questions in English and Japanese), ``gemma4`` the tiny Gemma 4 (English); each saves
-with ``save_pretrained``, reloads the saved directory to evaluate it, and writes ``training.json``
-and ``README.md`` next to the weights. ``assets`` writes a few canonical example pictures for demos.
+languages, questions in English and Japanese), ``gemma4`` the tiny Gemma 4 (English), ``moondream``
+the tiny Moondream 2 (English, with boxes and points); each saves its weights, reloads the saved
+directory to evaluate it, and writes ``training.json`` and ``README.md`` next to the weights.
+``assets`` writes a few canonical example pictures for demos.
 """
 
 from __future__ import annotations
