@@ -235,7 +235,13 @@ def _add_family(parser: argparse.ArgumentParser, defaults: FamilyDefaults) -> No
     parser.add_argument("--out", default=str(defaults.out), help="output directory")
     parser.add_argument("--steps", type=int, default=defaults.steps, help="training steps")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed")
-    parser.add_argument("--vision-steps", type=int, default=defaults.vision_steps, help="vision pretraining steps")
+    parser.add_argument(
+        "--vision-steps",
+        type=int,
+        default=defaults.vision_steps,
+        help="vision pretraining steps; its heads start at random in every run, so after --init-from they can "
+        "first pull the encoder away from what the text model reads (0 skips the stage)",
+    )
     parser.add_argument(
         "--threads", type=int, default=defaults.threads, help="torch CPU threads (fixed for repeatability)"
     )
