@@ -161,7 +161,7 @@ def _how(record: dict[str, Any]) -> list[str]:
         f"Seed {record['seed']}, batches of {record['recipe']['batch_size']} random scenes, on {record['machine']}",
         f"with {torch_threads(record['threads'])}; {record['train_seconds']:.0f} s of training in two stages:",
         "",
-        f"1. {record['vision_steps']} steps ({record['vision_seconds']:.0f} s) pretraining the vision {stage1}",
+        vision_stage(record, f"{record['vision_seconds']:.0f}", f"the vision {stage1}"),
         f"2. {record['steps']} steps ({record['text_seconds']:.0f} s) training {stage2}"
         " (loss on answer tokens only), through the real processor and chat template.",
         "",
@@ -169,6 +169,13 @@ def _how(record: dict[str, Any]) -> list[str]:
         "",
         *training_pictures(record),
     ]
+
+
+def vision_stage(record: dict[str, Any], seconds: str, what: str) -> str:
+    """A card's first-stage line; a run with ``--vision-steps 0`` says it had none."""
+    if record["vision_steps"] == 0:
+        return "1. No vision pretraining (`--vision-steps 0`)."
+    return f"1. {record['vision_steps']} steps ({seconds} s) pretraining {what}"
 
 
 def training_pictures(record: dict[str, Any]) -> list[str]:

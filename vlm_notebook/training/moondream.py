@@ -50,7 +50,7 @@ from vlm_notebook.models.moondream.prompts import caption_prompt, locate_prompt,
 from vlm_notebook.models.moondream.text import prefix_causal_mask
 from vlm_notebook.models.moondream.vision import VisionBlock
 from vlm_notebook.training import robustness
-from vlm_notebook.training.card import pictures_section, torch_threads, training_pictures
+from vlm_notebook.training.card import pictures_section, torch_threads, training_pictures, vision_stage
 from vlm_notebook.training.loop import Batch, BatchMaker, Logger, TrainConfig, TrainResult, seed_everything, train
 from vlm_notebook.training.pictures import DEFAULT_MIX, EVEN_BACKGROUNDS, Mix, PictureSource, random_scene
 from vlm_notebook.training.robustness import iou
@@ -602,9 +602,12 @@ def model_card(record: dict[str, Any]) -> str:
         f"Seed {record['seed']}, batches of {record['recipe']['batch_size']} random scenes and tasks, on"
         f" {record['machine']} with {torch_threads(record['threads'])}; {record['train_seconds']} s of training:",
         "",
-        f"1. {record['vision_steps']} steps ({record['vision_seconds']} s) pretraining the vision encoder and"
-        " its projection (linear heads on the mean of the image embeddings, global and local crops, classify"
-        " shape, colour and background).",
+        vision_stage(
+            record,
+            str(record["vision_seconds"]),
+            "the vision encoder and its projection (linear heads on the mean of the image embeddings, global and"
+            " local crops, classify shape, colour and background).",
+        ),
         f"2. {record['steps']} steps ({record['text_seconds']} s) training the whole network on captions,"
         " answers (token loss) and boxes and points (region-model losses)" + _task_mix(record["recipe"]) + ".",
         "",
