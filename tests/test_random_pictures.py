@@ -123,3 +123,14 @@ def test_background_weights_draw_the_backgrounds_in_proportion_and_equal_weights
     assert 0.2 < drawn.count("white") / len(drawn) < 0.3
     rng, before = random.Random(3), random.Random(3)
     assert [random_scene(rng, (2, 2, 2)) for _ in range(50)] == [before.choice(shapes.all_scenes()) for _ in range(50)]
+
+
+def test_shape_weights_multiply_the_background_weights_and_even_shapes_draw_as_before() -> None:
+    drawn = [random_scene(random.Random(seed), (1, 1, 2), (2, 1, 1, 2)) for seed in range(3000)]
+    circles_on_gray = sum(scene.shape == "circle" and scene.background == "gray" for scene in drawn)
+    assert 0.14 < circles_on_gray / len(drawn) < 0.19, "2/6 of the shapes times 2/4 of the backgrounds: 1/6"
+    assert 0.12 < sum(scene.shape == "square" for scene in drawn) / len(drawn) < 0.21
+    rng, before = random.Random(5), random.Random(5)
+    assert [random_scene(rng, (1, 1, 2), (3, 3, 3, 3)) for _ in range(50)] == [
+        random_scene(before, (1, 1, 2)) for _ in range(50)
+    ]

@@ -301,6 +301,11 @@ def _parser() -> argparse.ArgumentParser:
         help="how often each background is drawn, in proportion (default: the recipe's)",
     )
     commands.choices["moondream"].add_argument(
+        "--shape-weights", type=float, nargs=4, default=None, metavar=("CIRCLE", "SQUARE", "TRIANGLE", "DIAMOND"),
+        help="how often each shape is drawn, in proportion; with --background-weights a scene is drawn "
+        "in proportion to the product (default: the recipe's)",
+    )
+    commands.choices["moondream"].add_argument(
         "--task-weights", type=float, nargs=4, default=None, metavar=("CAPTION", "QUERY", "DETECT", "POINT"),
         help="how often each task is drawn, in proportion (default: the recipe's)",
     )

@@ -52,7 +52,7 @@ from vlm_notebook.models.moondream.vision import VisionBlock
 from vlm_notebook.training import robustness
 from vlm_notebook.training.card import pictures_section, torch_threads, training_pictures, vision_stage
 from vlm_notebook.training.loop import Batch, BatchMaker, Logger, TrainConfig, TrainResult, seed_everything, train
-from vlm_notebook.training.pictures import DEFAULT_MIX, EVEN_BACKGROUNDS, Mix, PictureSource, random_scene
+from vlm_notebook.training.pictures import DEFAULT_MIX, EVEN_BACKGROUNDS, EVEN_SHAPES, Mix, PictureSource, random_scene
 from vlm_notebook.training.robustness import iou
 from vlm_notebook.training.tokenizer import build_tokenizer
 from vlm_notebook.training.vision import ClassifierOutput, SceneHeads, labelled_pictures, spread_patch_kernel
@@ -188,10 +188,11 @@ EARLIER_TASK_WEIGHTS = (3, 3, 2, 1)
 def make_example(
     rng: random.Random, tokenizer: Tokenizer, config: MoondreamConfig, source: PictureSource,
     task_weights: tuple[float, ...], background_weights: tuple[float, ...] = EVEN_BACKGROUNDS,
+    shape_weights: tuple[float, ...] = EVEN_SHAPES,
 ) -> Example:
-    """A random scene (backgrounds drawn with ``background_weights``) and a random task on it
+    """A random scene (:func:`random_scene` with ``background_weights`` and ``shape_weights``) and a random task on it
     (``TASKS``, drawn with ``task_weights``), in the prompts inference builds (``prompts``)."""
-    scene = random_scene(rng, background_weights)
+    scene = random_scene(rng, background_weights, shape_weights)
     drawing = source.drawing(rng, scene)
     tokens, kind = config.tokenizer, rng.choices(list(TASKS), task_weights)[0]
     eos, encode = [tokens.eos_id], partial(_ids, tokenizer)
@@ -334,6 +335,8 @@ class Recipe:
     task_weights: tuple[float, float, float, float] = (3, 3, 4, 1)
     # white, black, gray: shape names on gray missed most (low contrast; JPEG blurs colour edges)
     background_weights: tuple[float, float, float] = EVEN_BACKGROUNDS
+    # circle, square, triangle, diamond: to draw the shapes a checkpoint confuses (circle, diamond) more often
+    shape_weights: tuple[float, float, float, float] = EVEN_SHAPES
     vision_lr: float = 1e-3
     lr: float = 1.5e-3
     region_weight: float = 0.5  # the region losses (about 4 nats at best) would otherwise swamp the tokens'
@@ -360,7 +363,9 @@ def make_batch_maker(tokenizer: Tokenizer, config: MoondreamConfig, recipe: Reci
 
     def make_batch(rng: random.Random) -> Batch:
         examples = [
-            make_example(rng, tokenizer, config, source, recipe.task_weights, recipe.background_weights)
+            make_example(
+                rng, tokenizer, config, source, recipe.task_weights, recipe.background_weights, recipe.shape_weights
+            )
             for _ in range(recipe.batch_size)
         ]
         return cast(Batch, {"examples": examples})
@@ -372,7 +377,9 @@ def make_vision_batch_maker(recipe: Recipe) -> BatchMaker:
     source = PictureSource(recipe.mix, IMAGE_SIZE)
 
     def make_batch(rng: random.Random) -> Batch:
-        pictures, labels = labelled_pictures(rng, source, recipe.batch_size, recipe.background_weights)
+        pictures, labels = labelled_pictures(
+            rng, source, recipe.batch_size, recipe.background_weights, recipe.shape_weights
+        )
         return cast(Batch, {"pictures": pictures, "labels": labels})
 
     return make_batch
@@ -551,11 +558,14 @@ def evaluate_dir(directory: Path, random_seed: int) -> dict[str, Any]:
 
 
 def _task_mix(recipe: dict[str, Any]) -> str:
-    """How often each task and each background was drawn, and the weight of the region losses."""
+    """How often each task, background and shape was drawn, and the weight of the region losses."""
     tasks = _proportions(TASKS, recipe.get("task_weights", EARLIER_TASK_WEIGHTS))
     backgrounds = _proportions(shapes.BACKGROUNDS, recipe.get("background_weights", EVEN_BACKGROUNDS))
+    shape_weights = recipe.get("shape_weights", EVEN_SHAPES)
+    drawn_shapes = _proportions(shapes.SHAPES, shape_weights)
+    drawn_shapes = "" if len(set(shape_weights)) == 1 else f" shapes in proportions {drawn_shapes};"
     return (
-        f"; tasks drawn in proportions {tasks}; backgrounds in proportions {backgrounds};"
+        f"; tasks drawn in proportions {tasks}; backgrounds in proportions {backgrounds};{drawn_shapes}"
         f" region losses weighted {recipe['region_weight']:g}"
     )
 

@@ -79,15 +79,25 @@ class PictureSource:
 
 #: Every background as often as the others (``shapes.BACKGROUNDS``): the evaluation's draw.
 EVEN_BACKGROUNDS: tuple[float, float, float] = (1, 1, 1)
+#: Every shape as often as the others (``shapes.SHAPES``): the evaluation's draw.
+EVEN_SHAPES: tuple[float, float, float, float] = (1, 1, 1, 1)
 
 
-def random_scene(rng: random.Random, background_weights: Sequence[float] = EVEN_BACKGROUNDS) -> shapes.Scene:
-    """A scene drawn with each background (``shapes.BACKGROUNDS``) in proportion to its weight;
-    equal weights draw as :func:`random.Random.choice` does, the same scenes as before weights existed."""
+def random_scene(
+    rng: random.Random,
+    background_weights: Sequence[float] = EVEN_BACKGROUNDS,
+    shape_weights: Sequence[float] = EVEN_SHAPES,
+) -> shapes.Scene:
+    """A scene drawn with each background (``shapes.BACKGROUNDS``) and each shape (``shapes.SHAPES``)
+    in proportion to its weight (a scene's weight is the product of the two); equal weights draw as
+    :func:`random.Random.choice` does, the same scenes as before weights existed."""
     scenes = shapes.all_scenes()
-    if len(set(background_weights)) == 1:
+    if len(set(background_weights)) == 1 and len(set(shape_weights)) == 1:
         return rng.choice(scenes)
-    weights = [background_weights[shapes.BACKGROUNDS.index(scene.background)] for scene in scenes]
+    weights = [
+        background_weights[shapes.BACKGROUNDS.index(scene.background)] * shape_weights[shapes.SHAPES.index(scene.shape)]
+        for scene in scenes
+    ]
     return rng.choices(scenes, weights)[0]
 
 

@@ -19,7 +19,7 @@ from PIL import Image
 from torch import nn
 
 from vlm_notebook import shapes
-from vlm_notebook.training.pictures import EVEN_BACKGROUNDS, PictureSource, random_scene
+from vlm_notebook.training.pictures import EVEN_BACKGROUNDS, EVEN_SHAPES, PictureSource, random_scene
 
 LABEL_SIZES: tuple[int, ...] = (len(shapes.SHAPES), len(shapes.COLOURS), len(shapes.BACKGROUNDS))
 
@@ -49,11 +49,15 @@ class ClassifierOutput:
 
 
 def labelled_pictures(
-    rng: random.Random, source: PictureSource, count: int, background_weights: Sequence[float] = EVEN_BACKGROUNDS
+    rng: random.Random,
+    source: PictureSource,
+    count: int,
+    background_weights: Sequence[float] = EVEN_BACKGROUNDS,
+    shape_weights: Sequence[float] = EVEN_SHAPES,
 ) -> tuple[list[Image.Image], torch.Tensor]:
     """``count`` pictures of random scenes (:func:`random_scene`) from ``source`` and their labels,
     (count, 3) class indices."""
-    scenes = [random_scene(rng, background_weights) for _ in range(count)]
+    scenes = [random_scene(rng, background_weights, shape_weights) for _ in range(count)]
     images = [source.drawing(rng, scene).image for scene in scenes]
     return images, torch.tensor([scene_labels(scene) for scene in scenes])
 
