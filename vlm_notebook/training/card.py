@@ -151,6 +151,7 @@ def _how(record: dict[str, Any]) -> list[str]:
     else:
         stage1 = "tower alone: linear heads on its mean-pooled output classify shape, colour and background."
         stage2 = "the whole model on the answers"
+    two_stages = record["vision_steps"] > 0
     return [
         "## How it was made",
         "",
@@ -159,13 +160,15 @@ def _how(record: dict[str, Any]) -> list[str]:
         "```",
         "",
         f"Seed {record['seed']}, batches of {record['recipe']['batch_size']} random scenes, on {record['machine']}",
-        f"with {torch_threads(record['threads'])}; {record['train_seconds']:.0f} s of training in two stages:",
+        f"with {torch_threads(record['threads'])}; {record['train_seconds']:.0f} s of training"
+        f"{' in two stages' if two_stages else ''}:",
         "",
         vision_stage(record, f"{record['vision_seconds']:.0f}", f"the vision {stage1}"),
         f"2. {record['steps']} steps ({record['text_seconds']:.0f} s) training {stage2}"
         " (loss on answer tokens only), through the real processor and chat template.",
         "",
-        "Both stages: AdamW, linear warmup then cosine decay, gradient clipping, deterministic kernels.",
+        f"{'Both stages' if two_stages else 'Training'}: AdamW, linear warmup then cosine decay, gradient clipping,"
+        " deterministic kernels.",
         "",
         *training_pictures(record),
     ]
