@@ -336,6 +336,7 @@ class Recipe:
     # white, black, gray: shape names on gray missed most (low contrast; JPEG blurs colour edges)
     background_weights: tuple[float, float, float] = EVEN_BACKGROUNDS
     # circle, square, triangle, diamond: to draw the shapes a checkpoint confuses (circle, diamond) more often
+    # (tried from the shipped checkpoint: run H in benchmarks/results/moondream_runs_2026-12-06.md, no gain)
     shape_weights: tuple[float, float, float, float] = EVEN_SHAPES
     vision_lr: float = 1e-3
     lr: float = 1.5e-3
