@@ -151,7 +151,7 @@ def _how(record: dict[str, Any]) -> list[str]:
     else:
         stage1 = "tower alone: linear heads on its mean-pooled output classify shape, colour and background."
         stage2 = "the whole model on the answers"
-    two_stages = record["vision_steps"] > 0
+    two_stages = had_vision_stage(record)
     return [
         "## How it was made",
         "",
@@ -174,9 +174,14 @@ def _how(record: dict[str, Any]) -> list[str]:
     ]
 
 
+def had_vision_stage(record: dict[str, Any]) -> bool:
+    """Whether the run pretrained its vision side first (``--vision-steps`` above 0)."""
+    return bool(record["vision_steps"] > 0)
+
+
 def vision_stage(record: dict[str, Any], seconds: str, what: str) -> str:
     """A card's first-stage line; a run with ``--vision-steps 0`` says it had none."""
-    if record["vision_steps"] == 0:
+    if not had_vision_stage(record):
         return "1. No vision pretraining (`--vision-steps 0`)."
     return f"1. {record['vision_steps']} steps ({seconds} s) pretraining {what}"
 

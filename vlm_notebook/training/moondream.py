@@ -563,10 +563,10 @@ def _task_mix(recipe: dict[str, Any]) -> str:
     tasks = _proportions(TASKS, recipe.get("task_weights", EARLIER_TASK_WEIGHTS))
     backgrounds = _proportions(shapes.BACKGROUNDS, recipe.get("background_weights", EVEN_BACKGROUNDS))
     shape_weights = recipe.get("shape_weights", EVEN_SHAPES)
-    drawn_shapes = _proportions(shapes.SHAPES, shape_weights)
-    drawn_shapes = "" if len(set(shape_weights)) == 1 else f" shapes in proportions {drawn_shapes};"
+    uneven_shapes = f" shapes in proportions {_proportions(shapes.SHAPES, shape_weights)};"
     return (
-        f"; tasks drawn in proportions {tasks}; backgrounds in proportions {backgrounds};{drawn_shapes}"
+        f"; tasks drawn in proportions {tasks}; backgrounds in proportions {backgrounds};"
+        f"{uneven_shapes if len(set(shape_weights)) > 1 else ''}"
         f" region losses weighted {recipe['region_weight']:g}"
     )
 
