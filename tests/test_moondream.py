@@ -39,6 +39,7 @@ from vlm_notebook.options import GenerationOptions
 from vlm_notebook.training.moondream import (
     PictureClassifier,
     Recipe,
+    ShapesObjective,
     TinySizes,
     build_config,
     build_network,
@@ -411,9 +412,26 @@ def test_training_builds_each_prompt_as_inference_does(model: Moondream) -> None
     inference += [locate_prompt(tokens, model._text_ids, k, s) for k in ("detect", "point") for s in shapes.SHAPES]
     source, rng = PictureSource(Mix(canonical=1.0, varied=0.0)), random.Random(0)
     config, weights = model.network.config, Recipe().task_weights
-    trained = [make_example(rng, model.tokenizer, config, source, weights).prompt for _ in range(200)]
+    pictures = [(scene, source.drawing(rng, scene)) for scene in rng.choices(shapes.all_scenes(), k=400)]
+    trained = [make_example(rng, model.tokenizer, config, picture, weights).prompt for picture in pictures]
     assert all(prompt in inference for prompt in trained)
     assert len({tuple(prompt) for prompt in trained}) == len(inference), "every prompt is trained on"
+
+
+@pytest.mark.timeout(120)
+def test_each_examples_token_loss_in_a_batch_is_its_loss_alone() -> None:
+    """What mining hard pictures scores with: right-padded rows of other lengths change nothing."""
+    tokenizer, sizes = build_tiny_tokenizer(), TinySizes()
+    torch.manual_seed(0)
+    objective = ShapesObjective(build_network(build_config(tokenizer, sizes), sizes).eval())
+    rng, source, scenes = random.Random(8), PictureSource(), shapes.all_scenes()
+    config, captions = objective.net.config, (1.0, 0.0, 0.0, 0.0)
+    examples = [make_example(rng, tokenizer, config, (s, source.drawing(rng, s)), captions) for s in scenes[:5]]
+    assert len({len(e.answer) for e in examples}) > 1, "answers of several lengths"
+    with torch.no_grad():
+        together = objective.token_losses(examples)
+        alone = torch.stack([objective([example]).loss for example in examples])
+    torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.timeout(300)

@@ -213,6 +213,8 @@ def run_moondream(args: argparse.Namespace) -> dict[str, Any]:
         "parameters": sum(p.numel() for p in trained.net.parameters()), "recipe": recipe.as_dict(),
         "machine": _machine(), "versions": card.versions(), "resizer": moondream.resizer(),
     }
+    if trained.hard is not None:
+        record["hard_mining"] = {"lowest_loss": round(trained.hard.lowest_loss, 4), "seconds": trained.hard.seconds}
     record["evaluation"] = moondream.evaluate_dir(out, random_seed=args.seed + EVAL_SEED_OFFSET)
     record["eval_seconds"] = round(time.perf_counter() - started, 1)
     card.write_record(out, record)
@@ -308,6 +310,15 @@ def _parser() -> argparse.ArgumentParser:
     commands.choices["moondream"].add_argument(
         "--task-weights", type=float, nargs=4, default=None, metavar=("CAPTION", "QUERY", "DETECT", "POINT"),
         help="how often each task is drawn, in proportion (default: the recipe's)",
+    )
+    commands.choices["moondream"].add_argument(
+        "--hard-pictures", type=int, nargs=2, default=None, metavar=("SCORED", "KEPT"),
+        help="before the whole-model stage, score SCORED new varied pictures with the network as it starts "
+        "and keep the KEPT hardest (default: none)",
+    )
+    commands.choices["moondream"].add_argument(
+        "--hard-fraction", type=float, default=None,
+        help="share of the examples drawn from the --hard-pictures (default: the recipe's)",
     )
     assets = commands.add_parser("assets", help="write example pictures")
     assets.add_argument("--out", default=str(ASSETS_DIR), help="output directory")

@@ -51,6 +51,7 @@ from vlm_notebook.models.moondream.text import prefix_causal_mask
 from vlm_notebook.models.moondream.vision import VisionBlock
 from vlm_notebook.training import robustness
 from vlm_notebook.training.card import pictures_section, torch_threads, training_pictures, vision_stage
+from vlm_notebook.training.hard_pictures import HardPictures, Picture, mine
 from vlm_notebook.training.loop import Batch, BatchMaker, Logger, TrainConfig, TrainResult, seed_everything, train
 from vlm_notebook.training.pictures import DEFAULT_MIX, EVEN_BACKGROUNDS, EVEN_SHAPES, Mix, PictureSource, random_scene
 from vlm_notebook.training.robustness import iou
@@ -185,15 +186,24 @@ TASKS = ("caption", "query", "detect", "point")
 EARLIER_TASK_WEIGHTS = (3, 3, 2, 1)
 
 
+def training_picture(
+    rng: random.Random, source: PictureSource, recipe: Recipe, hard: HardPictures | None = None
+) -> Picture:
+    """An example's picture: one of the ``hard`` pictures (a ``recipe.hard_fraction`` share), else a
+    random scene (:func:`random_scene` with the recipe's weights) drawn by ``source``."""
+    if hard is not None and rng.random() < recipe.hard_fraction:
+        return hard.draw(rng)
+    scene = random_scene(rng, recipe.background_weights, recipe.shape_weights)
+    return scene, source.drawing(rng, scene)
+
+
 def make_example(
-    rng: random.Random, tokenizer: Tokenizer, config: MoondreamConfig, source: PictureSource,
-    task_weights: tuple[float, ...], background_weights: tuple[float, ...] = EVEN_BACKGROUNDS,
-    shape_weights: tuple[float, ...] = EVEN_SHAPES,
+    rng: random.Random, tokenizer: Tokenizer, config: MoondreamConfig, picture: Picture,
+    task_weights: tuple[float, ...],
 ) -> Example:
-    """A random scene (:func:`random_scene` with ``background_weights`` and ``shape_weights``) and a random task on it
-    (``TASKS``, drawn with ``task_weights``), in the prompts inference builds (``prompts``)."""
-    scene = random_scene(rng, background_weights, shape_weights)
-    drawing = source.drawing(rng, scene)
+    """A random task (``TASKS``, drawn with ``task_weights``) on ``picture``, in the prompts inference
+    builds (``prompts``)."""
+    scene, drawing = picture
     tokens, kind = config.tokenizer, rng.choices(list(TASKS), task_weights)[0]
     eos, encode = [tokens.eos_id], partial(_ids, tokenizer)
     if kind == "caption":
@@ -274,6 +284,19 @@ class ShapesObjective(nn.Module):
         return torch.cat(parts)
 
     def forward(self, examples: list[Example]) -> LossOutput:
+        hidden, targets = self._hidden(examples)
+        return LossOutput(self._token_loss(hidden, targets) + self.region_weight * self._region_loss(hidden, targets))
+
+    def token_losses(self, examples: list[Example]) -> torch.Tensor:
+        """(B,): each example's mean loss over its target tokens."""
+        hidden, targets = self._hidden(examples)
+        rows = torch.tensor([row for row, _, _ in targets.token])
+        losses = self._token_loss(hidden, targets, reduction="none")
+        totals = losses.new_zeros(len(examples)).index_add_(0, rows, losses)
+        return totals / torch.bincount(rows, minlength=len(examples)).clamp(min=1)
+
+    def _hidden(self, examples: list[Example]) -> tuple[torch.Tensor, _Targets]:
+        """The text model's hidden states of the batch, and where each head is trained."""
         images = image_embeddings(self.net, [e.drawing.image for e in examples])
         bos = self.net.text.embed(torch.tensor([self.net.config.tokenizer.bos_id]))
         prefix, targets = 1 + images.shape[1], _Targets()
@@ -281,13 +304,12 @@ class ShapesObjective(nn.Module):
             torch.cat([bos, images[row], self._sequence(e, row, prefix, targets)]) for row, e in enumerate(examples)
         ]
         x = nn.utils.rnn.pad_sequence(rows, batch_first=True)  # right padding: causal, so harmless
-        hidden = self.net.text(x, 0, mask=prefix_causal_mask(x.shape[1], prefix))
-        return LossOutput(self._token_loss(hidden, targets) + self.region_weight * self._region_loss(hidden, targets))
+        return self.net.text(x, 0, mask=prefix_causal_mask(x.shape[1], prefix)), targets
 
-    def _token_loss(self, hidden: torch.Tensor, targets: _Targets) -> torch.Tensor:
+    def _token_loss(self, hidden: torch.Tensor, targets: _Targets, reduction: str = "mean") -> torch.Tensor:
         rows, positions, labels = zip(*targets.token, strict=True)
         logits = self.net.text.logits(hidden[list(rows), list(positions)])
-        return F.cross_entropy(logits, torch.tensor(labels))
+        return F.cross_entropy(logits, torch.tensor(labels), reduction=reduction)
 
     def _region_loss(self, hidden: torch.Tensor, targets: _Targets) -> torch.Tensor:
         region, loss = self.net.region, hidden.new_zeros(())
@@ -342,6 +364,10 @@ class Recipe:
     lr: float = 1.5e-3
     region_weight: float = 0.5  # the region losses (about 4 nats at best) would otherwise swamp the tokens'
     warmup_steps: int = 100
+    # (scored, kept): before the whole-model stage, score this many new varied pictures on the shape question
+    # with the network as it starts and keep the hardest; then draw a ``hard_fraction`` of the examples from them
+    hard_pictures: tuple[int, int] = (0, 0)
+    hard_fraction: float = 0.0
 
     @property
     def mix(self) -> Mix:
@@ -357,16 +383,17 @@ class Trained:
     net: MoondreamNetwork
     vision: TrainResult
     text: TrainResult
+    hard: HardPictures | None = None
 
 
-def make_batch_maker(tokenizer: Tokenizer, config: MoondreamConfig, recipe: Recipe) -> BatchMaker:
+def make_batch_maker(
+    tokenizer: Tokenizer, config: MoondreamConfig, recipe: Recipe, hard: HardPictures | None = None
+) -> BatchMaker:
     source = PictureSource(recipe.mix, IMAGE_SIZE)
 
     def make_batch(rng: random.Random) -> Batch:
         examples = [
-            make_example(
-                rng, tokenizer, config, source, recipe.task_weights, recipe.background_weights, recipe.shape_weights
-            )
+            make_example(rng, tokenizer, config, training_picture(rng, source, recipe, hard), recipe.task_weights)
             for _ in range(recipe.batch_size)
         ]
         return cast(Batch, {"examples": examples})
@@ -391,7 +418,8 @@ def train_model(
     init: Path | None = None,
 ) -> Trained:
     """Stage 1 (``vision_steps``, data seed ``seed``): classify scenes with the vision encoder.
-    Stage 2 (``steps``, data seed ``seed + 1``): all four tasks through the whole network."""
+    Stage 2 (``steps``, data seed ``seed + 1``): all four tasks through the whole network, a share of
+    them on the hardest pictures when the recipe mines them first (``hard_pictures``, seed ``seed + 2``)."""
     seed_everything(seed)
     tokenizer = build_tiny_tokenizer()
     config = build_config(tokenizer, recipe.sizes)
@@ -401,8 +429,37 @@ def train_model(
     vision = train(classifier, make_vision_batch_maker(recipe), stage1, lambda m: log(f"vision {m}"))
     stage2 = TrainConfig(steps=steps, lr=recipe.lr, warmup_steps=recipe.warmup_steps, seed=seed + 1)
     objective = ShapesObjective(net, recipe.region_weight)
-    text = train(objective, make_batch_maker(tokenizer, config, recipe), stage2, lambda m: log(f"text {m}"))
-    return Trained(tokenizer, net.eval(), vision, text)
+    hard = mine_hard_pictures(objective, tokenizer, recipe, seed + 2, log) if recipe.hard_pictures[1] else None
+    maker = make_batch_maker(tokenizer, config, recipe, hard)
+    text = train(objective, maker, stage2, lambda m: log(f"text {m}"))
+    return Trained(tokenizer, net.eval(), vision, text, hard)
+
+
+def mine_hard_pictures(
+    objective: ShapesObjective, tokenizer: Tokenizer, recipe: Recipe, seed: int, log: Logger = print
+) -> HardPictures:
+    """The recipe's hardest pictures for ``objective``'s network as it is now: the loss of the answer
+    to "What shape is it?", the question whose misses most captions share (issue #22)."""
+    tokens, encode = objective.net.config.tokenizer, partial(_ids, tokenizer)
+    prompt = query_prompt(tokens, encode, robustness.SHAPE_QUESTION)
+
+    def score(pictures: Sequence[Picture]) -> list[float]:
+        answers = [dict(shapes.questions(scene))[robustness.SHAPE_QUESTION] for scene, _ in pictures]
+        examples = [
+            Example(drawing, prompt, [*encode(f" {answer}"), tokens.eos_id])
+            for (_, drawing), answer in zip(pictures, answers, strict=True)
+        ]
+        with torch.no_grad():
+            return cast(list[float], objective.token_losses(examples).tolist())
+
+    def pick_scene(rng: random.Random) -> shapes.Scene:
+        return random_scene(rng, recipe.background_weights, recipe.shape_weights)
+
+    objective.eval()
+    scored, kept = recipe.hard_pictures
+    hard = mine(random.Random(seed), score, scored, kept, pick_scene, recipe.small_shapes)
+    log(f"kept the {kept} hardest of {scored} pictures (loss {hard.lowest_loss:.3f} and up; {hard.seconds} s)")
+    return hard
 
 
 def load_init(directory: Path, config: MoondreamConfig) -> MoondreamNetwork:
@@ -571,6 +628,22 @@ def _task_mix(recipe: dict[str, Any]) -> str:
     )
 
 
+def _hard_pictures(record: dict[str, Any]) -> list[str]:
+    """Which pictures were drawn more often for being hard (``hard_pictures``), where a run mined them."""
+    recipe = record["recipe"]
+    scored, kept = recipe.get("hard_pictures", (0, 0))
+    if not kept:
+        return []
+    mined = record["hard_mining"]
+    return [
+        f"Hard pictures (`vlm_notebook.training.hard_pictures`): before the whole-network training,"
+        f" {scored} new varied pictures were scored on \"{robustness.SHAPE_QUESTION}\" with the"
+        f" starting weights ({mined['seconds']} s); the {kept} with the highest loss (from"
+        f" {mined['lowest_loss']:g}) made up {100 * recipe['hard_fraction']:.0f}% of the examples.",
+        "",
+    ]
+
+
 def _proportions(names: Sequence[str], weights: Sequence[float]) -> str:
     return ", ".join(f"{name} {weight:g}" for name, weight in zip(names, weights, strict=True))
 
@@ -623,6 +696,7 @@ def model_card(record: dict[str, Any]) -> str:
         " answers (token loss) and boxes and points (region-model losses)" + _task_mix(record["recipe"]) + ".",
         "",
         *training_pictures(record),
+        *_hard_pictures(record),
         f"Prompts as `vlm_notebook.models.moondream.prompts` builds them (a query ends with the answer token twice);"
         f" crops resized with {record.get('resizer', 'PIL Lanczos')}.",
         "",

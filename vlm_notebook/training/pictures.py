@@ -70,11 +70,17 @@ class PictureSource:
         small = self.mix.small_shapes > 0 and rng.random() < self.mix.small_shapes
         pool = self._varied.setdefault((scene, small), [])
         if len(pool) < self.mix.varied_per_scene:
-            picture = shapes.random_picture(rng, scene, SMALL_SHAPES if small else VARIED)
-            pool.append(shapes.Drawing(image=load_image(picture.data), box=picture.box))
+            pool.append(varied_drawing(rng, scene, small))
             return pool[-1]
         drawing = rng.choice(pool)
         return mirrored(drawing) if rng.random() < 0.5 else drawing
+
+
+def varied_drawing(rng: random.Random, scene: shapes.Scene, small: bool = False) -> shapes.Drawing:
+    """A new varied picture of ``scene`` (from :data:`SMALL_SHAPES` when ``small``, else
+    :data:`VARIED`), encoded and decoded as a user's file is."""
+    picture = shapes.random_picture(rng, scene, SMALL_SHAPES if small else VARIED)
+    return shapes.Drawing(image=load_image(picture.data), box=picture.box)
 
 
 #: Every background as often as the others (``shapes.BACKGROUNDS``): the evaluation's draw.
