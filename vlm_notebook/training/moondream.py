@@ -366,6 +366,7 @@ class Recipe:
     warmup_steps: int = 100
     # (scored, kept): before the whole-model stage, score this many new varied pictures on the shape question
     # with the network as it starts and keep the hardest; then draw a ``hard_fraction`` of the examples from them
+    # (tried from the shipped checkpoint: runs K and L in benchmarks/results/moondream_runs_2026-12-06.md, no gain)
     hard_pictures: tuple[int, int] = (0, 0)
     hard_fraction: float = 0.0
 
