@@ -1,10 +1,11 @@
 """The training pictures a checkpoint finds hardest, to train on more often (issue #22).
 
-A checkpoint right on 97-98% of the pictures users send learns little from most of a batch: it
-already reads those pictures. Mining draws many new varied pictures
+A checkpoint that is right on most pictures is right on most of each batch too. Mining draws many
+new varied pictures
 (:func:`vlm_notebook.training.pictures.varied_drawing`, the training's own ranges and seed, never the
 evaluation's), scores each with the network a run starts from, and keeps those with the highest
-loss; the run then draws a share of its examples from them (any task, mirrored at random).
+loss; the run then draws a share of its examples from them (any task, mirrored at random). What it
+gave on ``shapes-moondream``: the recipe's ``hard_pictures`` comment cites the runs.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ SceneDraw = Callable[[random.Random], shapes.Scene]
 
 @dataclass(frozen=True)
 class HardPictures:
-    """The ``kept`` hardest of ``scored`` new pictures, and the loss of the easiest one kept."""
+    """The hardest ``pictures`` of ``scored`` new ones, the loss of the easiest one kept, and the
+    seconds mining took."""
 
     pictures: tuple[Picture, ...]
     scored: int
@@ -55,7 +57,10 @@ def mine(
         batch = [_new_picture(rng, pick_scene, small_shapes) for _ in range(min(batch_size, scored - first))]
         for order, (loss, picture) in enumerate(zip(score(batch), batch, strict=True), start=first):
             item = (float(loss), order, picture)
-            heapq.heappush(heap, item) if len(heap) < kept else heapq.heappushpop(heap, item)
+            if len(heap) < kept:
+                heapq.heappush(heap, item)
+            else:
+                heapq.heappushpop(heap, item)
     hardest = sorted(heap, key=lambda item: item[1])  # in the order drawn, for a repeatable draw
     return HardPictures(
         pictures=tuple(picture for _, _, picture in hardest), scored=scored, lowest_loss=heap[0][0],
