@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from vlm_notebook import shapes
-from vlm_notebook.training.pictures import mirrored, varied_drawing
+from vlm_notebook.training.pictures import mirrored_at_random, varied_drawing
 
 #: A picture and the scene drawn in it.
 Picture = tuple[shapes.Scene, shapes.Drawing]
@@ -40,7 +40,7 @@ class HardPictures:
     def draw(self, rng: random.Random) -> Picture:
         """One of the pictures, mirrored at random (every shape stays the same shape)."""
         scene, drawing = rng.choice(self.pictures)
-        return scene, mirrored(drawing) if rng.random() < 0.5 else drawing
+        return scene, mirrored_at_random(rng, drawing)
 
 
 def mine(

@@ -211,12 +211,20 @@ def make_example(
         answer = shapes.caption_of_length(scene, length)
         return Example(drawing, caption_prompt(tokens, length), encode(f" {answer}") + eos)
     if kind == "query":
-        question, answer = rng.choice(shapes.questions(scene))
-        return Example(drawing, query_prompt(tokens, encode, question), encode(f" {answer}") + eos)
+        return query_example(tokenizer, config, drawing, *rng.choice(shapes.questions(scene)))
     present = kind == "point" or rng.random() < 0.75
     target = scene.shape if present else rng.choice([s for s in shapes.SHAPES if s != scene.shape])
     prompt = locate_prompt(tokens, encode, kind, target)
     return Example(drawing, prompt, box=drawing.box if present else None, region=True, with_size=kind == "detect")
+
+
+def query_example(
+    tokenizer: Tokenizer, config: MoondreamConfig, drawing: shapes.Drawing, question: str, answer: str
+) -> Example:
+    """``question`` about ``drawing`` answered with ``answer``, as training and mining both ask it."""
+    encode = partial(_ids, tokenizer)
+    prompt = query_prompt(config.tokenizer, encode, question)
+    return Example(drawing, prompt, [*encode(f" {answer}"), config.tokenizer.eos_id])
 
 
 # -- the training forward ---------------------------------------------------------------------
@@ -441,14 +449,12 @@ def mine_hard_pictures(
 ) -> HardPictures:
     """The recipe's hardest pictures for ``objective``'s network as it is now: the loss of the answer
     to "What shape is it?", the question whose misses most captions share (issue #22)."""
-    tokens, encode = objective.net.config.tokenizer, partial(_ids, tokenizer)
-    prompt = query_prompt(tokens, encode, robustness.SHAPE_QUESTION)
+    question, config = robustness.SHAPE_QUESTION, objective.net.config
 
     def score(pictures: Sequence[Picture]) -> list[float]:
-        answers = [dict(shapes.questions(scene))[robustness.SHAPE_QUESTION] for scene, _ in pictures]
         examples = [
-            Example(drawing, prompt, [*encode(f" {answer}"), tokens.eos_id])
-            for (_, drawing), answer in zip(pictures, answers, strict=True)
+            query_example(tokenizer, config, drawing, question, robustness.expected(scene)[question])
+            for scene, drawing in pictures
         ]
         with torch.no_grad():
             return cast(list[float], objective.token_losses(examples).tolist())

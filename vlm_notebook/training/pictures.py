@@ -72,8 +72,7 @@ class PictureSource:
         if len(pool) < self.mix.varied_per_scene:
             pool.append(varied_drawing(rng, scene, small))
             return pool[-1]
-        drawing = rng.choice(pool)
-        return mirrored(drawing) if rng.random() < 0.5 else drawing
+        return mirrored_at_random(rng, rng.choice(pool))
 
 
 def varied_drawing(rng: random.Random, scene: shapes.Scene, small: bool = False) -> shapes.Drawing:
@@ -105,6 +104,11 @@ def random_scene(
         for scene in scenes
     ]
     return rng.choices(scenes, weights)[0]
+
+
+def mirrored_at_random(rng: random.Random, drawing: shapes.Drawing) -> shapes.Drawing:
+    """The drawing as it is or mirrored, each half the time: how a reused picture is shown again."""
+    return mirrored(drawing) if rng.random() < 0.5 else drawing
 
 
 def mirrored(drawing: shapes.Drawing) -> shapes.Drawing:
