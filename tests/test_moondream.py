@@ -522,6 +522,29 @@ def test_training_grows_the_vision_encoder_of_a_checkpoint_without_changing_what
         load_init(tmp_path / "deeper", build_config(tokenizer, sizes))
 
 
+def test_training_widens_the_mlps_of_a_checkpoint_without_changing_what_it_computes(tmp_path: Path) -> None:
+    """``--vision-ff``, ``--proj-inner``, ``--text-ff`` beyond the checkpoint's: the same image
+    embeddings and text states, new hidden units that can train; narrower ones are refused."""
+    tokenizer, sizes = build_tiny_tokenizer(), TinySizes()
+    torch.manual_seed(0)
+    narrow = build_network(build_config(tokenizer, sizes), sizes).eval()
+    save(tokenizer, narrow, tmp_path)
+    wider_sizes = replace(sizes, vision_ff=384, proj_inner=320, text_ff=512)
+    wide = load_init(tmp_path, build_config(tokenizer, wider_sizes)).eval()
+    assert wide.vision.blocks[0].mlp.fc1.out_features == 384 and wide.text.blocks[0].mlp.fc1.out_features == 512
+    picture = shapes.random_picture(random.Random(2)).image.convert("RGB")
+    states = torch.randn(1, 6, sizes.text_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(image_embeddings(wide, picture), image_embeddings(narrow, picture))
+        torch.testing.assert_close(wide.text(states, 0), narrow.text(states, 0))
+    grown = wide.vision.proj_mlp
+    assert grown.fc1.weight[256:].std() > 0 and not grown.fc2.weight[:, 256:].any()
+    save(tokenizer, wide, tmp_path / "wide")
+    narrowed = r"text\.blocks\.0\.mlp\.fc1 has 512 hidden units and the recipe 384: .* --text-ff"
+    with pytest.raises(ValueError, match=narrowed):
+        load_init(tmp_path / "wide", build_config(tokenizer, replace(wider_sizes, text_ff=384)))
+
+
 def test_vision_pretraining_learns_from_the_local_crops_and_the_projection() -> None:
     sizes = TinySizes()
     net = build_network(build_config(build_tiny_tokenizer(), sizes), sizes)

@@ -283,6 +283,13 @@ def _parser() -> argparse.ArgumentParser:
         help="vision encoder depth; layers beyond the --init-from checkpoint's start as identities "
         "(default: the recipe's)",
     )
+    for option, what in (("--vision-ff", "vision blocks' MLPs"), ("--proj-inner", "projection's MLP"),
+                         ("--text-ff", "text blocks' MLPs")):
+        commands.choices["moondream"].add_argument(
+            option, type=int, default=None,
+            help=f"hidden units of the {what}; units beyond the --init-from checkpoint's start with zero "
+            "output weights (default: the recipe's)",
+        )
     commands.choices["moondream"].add_argument(
         "--crop-size", type=int, default=None,
         help="side of the crops in px (default: the recipe's)",

@@ -481,9 +481,11 @@ def load_init(directory: Path, config: MoondreamConfig) -> MoondreamNetwork:
       as the old one looking at the crop downscaled (box average);
     - a deeper vision encoder gets its new blocks after the old ones, with zero output projections,
       so it starts computing exactly what the checkpoint did;
+    - wider MLPs (``--vision-ff``, ``--proj-inner``, ``--text-ff``) get their new hidden units with
+      zero output weights (:func:`widened_mlps`), so they too start as the checkpoint;
     - more or fewer local crops (``--max-crops``) need no change: every weight carries over."""
     old, _ = read_config(directory)
-    if old.vision == config.vision:
+    if old.vision == config.vision and old.text == config.text:
         return load_network(directory, config)
     if old.vision.enc_n_layers > config.vision.enc_n_layers:
         raise ValueError(
@@ -502,8 +504,33 @@ def load_init(directory: Path, config: MoondreamConfig) -> MoondreamNetwork:
         tensors["vision.pos_emb"] = finer_positions(tensors["vision.pos_emb"], old.vision.grid, config.vision.grid)
     tensors.update(identity_blocks(config, first=old.vision.enc_n_layers))
     root = build_on_meta(config)
-    root.model.load_state_dict(tensors, strict=True, assign=True)
+    widths = {name: tensor.shape[0] for name, tensor in root.model.state_dict().items() if name.endswith("fc1.weight")}
+    root.model.load_state_dict(widened_mlps(tensors, widths), strict=True, assign=True)
     return root.model
+
+
+def widened_mlps(
+    tensors: dict[str, torch.Tensor], widths: dict[str, int], init_std: float = TinySizes.init_std
+) -> dict[str, torch.Tensor]:
+    """``tensors`` with each MLP (``<name>fc1.weight`` in ``widths``) given that many hidden units:
+    the new ``fc1`` rows random as in a fresh network, their biases and ``fc2`` columns zero, so
+    every output is unchanged until training grows them. MLPs can grow, not shrink."""
+    wider = dict(tensors)
+    for name, width in widths.items():
+        weight = tensors[name]
+        extra, base = width - weight.shape[0], name.removesuffix("fc1.weight")
+        if extra < 0:
+            raise ValueError(
+                f"{base}fc1 has {weight.shape[0]} hidden units and the recipe {width}: MLPs can grow, not"
+                " shrink; pass --vision-ff, --proj-inner and --text-ff at least the checkpoint's"
+            )
+        if extra == 0:
+            continue
+        output = tensors[f"{base}fc2.weight"]
+        wider[name] = torch.cat([weight, torch.randn(extra, weight.shape[1]) * init_std])
+        wider[f"{base}fc1.bias"] = torch.cat([tensors[f"{base}fc1.bias"], weight.new_zeros(extra)])
+        wider[f"{base}fc2.weight"] = torch.cat([output, output.new_zeros(output.shape[0], extra)], dim=1)
+    return wider
 
 
 def identity_blocks(
@@ -675,10 +702,10 @@ def model_card(record: dict[str, Any]) -> str:
         "",
         f"- {record['parameters']:,} parameters, fp32 `model.safetensors` with the published tensor names",
         f"  (`model.vision.*`, `model.text.*`, `model.region.*`); vision {sizes['vision_dim']} wide x"
-        f" {sizes['vision_layers']} layers, patch {sizes['patch']},",
+        f" {sizes['vision_layers']} layers (MLPs of {sizes['vision_ff']}), patch {sizes['patch']},",
         f"  {crop} px crops ({(crop // sizes['patch']) ** 2} image tokens; a global crop and at most"
-        f" {sizes['max_crops']} local ones); text {sizes['text_dim']} wide x {sizes['text_layers']} layers;"
-        f" {sizes['coord_bins']} coordinate bins.",
+        f" {sizes['max_crops']} local ones), projection MLP of {sizes['proj_inner']}; text {sizes['text_dim']}"
+        f" wide x {sizes['text_layers']} layers (MLPs of {sizes['text_ff']}); {sizes['coord_bins']} coordinate bins.",
         "- `config.json` has Moondream's `moondream1` layout; its `config` entry gives every size and the",
         "  prompt templates in this checkpoint's token ids. `tokenizer.json`: a byte-level BPE trained on the",
         "  English text, with Moondream's special-token ids (0 BOS/EOS, 1-2 task, 3 answer, 5 coord, 6 size).",
