@@ -80,7 +80,8 @@ class TinySizes:
     vision_dim: int = 128
     vision_layers: int = 2
     vision_heads: int = 4
-    vision_ff: int = 256
+    vision_ff: int = 256  # 768 (and proj_inner 512, text_ff 768) from the shipped checkpoint: runs M, N in
+    # benchmarks/results/moondream_runs_2026-12-06.md, no gain
     patch: int = 4  # 16 x 16 image tokens a 64 px crop; 8 x 8 (patch 8) blurred shapes on elongated pictures
     # px. 128 with patch 8 (the same 16 x 16 tokens, each over 4x the pixels), grown from the 64 px
     # checkpoint, got fewer pictures right than it had (benchmarks/results/moondream_crop_size.md).
