@@ -490,6 +490,27 @@ def test_training_spreads_a_checkpoints_patches_over_larger_crops_seeing_the_sam
         load_init(tmp_path, build_config(tokenizer, replace(sizes, crop_size=96, patch=6)))
 
 
+def test_training_on_larger_crops_of_the_same_patches_keeps_the_kernel_and_interpolates_positions(
+    tmp_path: Path,
+) -> None:
+    """``--crop-size 96 --max-context 704`` from a 64 px, patch 4 checkpoint: a 24 x 24 grid whose
+    corner positions are the checkpoint's, the patch kernel and every other weight kept; too small a
+    context says which to pass."""
+    tokenizer, sizes = build_tiny_tokenizer(), TinySizes()
+    torch.manual_seed(0)
+    small = build_network(build_config(tokenizer, sizes), sizes)
+    save(tokenizer, small, tmp_path)
+    with pytest.raises(ValueError, match="give 576 image tokens: pass --max-context 704"):
+        build_config(tokenizer, replace(sizes, crop_size=96))
+    larger = load_init(tmp_path, build_config(tokenizer, replace(sizes, crop_size=96, max_context=704)))
+    assert larger.config.vision.grid == 24 and larger.config.text.max_context == 704
+    dim = sizes.vision_dim
+    fine, coarse = larger.vision.pos_emb.view(24, 24, dim), small.vision.pos_emb.view(16, 16, dim)
+    torch.testing.assert_close(fine[[0, -1], [0, -1]], coarse[[0, -1], [0, -1]])
+    kept = {name: tensor for name, tensor in small.state_dict().items() if name != "vision.pos_emb"}
+    assert all(torch.equal(larger.state_dict()[name], tensor) for name, tensor in kept.items())
+
+
 def test_training_with_more_crops_starts_from_every_weight_of_the_checkpoint(tmp_path: Path) -> None:
     """``--max-crops 8`` from a checkpoint tiled into at most 4: the same network, more local crops."""
     tokenizer, sizes = build_tiny_tokenizer(), TinySizes()

@@ -295,6 +295,11 @@ def _parser() -> argparse.ArgumentParser:
         help="side of the crops in px (default: the recipe's)",
     )
     commands.choices["moondream"].add_argument(
+        "--max-context", type=int, default=None,
+        help="tokens the text model holds: the image tokens of a crop and 128 for the prompt and answer"
+        " (default: the recipe's, 384 for 64 px crops of 4 px patches)",
+    )
+    commands.choices["moondream"].add_argument(
         "--max-crops", type=int, default=None,
         help="most local crops a picture is tiled into; an --init-from checkpoint's weights carry over "
         "unchanged (default: the recipe's)",

@@ -59,6 +59,7 @@ from vlm_notebook.training.tokenizer import build_tokenizer
 from vlm_notebook.training.vision import ClassifierOutput, SceneHeads, labelled_pictures, spread_patch_kernel
 
 IMAGE_SIZE = 64
+TEXT_TOKENS = 128  # room in the context for BOS, the longest prompt and its answer
 RANDOM_PICTURES = 200  # pictures as users send them in the evaluation (``training.robustness``)
 SCENES = shapes.all_scenes()
 
@@ -93,7 +94,7 @@ class TinySizes:
     text_layers: int = 3
     text_heads: int = 4
     text_ff: int = 384
-    max_context: int = 384  # BOS, 256 image tokens, the longest prompt and answer
+    max_context: int = 384  # 256 image tokens and TEXT_TOKENS
     coord_bins: int = 128
     size_bins: int = 128
     region_inner: int = 256
@@ -131,6 +132,12 @@ def templates(tokenizer: Tokenizer) -> dict[str, dict[str, list[int]]]:
 
 
 def build_config(tokenizer: Tokenizer, sizes: TinySizes) -> MoondreamConfig:
+    image_tokens = (sizes.crop_size // sizes.patch) ** 2
+    if sizes.max_context < image_tokens + TEXT_TOKENS:
+        raise ValueError(
+            f"{sizes.crop_size} px crops of {sizes.patch} px patches give {image_tokens} image tokens: pass"
+            f" --max-context {image_tokens + TEXT_TOKENS} (or more) to leave room for the prompt and answer"
+        )
     return MoondreamConfig(
         text=TextConfig(
             dim=sizes.text_dim, ff_dim=sizes.text_ff, n_layers=sizes.text_layers, vocab_size=tokenizer.get_vocab_size(),
@@ -477,6 +484,8 @@ def load_init(directory: Path, config: MoondreamConfig) -> MoondreamNetwork:
       kernel is summed over the blocks that become one finer patch, and the position embeddings are
       interpolated to the finer grid, so the encoder starts as the old one looking at the crop
       upscaled (nearest);
+    - larger crops of the same patches (96 px of 4 px where the checkpoint has 64 px) keep the patch
+      kernel and get the position embeddings interpolated to the finer grid (24 x 24 from 16 x 16);
     - larger crops with the same grid of larger patches (128 px of 8 px where the checkpoint has
       64 px of 4 px) spread each patch kernel evenly over the larger patch, so the encoder starts
       as the old one looking at the crop downscaled (box average);
@@ -502,6 +511,7 @@ def load_init(directory: Path, config: MoondreamConfig) -> MoondreamNetwork:
         tensors["vision.patch_emb.weight"] = finer_patch_kernel(
             tensors["vision.patch_emb.weight"], old.vision.enc_patch_size, config.vision.enc_patch_size
         )
+    if old.vision.grid != config.vision.grid:
         tensors["vision.pos_emb"] = finer_positions(tensors["vision.pos_emb"], old.vision.grid, config.vision.grid)
     tensors.update(identity_blocks(config, first=old.vision.enc_n_layers))
     root = build_on_meta(config)
