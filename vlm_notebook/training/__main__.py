@@ -296,8 +296,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands.choices["moondream"].add_argument(
         "--max-context", type=int, default=None,
-        help="tokens the text model holds: the image tokens of a crop and 128 for the prompt and answer"
-        " (default: the recipe's, 384 for 64 px crops of 4 px patches)",
+        help=f"tokens the text model holds: the image tokens of a crop and {moondream.TEXT_TOKENS} for the prompt"
+        f" and answer (default: the recipe's, {moondream.TinySizes.max_context})",
     )
     commands.choices["moondream"].add_argument(
         "--max-crops", type=int, default=None,

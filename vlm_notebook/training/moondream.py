@@ -133,23 +133,23 @@ def templates(tokenizer: Tokenizer) -> dict[str, dict[str, list[int]]]:
 
 
 def build_config(tokenizer: Tokenizer, sizes: TinySizes) -> MoondreamConfig:
-    image_tokens = (sizes.crop_size // sizes.patch) ** 2
-    if sizes.max_context < image_tokens + TEXT_TOKENS:
+    vision = VisionConfig(
+        enc_dim=sizes.vision_dim, enc_patch_size=sizes.patch, enc_n_layers=sizes.vision_layers,
+        enc_ff_dim=sizes.vision_ff, enc_n_heads=sizes.vision_heads, proj_out_dim=sizes.text_dim,
+        crop_size=sizes.crop_size, max_crops=sizes.max_crops, overlap_margin=sizes.overlap_margin,
+        proj_inner_dim=sizes.proj_inner,
+    )
+    if sizes.max_context < vision.n_patches + TEXT_TOKENS:
         raise ValueError(
-            f"{sizes.crop_size} px crops of {sizes.patch} px patches give {image_tokens} image tokens: pass"
-            f" --max-context {image_tokens + TEXT_TOKENS} (or more) to leave room for the prompt and answer"
+            f"{sizes.crop_size} px crops of {sizes.patch} px patches give {vision.n_patches} image tokens: pass"
+            f" --max-context {vision.n_patches + TEXT_TOKENS} (or more) to leave room for the prompt and answer"
         )
     return MoondreamConfig(
         text=TextConfig(
             dim=sizes.text_dim, ff_dim=sizes.text_ff, n_layers=sizes.text_layers, vocab_size=tokenizer.get_vocab_size(),
             max_context=sizes.max_context, n_heads=sizes.text_heads, n_kv_heads=sizes.text_heads,
         ),
-        vision=VisionConfig(
-            enc_dim=sizes.vision_dim, enc_patch_size=sizes.patch, enc_n_layers=sizes.vision_layers,
-            enc_ff_dim=sizes.vision_ff, enc_n_heads=sizes.vision_heads, proj_out_dim=sizes.text_dim,
-            crop_size=sizes.crop_size, max_crops=sizes.max_crops, overlap_margin=sizes.overlap_margin,
-            proj_inner_dim=sizes.proj_inner,
-        ),
+        vision=vision,
         region=RegionConfig(
             dim=sizes.text_dim, coord_feat_dim=sizes.fourier_features, coord_out_dim=sizes.coord_bins,
             size_feat_dim=sizes.fourier_features, size_out_dim=2 * sizes.size_bins, inner_dim=sizes.region_inner,
