@@ -86,7 +86,8 @@ class TinySizes:
     patch: int = 4  # 16 x 16 image tokens a 64 px crop; 8 x 8 (patch 8) blurred shapes on elongated pictures
     # Crops of 128 px with patch 8 (the same 16 x 16 tokens, each over 4x the pixels), grown from the 64 px
     # checkpoint, got fewer pictures right than it had (benchmarks/results/moondream_crop_size.md); so did
-    # 96 px of 4 px (24 x 24 tokens) within the steps tried (runs Q to Q3 in moondream_runs_2026-12-06.md).
+    # 96 px of 4 px (24 x 24 tokens) within the steps tried, and their weight means (runs Q to Q6 in
+    # moondream_runs_2026-12-06.md).
     crop_size: int = IMAGE_SIZE
     overlap_margin: int = 2
     max_crops: int = 4
