@@ -46,8 +46,10 @@ from vlm_notebook.training.moondream import (
     build_tiny_tokenizer,
     iou,
     load_init,
+    make_batch_maker,
     make_example,
     save,
+    tokens_over_middle,
     train_model,
 )
 from vlm_notebook.training.pictures import Mix, PictureSource
@@ -432,6 +434,32 @@ def test_each_examples_token_loss_in_a_batch_is_its_loss_alone() -> None:
         together = objective.token_losses(examples)
         alone = torch.stack([objective([example]).loss for example in examples])
     torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
+
+
+def test_the_shape_map_names_the_shape_from_the_tokens_over_its_middle() -> None:
+    over = tokens_over_middle((0.0, 0.0, 0.5, 0.5), 16).view(16, 16)
+    assert over.nonzero().tolist() == [[row, col] for row in range(2, 6) for col in range(2, 6)]
+    tiny = tokens_over_middle((0.70, 0.10, 0.71, 0.11), 16).view(16, 16)
+    assert tiny.nonzero().tolist() == [[1, 11]], "a shape smaller than a token still gets the one under it"
+
+
+@pytest.mark.timeout(120)
+def test_the_shape_map_loss_adds_to_the_same_examples_and_trains_a_head_that_is_not_saved() -> None:
+    tokenizer, recipe = build_tiny_tokenizer(), Recipe(batch_size=6, task_weights=(1, 0, 0, 0))
+    config = build_config(tokenizer, recipe.sizes)
+    plain = make_batch_maker(tokenizer, config, recipe)(random.Random(3))
+    mapped = make_batch_maker(tokenizer, config, replace(recipe, shape_map_weight=1.0))(random.Random(3))
+    assert mapped["examples"] == plain["examples"], "the option draws the pictures and tasks a run drew without it"
+    for example, name in zip(mapped["examples"], mapped["shape_names"], strict=True):
+        assert name in tokenizer.decode(example.answer), "each caption names the shape it is taught"
+    torch.manual_seed(0)
+    net = build_network(config, recipe.sizes)
+    objective = ShapesObjective(net, shape_map_weight=1.0)
+    with_map = objective(**mapped).loss
+    with_map.backward()
+    assert objective.shape_map is not None and objective.shape_map.weight.grad is not None
+    assert with_map > ShapesObjective(net)(plain["examples"]).loss
+    assert not any("shape_map" in name for name in net.state_dict()), "the head is not part of the checkpoint"
 
 
 @pytest.mark.timeout(300)

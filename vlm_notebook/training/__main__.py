@@ -332,6 +332,11 @@ def _parser() -> argparse.ArgumentParser:
         "--hard-fraction", type=float, default=None,
         help="share of the examples drawn from the --hard-pictures (default: the recipe's)",
     )
+    commands.choices["moondream"].add_argument(
+        "--shape-map-weight", type=float, default=None,
+        help="weight of a loss, from a head not saved, that names the shape from each image token over it "
+        "(default: the recipe's, none)",
+    )
     assets = commands.add_parser("assets", help="write example pictures")
     assets.add_argument("--out", default=str(ASSETS_DIR), help="output directory")
     return parser

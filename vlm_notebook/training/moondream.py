@@ -273,10 +273,13 @@ def image_embeddings(net: MoondreamNetwork, pictures: list[Image.Image]) -> torc
 class ShapesObjective(nn.Module):
     """The network plus the training loss of a batch of :class:`Example`."""
 
-    def __init__(self, net: MoondreamNetwork, region_weight: float = 1.0):
+    def __init__(self, net: MoondreamNetwork, region_weight: float = 1.0, shape_map_weight: float = 0.0):
         super().__init__()
         self.net = net
         self.region_weight = region_weight
+        self.shape_map_weight = shape_map_weight
+        # trained beside the network and not saved with it: names the shape from each image token over it
+        self.shape_map = nn.Linear(net.config.vision.proj_out_dim, len(shapes.SHAPES)) if shape_map_weight else None
 
     def _sequence(self, example: Example, row: int, prefix: int, targets: _Targets) -> torch.Tensor:
         """The embeddings after the prefix for one example; records its targets."""
@@ -301,9 +304,26 @@ class ShapesObjective(nn.Module):
         targets.token.append((row, last + len(parts) - 1, eos))
         return torch.cat(parts)
 
-    def forward(self, examples: list[Example]) -> LossOutput:
-        hidden, targets = self._hidden(examples)
-        return LossOutput(self._token_loss(hidden, targets) + self.region_weight * self._region_loss(hidden, targets))
+    def forward(self, examples: list[Example], shape_names: list[str] | None = None) -> LossOutput:
+        images = image_embeddings(self.net, [e.drawing.image for e in examples])
+        hidden, targets = self._hidden(examples, images)
+        loss = self._token_loss(hidden, targets) + self.region_weight * self._region_loss(hidden, targets)
+        if self.shape_map is not None and shape_names is not None:
+            loss = loss + self.shape_map_weight * self._shape_map_loss(images, examples, shape_names)
+        return LossOutput(loss)
+
+    def _shape_map_loss(self, images: torch.Tensor, examples: list[Example], shape_names: list[str]) -> torch.Tensor:
+        """Cross-entropy of the shape named from each image token over the middle of the shape (the
+        central half of its box, or the token nearest its centre): every such token, the pooled local
+        crops' included, is taught to carry the shape itself, so squeezing an elongated picture's
+        tokens onto the grid cannot average it away (issue #22)."""
+        assert self.shape_map is not None
+        tokens, labels = [], []
+        for row, (example, name) in enumerate(zip(examples, shape_names, strict=True)):
+            inside = tokens_over_middle(example.drawing.box, self.net.config.vision.grid)
+            tokens.append(images[row][inside])
+            labels += [shapes.SHAPES.index(name)] * int(inside.sum())
+        return F.cross_entropy(self.shape_map(torch.cat(tokens)), torch.tensor(labels))
 
     def token_losses(self, examples: list[Example]) -> torch.Tensor:
         """(B,): each example's mean loss over its target tokens."""
@@ -313,9 +333,11 @@ class ShapesObjective(nn.Module):
         totals = losses.new_zeros(len(examples)).index_add_(0, rows, losses)
         return totals / torch.bincount(rows, minlength=len(examples)).clamp(min=1)
 
-    def _hidden(self, examples: list[Example]) -> tuple[torch.Tensor, _Targets]:
-        """The text model's hidden states of the batch, and where each head is trained."""
-        images = image_embeddings(self.net, [e.drawing.image for e in examples])
+    def _hidden(self, examples: list[Example], images: torch.Tensor | None = None) -> tuple[torch.Tensor, _Targets]:
+        """The text model's hidden states of the batch (``images``: its image embeddings, when made
+        already), and where each head is trained."""
+        if images is None:
+            images = image_embeddings(self.net, [e.drawing.image for e in examples])
         bos = self.net.text.embed(torch.tensor([self.net.config.tokenizer.bos_id]))
         prefix, targets = 1 + images.shape[1], _Targets()
         rows = [
@@ -341,6 +363,16 @@ class ShapesObjective(nn.Module):
             bins = region.size_bin(torch.tensor([widths, heights]).T)  # (N, 2)
             loss = loss + F.cross_entropy(logits.reshape(-1, region.size_bins), bins.reshape(-1))
         return loss
+
+
+def tokens_over_middle(box: shapes.Box, grid: int) -> torch.Tensor:
+    """(grid * grid,) bool: the image tokens (row by row over the picture) whose centres lie in the
+    central half of ``box`` on each axis; at least the one nearest its centre on each axis."""
+    centres = (torch.arange(grid) + 0.5) / grid
+    x0, y0, x1, y1 = box
+    near_x = (centres - (x0 + x1) / 2).abs() <= max((x1 - x0) / 4, 0.5 / grid)
+    near_y = (centres - (y0 + y1) / 2).abs() <= max((y1 - y0) / 4, 0.5 / grid)
+    return (near_y[:, None] & near_x[None, :]).reshape(-1)
 
 
 # -- stages ---------------------------------------------------------------------------------
@@ -381,6 +413,9 @@ class Recipe:
     vision_lr: float = 1e-3
     lr: float = 1.5e-3
     region_weight: float = 0.5  # the region losses (about 4 nats at best) would otherwise swamp the tokens'
+    # weight of a loss that names the shape from each image token over it (``ShapesObjective._shape_map_loss``)
+    # (tried from the shipped checkpoint: runs S and S3 in benchmarks/results/moondream_runs_2026-12-06.md, no gain)
+    shape_map_weight: float = 0.0
     warmup_steps: int = 100
     # (scored, kept): before the whole-model stage, score this many new varied pictures on the shape question
     # with the network as it starts and keep the hardest; then draw a ``hard_fraction`` of the examples from them
@@ -411,11 +446,13 @@ def make_batch_maker(
     source = PictureSource(recipe.mix, IMAGE_SIZE)
 
     def make_batch(rng: random.Random) -> Batch:
-        examples = [
-            make_example(rng, tokenizer, config, training_picture(rng, source, recipe, hard), recipe.task_weights)
-            for _ in range(recipe.batch_size)
-        ]
-        return cast(Batch, {"examples": examples})
+        pictures, examples = [], []
+        for _ in range(recipe.batch_size):  # one picture, then its example: the draws every earlier run made
+            pictures.append(training_picture(rng, source, recipe, hard))
+            examples.append(make_example(rng, tokenizer, config, pictures[-1], recipe.task_weights))
+        if not recipe.shape_map_weight:
+            return cast(Batch, {"examples": examples})
+        return cast(Batch, {"examples": examples, "shape_names": [scene.shape for scene, _ in pictures]})
 
     return make_batch
 
@@ -447,7 +484,7 @@ def train_model(
     stage1 = TrainConfig(steps=vision_steps, lr=recipe.vision_lr, warmup_steps=recipe.warmup_steps, seed=seed)
     vision = train(classifier, make_vision_batch_maker(recipe), stage1, lambda m: log(f"vision {m}"))
     stage2 = TrainConfig(steps=steps, lr=recipe.lr, warmup_steps=recipe.warmup_steps, seed=seed + 1)
-    objective = ShapesObjective(net, recipe.region_weight)
+    objective = ShapesObjective(net, recipe.region_weight, recipe.shape_map_weight)
     hard = mine_hard_pictures(objective, tokenizer, recipe, seed + 2, log) if recipe.hard_pictures[1] else None
     maker = make_batch_maker(tokenizer, config, recipe, hard)
     text = train(objective, maker, stage2, lambda m: log(f"text {m}"))
@@ -668,10 +705,15 @@ def _task_mix(recipe: dict[str, Any]) -> str:
     backgrounds = _proportions(shapes.BACKGROUNDS, recipe.get("background_weights", EVEN_BACKGROUNDS))
     shape_weights = recipe.get("shape_weights", EVEN_SHAPES)
     uneven_shapes = f" shapes in proportions {_proportions(shapes.SHAPES, shape_weights)};"
+    shape_map = recipe.get("shape_map_weight", 0.0)
+    shape_map_loss = (
+        f"; a head trained beside the network (not shipped) named the shape from each image token over the"
+        f" middle of it, its loss weighted {shape_map:g}"
+    )
     return (
         f"; tasks drawn in proportions {tasks}; backgrounds in proportions {backgrounds};"
         f"{uneven_shapes if len(set(shape_weights)) > 1 else ''}"
-        f" region losses weighted {recipe['region_weight']:g}"
+        f" region losses weighted {recipe['region_weight']:g}{shape_map_loss if shape_map else ''}"
     )
 
 
