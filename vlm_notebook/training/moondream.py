@@ -305,7 +305,7 @@ class ShapesObjective(nn.Module):
         return torch.cat(parts)
 
     def forward(self, examples: list[Example], shape_names: list[str] | None = None) -> LossOutput:
-        images = image_embeddings(self.net, [e.drawing.image for e in examples])
+        images = self._images(examples)
         hidden, targets = self._hidden(examples, images)
         loss = self._token_loss(hidden, targets) + self.region_weight * self._region_loss(hidden, targets)
         if self.shape_map is not None and shape_names is not None:
@@ -327,17 +327,18 @@ class ShapesObjective(nn.Module):
 
     def token_losses(self, examples: list[Example]) -> torch.Tensor:
         """(B,): each example's mean loss over its target tokens."""
-        hidden, targets = self._hidden(examples)
+        hidden, targets = self._hidden(examples, self._images(examples))
         rows = torch.tensor([row for row, _, _ in targets.token])
         losses = self._token_loss(hidden, targets, reduction="none")
         totals = losses.new_zeros(len(examples)).index_add_(0, rows, losses)
         return totals / torch.bincount(rows, minlength=len(examples)).clamp(min=1)
 
-    def _hidden(self, examples: list[Example], images: torch.Tensor | None = None) -> tuple[torch.Tensor, _Targets]:
-        """The text model's hidden states of the batch (``images``: its image embeddings, when made
-        already), and where each head is trained."""
-        if images is None:
-            images = image_embeddings(self.net, [e.drawing.image for e in examples])
+    def _images(self, examples: list[Example]) -> torch.Tensor:
+        return image_embeddings(self.net, [e.drawing.image for e in examples])
+
+    def _hidden(self, examples: list[Example], images: torch.Tensor) -> tuple[torch.Tensor, _Targets]:
+        """The text model's hidden states of the batch, whose image embeddings are ``images``, and
+        where each head is trained."""
         bos = self.net.text.embed(torch.tensor([self.net.config.tokenizer.bos_id]))
         prefix, targets = 1 + images.shape[1], _Targets()
         rows = [
@@ -450,8 +451,6 @@ def make_batch_maker(
         for _ in range(recipe.batch_size):  # one picture, then its example: the draws every earlier run made
             pictures.append(training_picture(rng, source, recipe, hard))
             examples.append(make_example(rng, tokenizer, config, pictures[-1], recipe.task_weights))
-        if not recipe.shape_map_weight:
-            return cast(Batch, {"examples": examples})
         return cast(Batch, {"examples": examples, "shape_names": [scene.shape for scene, _ in pictures]})
 
     return make_batch
