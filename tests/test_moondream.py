@@ -462,6 +462,32 @@ def test_the_shape_map_loss_adds_to_the_same_examples_and_trains_a_head_that_is_
     assert not any("shape_map" in name for name in net.state_dict()), "the head is not part of the checkpoint"
 
 
+@pytest.mark.timeout(120)
+def test_tasks_per_picture_draw_several_examples_of_one_picture_that_share_its_encoder_pass() -> None:
+    tokenizer = build_tiny_tokenizer()
+    recipe = Recipe(batch_size=3, tasks_per_picture=3, canonical_fraction=0.0, varied_fraction=1.0)
+    config = build_config(tokenizer, recipe.sizes)
+    batch = make_batch_maker(tokenizer, config, recipe)(random.Random(4))
+    examples, names = batch["examples"], batch["shape_names"]
+    assert len(examples) == len(names) == 9
+    for start in range(0, 9, 3):
+        assert len({id(e.drawing) for e in examples[start : start + 3]}) == 1, "three tasks on each picture"
+        assert len(set(names[start : start + 3])) == 1
+    assert len({id(e.drawing) for e in examples}) == 3
+    torch.manual_seed(0)
+    objective = ShapesObjective(build_network(config, recipe.sizes))
+    encoded: list[int] = []
+    encode = objective.net.vision.encode
+    objective.net.vision.encode = lambda pixels: encoded.append(pixels.shape[0]) or encode(pixels)  # type: ignore[method-assign]
+    with torch.no_grad():
+        shared = objective(examples).loss
+        own_copies = [replace(e, drawing=replace(e.drawing, image=e.drawing.image.copy())) for e in examples]
+        apart = objective(own_copies).loss
+    crops_of = [len(crops.overlap_crops(e.drawing.image, config.vision).pixels) for e in examples]
+    assert encoded == [sum(crops_of[::3]), sum(crops_of)], "each picture goes through the encoder once"
+    torch.testing.assert_close(shared, apart, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.timeout(300)
 def test_a_short_training_run_repeats_from_its_seed_and_its_checkpoint_loads(tmp_path: Path) -> None:
     recipe = Recipe(batch_size=4, warmup_steps=1)

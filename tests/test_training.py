@@ -87,7 +87,7 @@ def test_the_recorded_command_repeats_every_option_of_the_run(family: str) -> No
     moondream_only = (" --region-weight 1 --small-shapes 0.5 --task-weights 4 4 2 1 --vision-layers 3"
                       " --background-weights 1 1 2 --shape-weights 2 1 1 2 --crop-size 128 --max-crops 8 --patch 8"
                       " --hard-pictures 600 60 --hard-fraction 0.3 --vision-ff 512 --proj-inner 384 --text-ff 768"
-                      " --shape-map-weight 0.5")
+                      " --shape-map-weight 0.5 --tasks-per-picture 3")
     extra = moondream_only if family == "moondream" else ""
     given = (f"{family} --steps 7 --seed 3 --vision-steps 0 --vision-lr 3e-4 --threads 1 --init-from DIR"
              " --batch-size 16 --lr 5e-4"
@@ -107,6 +107,7 @@ def test_the_recorded_command_repeats_every_option_of_the_run(family: str) -> No
         assert "backgrounds in proportions white 1, black 1, gray 2; shapes in proportions circle 2, square 1," in drawn
         assert (recipe.hard_pictures, recipe.hard_fraction) == ((600, 60), 0.3)
         assert recipe.shape_map_weight == 0.5 and "its loss weighted 0.5" in drawn
+        assert recipe.tasks_per_picture == 3 and "point 1, 3 for each picture;" in drawn
         grown = {"vision_layers": 3, "crop_size": 128, "max_crops": 8, "patch": 8}
         wider = {"vision_ff": 512, "proj_inner": 384, "text_ff": 768}
         assert recipe.sizes == replace(moondream.TinySizes(), **grown, **wider)

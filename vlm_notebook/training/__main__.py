@@ -324,6 +324,11 @@ def _parser() -> argparse.ArgumentParser:
         help="how often each task is drawn, in proportion (default: the recipe's)",
     )
     commands.choices["moondream"].add_argument(
+        "--tasks-per-picture", type=int, default=None,
+        help="examples drawn for each picture of a step, which share its pass through the encoder "
+        "(default: the recipe's, 1)",
+    )
+    commands.choices["moondream"].add_argument(
         "--hard-pictures", type=int, nargs=2, default=None, metavar=("SCORED", "KEPT"),
         help="before the whole-model stage, score SCORED new varied pictures with the network as it starts "
         "and keep the KEPT hardest (default: none)",

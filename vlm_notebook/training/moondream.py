@@ -334,7 +334,12 @@ class ShapesObjective(nn.Module):
         return totals / torch.bincount(rows, minlength=len(examples)).clamp(min=1)
 
     def _images(self, examples: list[Example]) -> torch.Tensor:
-        return image_embeddings(self.net, [e.drawing.image for e in examples])
+        """(B, image tokens, dim): examples that share a picture (``Recipe.tasks_per_picture``) share
+        one pass of it through the encoder."""
+        pictures = {id(e.drawing.image): e.drawing.image for e in examples}
+        row = {key: index for index, key in enumerate(pictures)}
+        embedded = image_embeddings(self.net, list(pictures.values()))
+        return embedded[[row[id(e.drawing.image)] for e in examples]]
 
     def _hidden(self, examples: list[Example], images: torch.Tensor) -> tuple[torch.Tensor, _Targets]:
         """The text model's hidden states of the batch, whose image embeddings are ``images``, and
@@ -406,6 +411,9 @@ class Recipe:
     small_shapes: float = 0.0  # of the varied pictures, those drawn from ``training.pictures.SMALL_SHAPES``
     # caption, query, detect, point: detect's box sizes on elongated pictures were the hardest part
     task_weights: tuple[float, float, float, float] = (3, 3, 4, 1)
+    # examples drawn for each picture (``batch_size`` pictures a step): the encoder's pass over a picture, most
+    # of a step's time, then teaches several tasks
+    tasks_per_picture: int = 1
     # white, black, gray: shape names on gray missed most (low contrast; JPEG blurs colour edges)
     background_weights: tuple[float, float, float] = EVEN_BACKGROUNDS
     # circle, square, triangle, diamond: to draw the shapes a checkpoint confuses (circle, diamond) more often
@@ -447,11 +455,13 @@ def make_batch_maker(
     source = PictureSource(recipe.mix, IMAGE_SIZE)
 
     def make_batch(rng: random.Random) -> Batch:
-        pictures, examples = [], []
-        for _ in range(recipe.batch_size):  # one picture, then its example: the draws every earlier run made
-            pictures.append(training_picture(rng, source, recipe, hard))
-            examples.append(make_example(rng, tokenizer, config, pictures[-1], recipe.task_weights))
-        return cast(Batch, {"examples": examples, "shape_names": [scene.shape for scene, _ in pictures]})
+        examples, shape_names = [], []
+        for _ in range(recipe.batch_size):  # one picture, then its examples: with one, the draws of earlier runs
+            picture = training_picture(rng, source, recipe, hard)
+            for _ in range(recipe.tasks_per_picture):
+                examples.append(make_example(rng, tokenizer, config, picture, recipe.task_weights))
+                shape_names.append(picture[0].shape)
+        return cast(Batch, {"examples": examples, "shape_names": shape_names})
 
     return make_batch
 
@@ -709,8 +719,10 @@ def _task_mix(recipe: dict[str, Any]) -> str:
         f"; a head trained beside the network (not shipped) named the shape from each image token over the"
         f" middle of it, its loss weighted {shape_map:g}"
     )
+    per_picture = recipe.get("tasks_per_picture", 1)
     return (
-        f"; tasks drawn in proportions {tasks}; backgrounds in proportions {backgrounds};"
+        f"; tasks drawn in proportions {tasks}{f', {per_picture} for each picture' if per_picture > 1 else ''};"
+        f" backgrounds in proportions {backgrounds};"
         f"{uneven_shapes if len(set(shape_weights)) > 1 else ''}"
         f" region losses weighted {recipe['region_weight']:g}{shape_map_loss if shape_map else ''}"
     )
