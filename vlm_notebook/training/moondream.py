@@ -413,6 +413,7 @@ class Recipe:
     task_weights: tuple[float, float, float, float] = (3, 3, 4, 1)
     # examples drawn for each picture (``batch_size`` pictures a step): the encoder's pass over a picture, most
     # of a step's time, then teaches several tasks
+    # (tried from the shipped checkpoint: run T in benchmarks/results/moondream_runs_2026-12-06.md, no gain)
     tasks_per_picture: int = 1
     # white, black, gray: shape names on gray missed most (low contrast; JPEG blurs colour edges)
     background_weights: tuple[float, float, float] = EVEN_BACKGROUNDS
