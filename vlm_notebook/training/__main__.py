@@ -325,8 +325,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands.choices["moondream"].add_argument(
         "--tasks-per-picture", type=int, default=None,
-        help="examples drawn for each picture of a step, which share its pass through the encoder "
-        "(default: the recipe's, 1)",
+        help="examples drawn for each picture of a step, which share its pass through the encoder; "
+        "--batch-size then counts pictures (default: the recipe's, 1)",
     )
     commands.choices["moondream"].add_argument(
         "--hard-pictures", type=int, nargs=2, default=None, metavar=("SCORED", "KEPT"),
