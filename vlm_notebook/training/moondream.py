@@ -710,22 +710,26 @@ def evaluate_dir(directory: Path, random_seed: int) -> dict[str, Any]:
 
 
 def _task_mix(recipe: dict[str, Any]) -> str:
-    """How often each task, background and shape was drawn, and the weight of the region losses."""
+    """How often each task, background and shape was drawn, and the weight of the region losses; each
+    option a run may leave at its default is named only where the run set it."""
     tasks = _proportions(TASKS, recipe.get("task_weights", EARLIER_TASK_WEIGHTS))
     backgrounds = _proportions(shapes.BACKGROUNDS, recipe.get("background_weights", EVEN_BACKGROUNDS))
+    per_picture = recipe.get("tasks_per_picture", 1)
     shape_weights = recipe.get("shape_weights", EVEN_SHAPES)
-    uneven_shapes = f" shapes in proportions {_proportions(shapes.SHAPES, shape_weights)};"
     shape_map = recipe.get("shape_map_weight", 0.0)
+    several_tasks = f", {per_picture} for each picture" if per_picture > 1 else ""
+    uneven_shapes = (
+        f" shapes in proportions {_proportions(shapes.SHAPES, shape_weights)};" if len(set(shape_weights)) > 1 else ""
+    )
     shape_map_loss = (
         f"; a head trained beside the network (not shipped) named the shape from each image token over the"
         f" middle of it, its loss weighted {shape_map:g}"
+        if shape_map
+        else ""
     )
-    per_picture = recipe.get("tasks_per_picture", 1)
     return (
-        f"; tasks drawn in proportions {tasks}{f', {per_picture} for each picture' if per_picture > 1 else ''};"
-        f" backgrounds in proportions {backgrounds};"
-        f"{uneven_shapes if len(set(shape_weights)) > 1 else ''}"
-        f" region losses weighted {recipe['region_weight']:g}{shape_map_loss if shape_map else ''}"
+        f"; tasks drawn in proportions {tasks}{several_tasks}; backgrounds in proportions {backgrounds};"
+        f"{uneven_shapes} region losses weighted {recipe['region_weight']:g}{shape_map_loss}"
     )
 
 
